@@ -1,0 +1,99 @@
+"""The ``maskmed`` command line: ``maskmed info`` and ``maskmed build-ops``.
+
+Exit codes: 0 success, 1 the command failed (message on stderr), 2 bad usage (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cmd_info(_: argparse.Namespace) -> int:
+    import warnings
+
+    import torch
+
+    import maskmed_core
+    from maskmed_core.ops.build import EXTENSION_SOURCES, built_library, cache_root, cuda_build_possible
+    from maskmed_core.ops.dispatch import active_backend, available_backends
+
+    print(f"maskmed_core {maskmed_core.__version__}  (Python {platform.python_version()}, {platform.platform()})")
+    print(f"torch {torch.__version__}  (CUDA build: {torch.version.cuda or 'no'})")
+    print(f"CPU: {_cpu_name()}, {torch.get_num_threads()} threads")
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(index)
+            print(f"CUDA device {index}: {props.name}, {props.total_memory / 2**30:.1f} GiB")
+    else:
+        print("CUDA devices: none")
+    print(f"op cache: {cache_root()}")
+    for kind in EXTENSION_SOURCES:
+        path = built_library(kind)
+        if path is not None:
+            state = f"built ({path})"
+        elif kind == "cuda" and not cuda_build_possible()[0]:
+            state = f"not built: {cuda_build_possible()[1]}"
+        else:
+            state = "not built (run `maskmed build-ops`)"
+        print(f"  {kind:4s} backend: {state}")
+    print(f"usable backends: {', '.join(available_backends())}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the lines above already say what is not built
+        cpu_active = active_backend("cpu")
+        cuda_active = active_backend("cuda") if torch.cuda.is_available() else "n/a (no CUDA device)"
+    print(f"active for CPU tensors: {cpu_active}")
+    print(f"active for CUDA tensors: {cuda_active}")
+    return 0
+
+
+def _cmd_build_ops(args: argparse.Namespace) -> int:
+    from maskmed_core.ops.build import build_ops
+
+    kinds = ("cpu",) if args.cpu_only else ("cpu", "cuda")
+    reports = build_ops(kinds, verbose=args.verbose)
+    failed = False
+    for report in reports:
+        print(f"{report.kind}: {report.message}" + (f" -> {report.path}" if report.path else ""))
+        failed |= report.message.startswith("build failed")
+    if failed:
+        print(
+            "maskmed: a backend failed to build; MaskMed still runs with the PyTorch reference op "
+            "(slower). Re-run with --verbose to see the compiler output.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="maskmed", description="MaskMed 3D CT segmentation")
+    commands = parser.add_subparsers(dest="command", required=True)
+    info = commands.add_parser("info", help="versions, devices and which deformable-attention backends are built")
+    info.set_defaults(handler=_cmd_info)
+    build = commands.add_parser("build-ops", help="compile the deformable-attention op (C++ CPU, and CUDA if possible)")
+    build.add_argument("--cpu-only", action="store_true", help="do not try to build the CUDA backend")
+    build.add_argument("--verbose", action="store_true", help="show the compiler output")
+    build.set_defaults(handler=_cmd_build_ops)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""Training losses: Mask2Former-style set criterion (decoupled head) and Dice+CE (conv head baseline).
+
+Both take the network's output dict and an integer label map (B, D, H, W) at input resolution with 0 as
+background and 1..C as the classes, and return a dict of scalar losses whose "loss" entry is optimised.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from maskmed_core.model.config import LossConfig, ModelConfig
+from maskmed_core.model.matcher import hungarian_match
+from maskmed_core.model.point_sampling import importance_points, mask_logits_at_points, sample_points
+
+
+def targets_from_label_map(label_map: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per image: (class indices (T,) in 0..C-1, binary masks (T, D, H, W) float) of the classes present."""
+    targets = []
+    for labels in label_map:
+        present = labels.unique()
+        present = present[present > 0]
+        masks = (labels[None] == present[:, None, None, None]).float()
+        targets.append((present - 1, masks))
+    return targets
+
+
+def _dice_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum over masks of 1 - soft Dice on points. (T, K), (T, K) -> scalar."""
+    probabilities = logits.sigmoid()
+    numerator = 2 * (probabilities * targets).sum(-1)
+    denominator = probabilities.sum(-1) + targets.sum(-1)
+    return (1 - (numerator + 1) / (denominator + 1)).sum()
+
+
+class SetCriterion(nn.Module):
+    """Hungarian-matched class, mask BCE and mask Dice losses on every decoder layer (deep supervision).
+
+    Class loss: cross-entropy over all Q queries, unmatched ones targeting "no object" (weight
+    ``no_object_weight``). Mask losses: on ``num_points`` importance-sampled points per matched mask,
+    normalised by the number of ground-truth masks in the batch.
+    """
+
+    def __init__(self, num_classes: int, config: LossConfig):
+        super().__init__()
+        self.num_classes = num_classes
+        self.config = config
+        class_weights = torch.ones(num_classes + 1)
+        class_weights[-1] = config.no_object_weight
+        self.register_buffer("class_weights", class_weights, persistent=False)
+
+    def _layer_losses(
+        self,
+        class_logits: torch.Tensor,
+        mask_embed: torch.Tensor,
+        mask_features: torch.Tensor,
+        targets: list[tuple[torch.Tensor, torch.Tensor]],
+        num_masks: float,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cfg = self.config
+        batch, num_queries, _ = class_logits.shape
+        no_object = self.num_classes
+        target_classes = torch.full((batch, num_queries), no_object, dtype=torch.int64, device=class_logits.device)
+        bce = class_logits.new_zeros(())
+        dice = class_logits.new_zeros(())
+        for b, (labels, masks) in enumerate(targets):
+            rows, cols = hungarian_match(
+                class_logits[b], mask_embed[b], mask_features[b], labels, masks, cfg.num_points,
+                cfg.class_weight, cfg.mask_bce_weight, cfg.mask_dice_weight,
+            )
+            if rows.numel() == 0:
+                continue
+            rows, cols = rows.to(class_logits.device), cols.to(class_logits.device)
+            target_classes[b, rows] = labels[cols]
+            embed, features = mask_embed[b, rows], mask_features[b]
+            points = importance_points(
+                lambda p, embed=embed, features=features: mask_logits_at_points(embed, features, p),
+                len(rows), cfg.num_points, cfg.oversample_ratio, cfg.importance_sample_ratio, features.device,
+            )
+            point_logits = mask_logits_at_points(embed, features, points).float()  # (T, K)
+            point_targets = sample_points(masks[cols][:, None].to(features.dtype), points)[:, 0].float()
+            bce = bce + F.binary_cross_entropy_with_logits(point_logits, point_targets, reduction="none").mean(1).sum()
+            dice = dice + _dice_loss(point_logits, point_targets)
+        class_loss = F.cross_entropy(class_logits.float().transpose(1, 2), target_classes, weight=self.class_weights)
+        return class_loss, bce / num_masks, dice / num_masks
+
+    def forward(self, outputs: dict, label_map: torch.Tensor) -> dict[str, torch.Tensor]:
+        targets = targets_from_label_map(label_map)
+        num_masks = max(1.0, float(sum(len(labels) for labels, _ in targets)))
+        layers = [{"pred_logits": outputs["pred_logits"], "pred_mask_embed": outputs["pred_mask_embed"]}]
+        if self.config.deep_supervision:
+            layers += outputs["aux_outputs"]
+        cfg = self.config
+        total = outputs["pred_logits"].new_zeros((), dtype=torch.float32)
+        losses: dict[str, torch.Tensor] = {}
+        for index, layer in enumerate(layers):
+            class_loss, bce, dice = self._layer_losses(
+                layer["pred_logits"], layer["pred_mask_embed"], outputs["mask_features"], targets, num_masks
+            )
+            total = total + cfg.class_weight * class_loss + cfg.mask_bce_weight * bce + cfg.mask_dice_weight * dice
+            if index == 0:
+                losses.update(loss_class=class_loss.detach(), loss_mask_bce=bce.detach(), loss_mask_dice=dice.detach())
+        losses["loss"] = total
+        return losses
+
+
+class DiceCELoss(nn.Module):
+    """nnU-Net's loss for the point-wise conv head: soft Dice over foreground classes + cross-entropy,
+    with deep supervision weights 1, 1/2, 1/4, ... (normalised) on lower-resolution decoder outputs."""
+
+    def __init__(self, num_classes: int, deep_supervision: bool = True):
+        super().__init__()
+        self.num_classes = num_classes
+        self.deep_supervision = deep_supervision
+
+    def _single(self, logits: torch.Tensor, label_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if tuple(label_map.shape[1:]) != tuple(logits.shape[2:]):
+            label_map = F.interpolate(label_map[:, None].float(), size=logits.shape[2:], mode="nearest")[:, 0].long()
+        ce = F.cross_entropy(logits.float(), label_map)
+        probabilities = logits.float().softmax(1)[:, 1:]
+        one_hot = F.one_hot(label_map, self.num_classes + 1).movedim(-1, 1)[:, 1:].float()
+        axes = (0, 2, 3, 4)  # batch Dice, as nnU-Net's default
+        intersection = (probabilities * one_hot).sum(axes)
+        denominator = probabilities.sum(axes) + one_hot.sum(axes)
+        dice = 1 - ((2 * intersection + 1e-5) / (denominator + 1e-5)).mean()
+        return ce, dice
+
+    def forward(self, outputs: dict, label_map: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = [outputs["seg_logits"]]
+        if self.deep_supervision:
+            logits += list(outputs["aux_seg_logits"])
+        weights = torch.tensor([0.5**i for i in range(len(logits))])
+        weights = weights / weights.sum()
+        total = logits[0].new_zeros((), dtype=torch.float32)
+        losses: dict[str, torch.Tensor] = {}
+        for index, (weight, level_logits) in enumerate(zip(weights.tolist(), logits, strict=True)):
+            ce, dice = self._single(level_logits, label_map)
+            total = total + weight * (ce + dice)
+            if index == 0:
+                losses.update(loss_ce=ce.detach(), loss_dice=dice.detach())
+        losses["loss"] = total
+        return losses
+
+
+def build_criterion(config: ModelConfig) -> nn.Module:
+    """The criterion that matches the head in ``config``."""
+    if config.head.kind == "decoupled":
+        return SetCriterion(config.num_classes, config.loss)
+    return DiceCELoss(config.num_classes, config.loss.deep_supervision)

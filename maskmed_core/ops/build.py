@@ -1,0 +1,161 @@
+"""Build and load the compiled deformable-attention extensions.
+
+``build_ops()`` compiles the C++ (CPU) extension, and the CUDA one where a CUDA build of torch and nvcc
+exist, with ``torch.utils.cpp_extension`` into a cache folder keyed by the torch version, the device kind,
+the Python version and a hash of the sources. ``load_extension()`` imports an already built library from
+that folder without needing a compiler, so Slicer and the CLI start fast; it returns None when nothing
+matching is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+CSRC_DIR = Path(__file__).resolve().parent / "csrc"
+
+# extension kind -> (module name, source files relative to csrc/)
+EXTENSION_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "cpu": ("maskmed_deform_attn3d_cpu", ("ms_deform_attn3d_cpu.cpp",)),
+    "cuda": ("maskmed_deform_attn3d_cuda", ("ms_deform_attn3d_cuda.cu",)),
+}
+
+_loaded: dict[str, ModuleType | None] = {}
+
+
+@dataclass
+class BuildReport:
+    """What happened to one extension during ``build_ops``."""
+
+    kind: str
+    built: bool
+    path: Path | None
+    message: str
+
+
+def cache_root() -> Path:
+    """Folder holding all builds: ``$MASKMED_CACHE_DIR`` or ``~/.cache/maskmed``, then ``ops/``."""
+    base = os.environ.get("MASKMED_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "maskmed"
+    )
+    return Path(base) / "ops"
+
+
+def _sources_hash(kind: str) -> str:
+    _, files = EXTENSION_SOURCES[kind]
+    digest = hashlib.sha256()
+    for name in files:
+        digest.update(name.encode())
+        digest.update((CSRC_DIR / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def build_dir(kind: str) -> Path:
+    """Cache folder of one extension kind for this torch, Python and source version."""
+    device_tag = "cpu" if kind == "cpu" else f"cuda{torch.version.cuda or 'none'}"
+    torch_tag = torch.__version__.replace("+", "_")
+    py_tag = f"py{sys.version_info.major}{sys.version_info.minor}"
+    return cache_root() / f"torch{torch_tag}-{device_tag}-{py_tag}-{_sources_hash(kind)}"
+
+
+def built_library(kind: str) -> Path | None:
+    """Path of the built library of one kind for the current torch and sources, or None."""
+    module_name, files = EXTENSION_SOURCES[kind]
+    if not all((CSRC_DIR / name).is_file() for name in files):
+        return None  # a package installed without its sources has nothing to match a build against
+    folder = build_dir(kind)
+    if not folder.is_dir():
+        return None
+    for candidate in sorted(folder.glob(f"{module_name}*.so")) + sorted(folder.glob(f"{module_name}*.pyd")):
+        return candidate
+    return None
+
+
+def cuda_build_possible() -> tuple[bool, str]:
+    """Whether this environment can compile the CUDA extension, and why not if it cannot."""
+    if torch.version.cuda is None:
+        return False, f"torch {torch.__version__} is a CPU-only build"
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    if CUDA_HOME is None or shutil.which("nvcc", path=os.path.join(CUDA_HOME, "bin")) is None:
+        return False, "nvcc was not found (set CUDA_HOME)"
+    return True, ""
+
+
+def _compile(kind: str, verbose: bool) -> Path:
+    from torch.utils.cpp_extension import load
+
+    module_name, files = EXTENSION_SOURCES[kind]
+    folder = build_dir(kind)
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = [str(CSRC_DIR / name) for name in files]
+    openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+    kwargs: dict = {
+        "name": module_name,
+        "sources": sources,
+        "build_directory": str(folder),
+        "extra_cflags": ["-O3", *openmp],
+        "extra_ldflags": openmp,
+        "verbose": verbose,
+        "is_python_module": True,
+    }
+    if kind == "cuda":
+        kwargs["extra_cuda_cflags"] = ["-O3", "--use_fast_math"]
+        if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
+            # No GPU to detect the architecture from: cover the common data-centre and desktop ones.
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "7.5;8.0;8.6;8.9;9.0+PTX"
+    module = load(**kwargs)
+    _loaded[kind] = module
+    path = built_library(kind)
+    if path is None:
+        raise RuntimeError(f"the build finished but no library was found in {folder}")
+    return path
+
+
+def build_ops(kinds: tuple[str, ...] = ("cpu", "cuda"), verbose: bool = False) -> list[BuildReport]:
+    """Compile the requested extensions into the cache; already built ones are kept as they are."""
+    reports = []
+    for kind in kinds:
+        if kind == "cuda":
+            possible, why = cuda_build_possible()
+            if not possible:
+                reports.append(BuildReport(kind, False, None, f"skipped: {why}"))
+                continue
+        existing = built_library(kind)
+        if existing is not None:
+            reports.append(BuildReport(kind, True, existing, "already built"))
+            continue
+        try:
+            path = _compile(kind, verbose)
+        except Exception as error:  # a compiler failure must not stop the other kind from building
+            reports.append(BuildReport(kind, False, None, f"build failed: {error}"))
+            continue
+        reports.append(BuildReport(kind, True, path, "built"))
+    return reports
+
+
+def load_extension(kind: str) -> ModuleType | None:
+    """Import the built extension of one kind ("cpu" or "cuda"), or None if it is not built here."""
+    if kind in _loaded:
+        return _loaded[kind]
+    module = None
+    path = built_library(kind)
+    if path is not None:
+        module_name, _ = EXTENSION_SOURCES[kind]
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is not None and spec.loader is not None:
+            try:
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+            except ImportError:
+                module = None
+    _loaded[kind] = module
+    return module
