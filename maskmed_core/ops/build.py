@@ -79,14 +79,40 @@ def built_library(kind: str) -> Path | None:
     return None
 
 
+def _has_cuda_toolkit(folder: str | None) -> bool:
+    if not folder:
+        return False
+    has_nvcc = shutil.which("nvcc", path=os.path.join(folder, "bin")) is not None
+    has_runtime = any(
+        any(Path(folder, lib).glob("libcudart*")) for lib in ("lib64", "lib", "targets/x86_64-linux/lib")
+    )
+    return has_nvcc and has_runtime
+
+
+def find_cuda_home() -> str | None:
+    """The CUDA toolkit folder: torch's guess when it holds nvcc and libcudart, else the usual places.
+
+    torch guesses the parent of the ``nvcc`` on PATH, which is wrong where nvcc is linked into
+    /usr/local/bin (the link step then cannot find -lcudart).
+    """
+    from torch.utils import cpp_extension
+
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), cpp_extension.CUDA_HOME, "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(str(Path(nvcc).resolve().parent.parent))
+    for folder in candidates:
+        if _has_cuda_toolkit(folder):
+            return folder
+    return None
+
+
 def cuda_build_possible() -> tuple[bool, str]:
     """Whether this environment can compile the CUDA extension, and why not if it cannot."""
     if torch.version.cuda is None:
         return False, f"torch {torch.__version__} is a CPU-only build"
-    from torch.utils.cpp_extension import CUDA_HOME
-
-    if CUDA_HOME is None or shutil.which("nvcc", path=os.path.join(CUDA_HOME, "bin")) is None:
-        return False, "nvcc was not found (set CUDA_HOME)"
+    if find_cuda_home() is None:
+        return False, "no CUDA toolkit with nvcc and libcudart was found (set CUDA_HOME)"
     return True, ""
 
 
@@ -108,6 +134,13 @@ def _compile(kind: str, verbose: bool) -> Path:
         "is_python_module": True,
     }
     if kind == "cuda":
+        from torch.utils import cpp_extension
+
+        cuda_home = find_cuda_home()
+        cpp_extension.CUDA_HOME = cuda_home  # used by load() for include paths and -lcudart
+        os.environ["CUDA_HOME"] = cuda_home or ""
+        # --use_fast_math only flushes float32 denormals here (no divisions in the kernels); the one
+        # rounding that picks a corner uses an explicit fma, exactly as grid_sample does.
         kwargs["extra_cuda_cflags"] = ["-O3", "--use_fast_math"]
         if "TORCH_CUDA_ARCH_LIST" not in os.environ and not torch.cuda.is_available():
             # No GPU to detect the architecture from: cover the common data-centre and desktop ones.

@@ -1,0 +1,385 @@
+"""Reading a CT volume: NIfTI, NRRD and MetaImage files, and DICOM series folders.
+
+Everything the user can get wrong (a missing path, a damaged file, a single slice, a colour image, NaN voxels…)
+raises :class:`~maskmed_core.io.errors.InputError` with a message that says what is wrong and what to do.
+The image comes back as SimpleITK gives it: its own pixel type, its own orientation (oblique direction cosines
+included) and (x, y, z) index order; :func:`maskmed_core.io.orientation.to_canonical` makes the axis order uniform.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import re
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk  # noqa: N813 (the conventional name)
+
+from maskmed_core.io.errors import InputError
+
+# File name endings read as one volume (lower case; ".nii.gz" is matched before any single suffix).
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+# A single DICOM file is read too, only so that the user hears "2D image: give the whole series".
+DICOM_FILE_SUFFIXES = (".dcm", ".ima")
+_FORMATS = (
+    "a NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) or MetaImage (.mha, .mhd) file, "
+    "or a folder that holds one DICOM series"
+)
+_REEXPORT = "Re-export the image, or copy it again if a download or transfer was interrupted."
+
+# check_ct_intensities: a CT contains air (about -1000 HU) around and inside the body; -500 HU is far above it.
+_AIR_LIMIT_HU = -500.0
+_INTENSITY_SAMPLES = 1_000_000
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One DICOM series of a folder, as GDCM groups the files.
+
+    uid: Series Instance UID (0020,000E); "" when anonymisation removed it (GDCM then groups those files as one).
+    num_files: number of files (usually slices) in the series.
+    description: Series Description (0008,103E) of its first file, "" when absent or unreadable.
+    files: the file paths in GDCM's order (sorted by slice position), as accepted by ``sitk.ImageSeriesReader``.
+    """
+
+    uid: str
+    num_files: int
+    description: str
+    files: tuple[str, ...]
+
+    def summary(self) -> str:
+        """One line for messages: UID, file count and description."""
+        uid = f"'{self.uid}'" if self.uid else "'' (the files carry no Series Instance UID)"
+        description = f', "{self.description}"' if self.description else ""
+        return f"{uid}: {self.num_files} files{description}"
+
+
+def list_dicom_series(folder: str | os.PathLike[str]) -> list[DicomSeries]:
+    """The DICOM series directly inside ``folder`` (sub-folders are not searched), most files first.
+
+    An empty list when the folder holds no DICOM files. Raises InputError when ``folder`` is not a folder.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder: give the folder that holds the DICOM files of the series.")
+    series = []
+    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)):
+        files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+        if files:
+            series.append(DicomSeries(uid, len(files), _series_description(files[0]), files))
+    series.sort(key=lambda s: (-s.num_files, s.uid))
+    return series
+
+
+def read_image(path: str | os.PathLike[str], series_uid: str | None = None) -> sitk.Image:
+    """Read and check one 3D single-channel volume.
+
+    path: a .nii/.nii.gz/.nrrd/.nhdr/.mha/.mhd file, or a folder holding a DICOM series. In a folder with several
+    series the one with the most files is read, unless ``series_uid`` names one (see :func:`list_dicom_series`).
+
+    Returns the image with SimpleITK's geometry untouched: spacing in mm, origin in mm (LPS world coordinates),
+    direction cosines as stored (oblique ones kept), index order (x, y, z). DICOM pixel values are rescaled by
+    ITK (Rescale Slope/Intercept), so a CT comes back in Hounsfield units.
+
+    Raises InputError for a missing path, a folder without DICOM series, an unknown ``series_uid``, an unreadable
+    or truncated file, and an image that is not one 3D scalar volume with finite, non-constant intensities.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path} does not exist: check the path. MaskMed reads {_FORMATS}.")
+    if path.is_dir():
+        image, name = _read_dicom_folder(path, series_uid)
+    else:
+        if series_uid is not None:
+            raise InputError(
+                f"A DICOM series UID ('{series_uid}') was given, but {path} is a file, not a DICOM folder: "
+                "give the folder that holds the series, or leave the series UID out."
+            )
+        image, name = _read_file(path), str(path)
+    validate_volume(image, name)
+    return image
+
+
+def validate_volume(image: sitk.Image, name: str = "The image") -> None:
+    """Raise InputError unless ``image`` is one 3D scalar volume with finite, non-constant voxels.
+
+    name: how messages refer to the image (a path, or "the DICOM series … in …"). A 3D image with a size-1 axis
+    counts as 2D (a single slice). Note: SimpleITK's NIfTI reader (niftilib) already replaces NaN and infinite
+    float voxels by 0 without a word, so the NaN/inf checks only ever fire for NRRD, MetaImage and in-memory images.
+    """
+    size_text = " x ".join(str(n) for n in image.GetSize())
+    components = image.GetNumberOfComponentsPerPixel()
+    if components != 1:
+        raise InputError(
+            f"{name} has {components} values per voxel ({image.GetPixelIDTypeAsString()}, {size_text} voxels), "
+            "like a colour (RGB) image or a vector field; MaskMed needs a single-channel (grayscale) 3D CT volume "
+            "in Hounsfield units: export the original CT, not a colour rendering, screenshot or derived map."
+        )
+    dimension = image.GetDimension()
+    if dimension == 2 or (dimension == 3 and 1 in image.GetSize()):
+        raise InputError(
+            f"{name} is a 2D image ({size_text}); MaskMed needs a 3D CT volume: export the whole series, not a "
+            "single slice (for DICOM, give the folder that holds all slice files of the series)."
+        )
+    if dimension != 3:
+        raise InputError(
+            f"{name} is a {dimension}D image ({size_text} voxels, e.g. a time series or several phases/channels "
+            "in one file); MaskMed needs one 3D CT volume: export a single 3D volume (one phase or time point)."
+        )
+    voxels = sitk.GetArrayViewFromImage(image)
+    # min/max are single passes without a temporary array; NaN propagates into both, +-inf shows up in one.
+    low, high = voxels.min(), voxels.max()
+    if np.issubdtype(voxels.dtype, np.floating):
+        if np.isnan(low) or np.isnan(high):
+            count = int(np.count_nonzero(np.isnan(voxels)))
+            raise InputError(
+                f"{name} contains {count} NaN (not-a-number) voxels of {voxels.size}; MaskMed needs finite "
+                "intensities: fill the undefined region (e.g. with -1024 HU, air) or crop it away, and export again."
+            )
+        if np.isinf(low) or np.isinf(high):
+            count = int(np.count_nonzero(np.isinf(voxels)))
+            raise InputError(
+                f"{name} contains {count} infinite voxels of {voxels.size}; MaskMed needs finite intensities: "
+                "fill the invalid region (e.g. with -1024 HU, air) or crop it away, and export again."
+            )
+    if low == high:
+        raise InputError(
+            f"{name} is constant: all {voxels.size} voxels ({size_text}) equal {low.item():g}, so it holds no "
+            "image; check that the right volume was exported (not an empty or blanked one)."
+        )
+
+
+def check_ct_intensities(image: sitk.Image) -> str | None:
+    """A warning text when the intensities do not look like CT in Hounsfield units, else None.
+
+    A CT always holds air (about -1000 HU) around or inside the body, so the 0.5th percentile of its voxels lies
+    far below -500 HU. MR, PET, normalised (0..1) images and CT stored without the DICOM rescale intercept do not.
+    The percentiles come from a strided sample of about one million voxels, so this stays cheap for any size.
+    """
+    voxels = sitk.GetArrayViewFromImage(image).reshape(-1)
+    step = max(1, voxels.size // _INTENSITY_SAMPLES)
+    low, high = (float(v) for v in np.percentile(voxels[::step], [0.5, 99.5]))
+    if low <= _AIR_LIMIT_HU:
+        return None
+    minimum, maximum = float(voxels.min()), float(voxels.max())
+    if minimum >= 0 and maximum > 1500:
+        hint = (
+            "it may be a CT stored without the DICOM rescale intercept (HU = stored value - 1024): export it "
+            "in Hounsfield units"
+        )
+    elif maximum - minimum <= 10:
+        hint = "it looks normalised (e.g. to 0..1): give the original CT in Hounsfield units"
+    else:
+        hint = "it may be an MR, PET or other non-CT image, or a CT cropped so tightly that it holds no air"
+    return (
+        f"The image intensities do not look like CT in Hounsfield units: they range from {minimum:g} to "
+        f"{maximum:g} (0.5th..99.5th percentile {low:g} .. {high:g}), but a CT reaches about -1000 HU in air; "
+        f"{hint}. MaskMed expects CT in HU, so its segmentation of this image is likely to be wrong."
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# files
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for suffix in VOLUME_SUFFIXES + DICOM_FILE_SUFFIXES:
+        if name.endswith(suffix):
+            return suffix
+    return path.suffix.lower()
+
+
+def _read_file(path: Path) -> sitk.Image:
+    suffix = _suffix(path)
+    if suffix not in VOLUME_SUFFIXES + DICOM_FILE_SUFFIXES:
+        raise InputError(
+            f"{path} has an unsupported file type ({suffix or 'no extension'}): MaskMed reads {_FORMATS}. "
+            "Convert it (e.g. in 3D Slicer: Save, as .nii.gz); for DICOM, give the folder that holds the series."
+        )
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as error:
+        raise InputError(
+            f"{path} could not be read: the file looks corrupted or truncated, or is not really a {suffix} file "
+            f"(SimpleITK: {_sitk_reason(error)}). {_REEXPORT}"
+        ) from error
+    if suffix in (".nii", ".nii.gz"):
+        _check_nifti_complete(path)
+    return image
+
+
+def _sitk_reason(error: RuntimeError) -> str:
+    """The informative part of a SimpleITK exception text (its first line is only the C++ source location)."""
+    lines = [line.strip() for line in str(error).splitlines()[1:]]
+    # MetaImage reports a truncated file with a stale errno text ("No such file or directory"): drop it, the file
+    # exists (read_image checked).
+    lines = [line for line in lines if line and line != "Reason: No such file or directory"]
+    text = "; ".join(re.sub(r"^(sitk::ERROR:|ITK ERROR: \w+\(0x[0-9a-f]+\):)\s*", "", line) for line in lines)
+    return text[:300] or str(error).strip()[:300]
+
+
+def _check_nifti_complete(path: Path) -> None:
+    """Raise InputError when a NIfTI file holds less voxel data than its header announces.
+
+    SimpleITK (ITK's niftilib) reads a truncated .nii or .nii.gz without any error and fills the missing voxels
+    with zeros, so this is checked here: the header gives vox_offset + voxel bytes; an uncompressed file must be
+    that long, and a gzip file must decompress to that many bytes.
+    """
+    with open(path, "rb") as file:
+        compressed = file.read(2) == b"\x1f\x8b"
+    try:
+        with gzip.open(path, "rb") if compressed else open(path, "rb") as file:
+            header = file.read(540)
+    except (OSError, EOFError, zlib.error):
+        return  # SimpleITK read it, so it is at least not a header problem we can judge here
+    expected = _nifti_expected_bytes(header)
+    if expected is None:
+        return
+    if not compressed:
+        actual, complete = path.stat().st_size, True
+    else:
+        # The gzip trailer ends with the uncompressed size mod 2**32 (ISIZE): one 4-byte read for an intact file.
+        # A truncated file ends in compressed data instead, which matches the expected size only by a 2**-32 chance.
+        with open(path, "rb") as file:
+            file.seek(-4, os.SEEK_END)
+            (isize,) = struct.unpack("<I", file.read(4))
+        if isize == expected % 2**32:
+            return
+        # Mismatch: several gzip members, trailing bytes, or truncation; decompress to find out.
+        actual, complete = _gzip_stream_size(path)
+    if complete and actual >= expected:
+        return
+    raise InputError(
+        f"{path} is truncated: its NIfTI header announces {expected:,} bytes, but the file holds only "
+        f"{actual:,}{' after decompression' if compressed else ''} (SimpleITK would fill the missing voxels with "
+        f"zeros). The file looks corrupted or truncated. {_REEXPORT}"
+    )
+
+
+def _nifti_expected_bytes(header: bytes) -> int | None:
+    """vox_offset + voxel bytes of a single-file NIfTI-1 or NIfTI-2 header, or None when that cannot be judged."""
+    if len(header) < 348:
+        return None
+    for order in "<>":
+        (sizeof_hdr,) = struct.unpack_from(order + "i", header, 0)
+        if sizeof_hdr == 348 and header[344:348] == b"n+1\0":
+            dims = struct.unpack_from(order + "8h", header, 40)
+            (bitpix,) = struct.unpack_from(order + "h", header, 72)
+            (vox_offset,) = struct.unpack_from(order + "f", header, 108)
+        elif sizeof_hdr == 540 and len(header) >= 540 and header[4:8] == b"n+2\0":
+            dims = struct.unpack_from(order + "8q", header, 16)
+            (bitpix,) = struct.unpack_from(order + "h", header, 14)
+            (vox_offset,) = struct.unpack_from(order + "q", header, 168)
+        else:
+            continue
+        lengths = dims[1 : dims[0] + 1]
+        if not 1 <= dims[0] <= 7 or bitpix <= 0 or min(lengths) < 1:
+            return None
+        return int(vox_offset) + math.prod(lengths) * bitpix // 8
+    return None
+
+
+def _gzip_stream_size(path: Path) -> tuple[int, bool]:
+    """(decompressed bytes, whether the data ends with a complete gzip member) of a possibly multi-member file.
+
+    Streams 1 MiB of input at a time and caps each output piece at 16 MiB, so memory stays small at any
+    compression ratio. wbits=31 makes zlib parse the gzip header and check its CRC-32/size trailer.
+    """
+    total = 0
+    members_done = 0
+    decompressor = zlib.decompressobj(wbits=31)
+    in_member = False
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            data = chunk
+            while True:
+                try:
+                    out = decompressor.decompress(data, 1 << 24)
+                except zlib.error:
+                    # Bytes after a complete member that are not gzip (e.g. zero padding) are ignored, as zlib's own
+                    # gzread does; an error inside the first member means the data is corrupt.
+                    return total, members_done > 0 and not in_member
+                in_member = True
+                total += len(out)
+                if decompressor.eof:
+                    members_done += 1
+                    in_member = False
+                    data = decompressor.unused_data
+                    decompressor = zlib.decompressobj(wbits=31)
+                    if not data:
+                        break
+                    continue
+                data = decompressor.unconsumed_tail
+                if not data and len(out) < 1 << 24:
+                    break
+    return total, members_done > 0 and not in_member
+
+
+# --------------------------------------------------------------------------------------------------------------
+# DICOM
+
+
+def _series_description(file: str) -> str:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(file)
+    try:
+        reader.ReadImageInformation()  # header only: no pixel data is decoded
+    except RuntimeError:
+        return ""
+    key = "0008|103e"
+    return reader.GetMetaData(key).strip() if reader.HasMetaDataKey(key) else ""
+
+
+def _read_dicom_folder(folder: Path, series_uid: str | None) -> tuple[sitk.Image, str]:
+    series = list_dicom_series(folder)
+    if not series:
+        raise InputError(f"{folder} holds no DICOM series: {_folder_hint(folder)}")
+    if series_uid is None:
+        chosen = series[0]  # the most files: in a CT export, the full volume rather than a scout or a summary
+    else:
+        matches = [s for s in series if s.uid == series_uid]
+        if not matches:
+            available = "; ".join(s.summary() for s in series)
+            raise InputError(
+                f"{folder} has no DICOM series with the UID '{series_uid}'. Available series: {available}. "
+                "Give one of these UIDs, or none to read the series with the most files."
+            )
+        chosen = matches[0]
+    name = f"The DICOM series '{chosen.uid}' in {folder}" if chosen.uid else f"The DICOM series in {folder}"
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(chosen.files))
+    try:
+        image = reader.Execute()
+    except RuntimeError as error:
+        raise InputError(
+            f"{name} could not be read as one volume: a file looks corrupted or truncated, or the series mixes "
+            f"images of different sizes (SimpleITK: {_sitk_reason(error)}). {_REEXPORT}"
+        ) from error
+    return image, name
+
+
+def _folder_hint(folder: Path) -> str:
+    """What to do when a folder has no DICOM series: point at image files or sub-folders that it does hold."""
+    entries = sorted(folder.iterdir())
+    volumes = [e.name for e in entries if e.is_file() and _suffix(e) in VOLUME_SUFFIXES]
+    folders = [e.name for e in entries if e.is_dir()]
+    if volumes:
+        shown = ", ".join(volumes[:3]) + (", …" if len(volumes) > 3 else "")
+        return f"it holds image files ({shown}): give the path of the file to read instead of the folder."
+    if folders:
+        shown = ", ".join(folders[:3]) + (", …" if len(folders) > 3 else "")
+        return (
+            f"it has sub-folders ({shown}), which are not searched: give the folder that directly holds the DICOM "
+            "slice files of one series."
+        )
+    what = "is empty" if not entries else f"holds {len(entries)} files, none of them DICOM"
+    return (
+        f"it {what}. Give the folder that directly holds the DICOM slice files of one series, or the path of a "
+        "NIfTI, NRRD or MetaImage file."
+    )

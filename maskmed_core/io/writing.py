@@ -1,0 +1,97 @@
+"""Writing images atomically: a reader (or 3D Slicer) never sees a half-written file at the output path.
+
+Each write goes to a temporary file in the target's folder (same file system, so the final ``os.replace`` is an
+atomic rename) whose name keeps the real extension, because SimpleITK chooses the writer from the extension.
+On any error the temporary file is removed, and a file that already existed at the target stays untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import SimpleITK as sitk  # noqa: N813 (the conventional name)
+
+from maskmed_core.io.errors import InputError
+
+WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+# Multi-part extensions that must survive in the temporary name (".seg.nrrd": Slicer segmentation files).
+_COMPOUND_SUFFIXES = (".nii.gz", ".seg.nrrd")
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike[str]) -> Path:
+    """Write ``image`` to ``path`` (.nii.gz, .nii, .nrrd or .mha), compressed where the format allows, atomically.
+
+    The geometry (spacing and origin in mm, direction cosines) is written as SimpleITK holds it; .nii stores it
+    in float32, the others in full precision. Returns the path written.
+
+    Raises InputError for an unsupported extension or a folder that does not exist or is not writable, and
+    OSError when SimpleITK fails to write (e.g. the disk is full); in both cases nothing is left at ``path``
+    (and a file that was there before is unchanged).
+    """
+    target = Path(path)
+    if not target.name.lower().endswith(WRITE_SUFFIXES):
+        raise InputError(
+            f"Cannot write {target}: unsupported file type; MaskMed writes {', '.join(WRITE_SUFFIXES)} files. "
+            "Choose an output name with one of these extensions."
+        )
+    with atomic_output(target) as temporary:
+        try:
+            # useCompression: gzip for .nrrd/.mha; .nii.gz is compressed by its name, .nii stays uncompressed.
+            sitk.WriteImage(image, str(temporary), useCompression=True)
+        except RuntimeError as error:
+            reason = "; ".join(line.strip() for line in str(error).splitlines()[1:] if line.strip())
+            raise OSError(
+                f"Could not write {target} (SimpleITK: {reason[:300]}). Check that the disk is not full and that "
+                "the folder is writable."
+            ) from error
+    return target
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``, with the same extension, for any writer to write to.
+
+    On a normal exit of the ``with`` block the temporary file replaces ``path`` atomically; when the block raises,
+    the temporary file is deleted and ``path`` is left as it was. Raises InputError before yielding when the
+    folder of ``path`` does not exist or is not writable, or ``path`` is a folder; FileNotFoundError at the end
+    when the block wrote nothing.
+    """
+    target = Path(path)
+    folder = target.parent
+    if not folder.is_dir():
+        raise InputError(
+            f"Cannot write {target}: the folder {folder} does not exist. Create it, or choose another output path."
+        )
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"Cannot write {target}: the folder {folder} is not writable. Choose another output folder.")
+    if target.is_dir():
+        raise InputError(f"Cannot write {target}: it is a folder. Give a file name, e.g. {target / 'result.nii.gz'}.")
+    temporary = _temporary_sibling(target)
+    try:
+        yield temporary
+        if not temporary.is_file():
+            raise FileNotFoundError(f"Nothing was written to the temporary file {temporary} for {target}")
+        os.replace(temporary, target)
+    finally:
+        # After a successful os.replace the temporary name no longer exists; after an error it goes here.
+        temporary.unlink(missing_ok=True)
+
+
+def _temporary_sibling(target: Path) -> Path:
+    """A unique hidden name in the target's folder, ending with the target's full extension.
+
+    Not created here: the writer creates it with the usual permissions (a tempfile.mkstemp file would be 0600 and
+    keep that mode after the rename). A random 48-bit token makes a collision practically impossible.
+    """
+    name = target.name
+    lower = name.lower()
+    extension = next((s for s in _COMPOUND_SUFFIXES if lower.endswith(s)), None)
+    if extension is None:
+        extension = "".join(target.suffixes[-2:]) if lower.endswith(".gz") else target.suffix
+    split = len(name) - len(extension)
+    stem = name[:split].lstrip(".")  # one leading dot is added below (hidden file); avoid "..name"
+    return target.with_name(f".{stem}.{uuid.uuid4().hex[:12]}.tmp{name[split:]}")
