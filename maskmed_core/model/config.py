@@ -109,6 +109,8 @@ class ModelConfig:
             raise ValueError("pixel_decoder.num_feature_levels must fit between the mask level and the bottom")
         if self.head.kind not in ("decoupled", "conv"):
             raise ValueError(f"head.kind must be 'decoupled' or 'conv', got {self.head.kind!r}")
+        if self.transformer.d_model % 8:
+            raise ValueError("transformer.d_model must be divisible by 8 (the query projection's group norm)")
         if self.head.hidden_dim % self.head.num_heads:
             raise ValueError("head.hidden_dim must be divisible by head.num_heads")
 

@@ -1,0 +1,140 @@
+"""The model file: round trip, and refusal of unsafe, damaged, foreign or too-new files."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from maskmed_core.checkpoint import ModelFileError, load_model_file, save_model_file
+from maskmed_core.classes import AMOS15_CLASSES, SegmentClass
+from maskmed_core.model import MaskMed, preset
+from maskmed_core.plans import Plans
+
+CLASSES = list(AMOS15_CLASSES[:3])
+
+
+def tiny_model() -> MaskMed:
+    config = preset("small", num_classes=3)
+    config.encoder.features = (8, 8, 16, 16, 16)
+    config.encoder.blocks_per_stage = (1, 1, 1, 1, 1)
+    config.transformer.d_model = 16
+    config.transformer.ffn_dim = 16
+    config.head.hidden_dim = 16
+    config.head.num_heads = 2
+    config.head.ffn_dim = 16
+    return MaskMed(config)
+
+
+@pytest.fixture
+def model_path(tmp_path):
+    torch.manual_seed(0)
+    return save_model_file(tmp_path / "tiny.maskmed", tiny_model(), Plans(), CLASSES, {"note": "test"})
+
+
+def test_round_trip(model_path):
+    loaded = load_model_file(model_path)
+    assert loaded.classes == CLASSES
+    assert loaded.plans == Plans()
+    assert loaded.extra == {"note": "test"}
+    model = loaded.build_model()
+    torch.manual_seed(0)
+    reference = tiny_model()
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[key], value)
+    assert not any(p.name.startswith(".") for p in model_path.parent.iterdir()), "temporary file left behind"
+
+
+def test_pickle_payload_is_refused_without_running(tmp_path):
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "evil.maskmed"
+    evil.write_bytes(pickle.dumps({"state_dict": Payload()}))
+    with pytest.raises(ModelFileError, match="not a MaskMed model file"):
+        load_model_file(evil)
+    assert not marker.exists()
+
+
+def test_torch_save_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "torch.maskmed"
+    torch.save(tiny_model().state_dict(), path)
+    with pytest.raises(ModelFileError, match="pickled PyTorch checkpoints are refused"):
+        load_model_file(path)
+
+
+def _rewrite_metadata(source, target, change):
+    from safetensors import safe_open
+
+    with safe_open(str(source), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+    change(metadata)
+    save_file(load_file(str(source)), str(target), metadata=metadata)
+
+
+def test_newer_format_version_is_refused(model_path, tmp_path):
+    target = tmp_path / "newer.maskmed"
+    _rewrite_metadata(model_path, target, lambda m: m.update(format_version="99"))
+    with pytest.raises(ModelFileError, match="newer than this maskmed_core reads"):
+        load_model_file(target)
+
+
+def test_missing_metadata_is_refused(model_path, tmp_path):
+    target = tmp_path / "missing.maskmed"
+    _rewrite_metadata(model_path, target, lambda m: m.pop("plans"))
+    with pytest.raises(ModelFileError, match="lacks model metadata \\(plans\\)"):
+        load_model_file(target)
+
+
+def test_foreign_safetensors_is_refused(tmp_path):
+    target = tmp_path / "other.maskmed"
+    save_file({"w": torch.zeros(2)}, str(target))
+    with pytest.raises(ModelFileError, match="not a MaskMed model file"):
+        load_model_file(target)
+
+
+def test_weights_not_matching_config_are_refused(model_path, tmp_path):
+    target = tmp_path / "mismatch.maskmed"
+
+    def bigger_head(metadata):
+        config = json.loads(metadata["config"])
+        config["head"]["num_queries"] += 1
+        metadata["config"] = json.dumps(config)
+
+    _rewrite_metadata(model_path, target, bigger_head)
+    with pytest.raises(ModelFileError, match="do not match its network configuration.*wrong shape"):
+        load_model_file(target).build_model()
+
+
+def test_truncated_file_is_refused(model_path, tmp_path):
+    target = tmp_path / "truncated.maskmed"
+    data = model_path.read_bytes()
+    target.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError):
+        load_model_file(target)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load_model_file(tmp_path / "nope.maskmed")
+
+
+def test_bad_classes_are_refused_on_save(tmp_path):
+    classes = [SegmentClass(1, "a", (1, 2, 3)), SegmentClass(1, "b", (1, 2, 3)), SegmentClass(2, "c", (0, 0, 0))]
+    with pytest.raises(ValueError, match="distinct"):
+        save_model_file(tmp_path / "x.maskmed", tiny_model(), Plans(), classes)
+    assert not list(tmp_path.iterdir())
+
+
+def test_terminology_tag_has_slicer_layout():
+    tag = AMOS15_CLASSES[1].terminology.slicer_tag()
+    parts = tag.split("~")
+    assert parts[1] == "SCT^123037004^Anatomical Structure"
+    assert parts[2] == "SCT^64033007^Kidney" and parts[3] == "SCT^24028007^Right"
