@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -181,3 +183,8 @@ def test_unknown_backend_is_refused():
     inputs = make_inputs([(2, 2, 2)])
     with pytest.raises(ValueError, match="unknown backend"):
         ms_deform_attn3d(*inputs, backend="tpu")
+
+
+@pytest.mark.skipif(os.environ.get("CI") != "true", reason="only CI guarantees that setup.sh ran `maskmed build-ops`")
+def test_cpu_backend_is_built_in_ci():
+    assert "cpu" in available_backends(), "setup.sh should have built the C++ op; run `maskmed build-ops --verbose`"
