@@ -8,31 +8,18 @@ import pickle
 
 import pytest
 import torch
+from factories import tiny_model
 from safetensors.torch import load_file, save_file
 
 from maskmed_core.checkpoint import ModelFileError, load_model_file, save_model_file
 from maskmed_core.classes import AMOS15_CLASSES, SegmentClass
-from maskmed_core.model import MaskMed, preset
 from maskmed_core.plans import Plans
 
 CLASSES = list(AMOS15_CLASSES[:3])
 
 
-def tiny_model() -> MaskMed:
-    config = preset("small", num_classes=3)
-    config.encoder.features = (8, 8, 16, 16, 16)
-    config.encoder.blocks_per_stage = (1, 1, 1, 1, 1)
-    config.transformer.d_model = 16
-    config.transformer.ffn_dim = 16
-    config.head.hidden_dim = 16
-    config.head.num_heads = 2
-    config.head.ffn_dim = 16
-    return MaskMed(config)
-
-
 @pytest.fixture
 def model_path(tmp_path):
-    torch.manual_seed(0)
     return save_model_file(tmp_path / "tiny.maskmed", tiny_model(), Plans(), CLASSES, {"note": "test"})
 
 
@@ -42,7 +29,6 @@ def test_round_trip(model_path):
     assert loaded.plans == Plans()
     assert loaded.extra == {"note": "test"}
     model = loaded.build_model()
-    torch.manual_seed(0)
     reference = tiny_model()
     for key, value in reference.state_dict().items():
         torch.testing.assert_close(model.state_dict()[key], value)

@@ -1,6 +1,7 @@
-"""The ``maskmed`` command line: ``maskmed info`` and ``maskmed build-ops``.
+"""The ``maskmed`` command line: ``info``, ``build-ops`` and ``predict``.
 
-Exit codes: 0 success, 1 the command failed (message on stderr), 2 bad usage (argparse).
+Exit codes: 0 success, 1 the command failed (message on stderr), 2 bad usage (argparse); ``predict``
+adds its own (``maskmed predict --help``).
 """
 
 from __future__ import annotations
@@ -87,6 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--cpu-only", action="store_true", help="do not try to build the CUDA backend")
     build.add_argument("--verbose", action="store_true", help="show the compiler output")
     build.set_defaults(handler=_cmd_build_ops)
+    from maskmed_core import predict_command
+
+    predict = commands.add_parser(
+        "predict",
+        help="segment CT volumes",
+        description=predict_command.__doc__,
+        epilog=predict_command.EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    predict_command.add_arguments(predict)
+    predict.set_defaults(handler=predict_command.run)
     return parser
 
 

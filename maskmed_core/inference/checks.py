@@ -1,0 +1,76 @@
+"""Checks made before any heavy work: slice thickness the model can use, and memory it will need."""
+
+from __future__ import annotations
+
+import math
+import os
+
+from maskmed_core.io.errors import InputError
+from maskmed_core.plans import Plans
+
+# An input slice may be at most this many times thicker than the model's voxels along that axis: beyond
+# it, whole organs (adrenal glands, gallbladder) fall between slices and the output is interpolation.
+MAX_SPACING_RATIO = 3.0
+GIB = 2**30
+
+
+def check_spacing(image, plans: Plans) -> None:
+    """Refuse inputs with voxels far coarser than the model's along some axis (e.g. 0.5 x 0.5 x 10 mm)."""
+    import numpy as np
+
+    direction = np.abs(np.array(image.GetDirection()).reshape(3, 3))  # rows: physical L, P, S; columns: index axes
+    index_axis_of = direction.argmax(1)  # the index axis closest to each physical axis, as to_canonical pairs them
+    spacing_xyz = [image.GetSpacing()[index_axis_of[p]] for p in range(3)]
+    spacing = tuple(spacing_xyz[::-1])  # canonical (z, y, x)
+    for axis, (have, want) in enumerate(zip(spacing, plans.spacing, strict=True)):
+        if have > MAX_SPACING_RATIO * want:
+            raise InputError(
+                f"the volume's voxels are {have:.2f} mm along the {'zyx'[axis]} axis (spacing "
+                f"{' x '.join(f'{s:.2f}' for s in spacing[::-1])} mm), more than {MAX_SPACING_RATIO:g} times the "
+                f"model's {want:.2f} mm: reconstruct the series with thinner slices (at most "
+                f"{MAX_SPACING_RATIO * want:.1f} mm) and segment that"
+            )
+
+
+def estimate_memory_bytes(image, plans: Plans, num_queries: int) -> int:
+    """Peak memory of one prediction (bytes), from the input size and the model grid.
+
+    Input side: the image, its float32 copy and the resampled copy around it, and the uint8 label map
+    on the input grid with its reoriented copy. Model side: Q float32 mask accumulators plus the weight
+    map, the Q uint8 result masks and their cached float32 copy, and a fixed allowance for the network
+    on one patch.
+    """
+    input_voxels = math.prod(image.GetSize())
+    input_bytes = input_voxels * (image.GetSizeOfPixelComponent() + 4 + 2)
+    sizes_spacings_targets = zip(image.GetSize(), image.GetSpacing(), plans.spacing[::-1], strict=True)
+    model_voxels = math.prod(max(1, round(n * s / t)) for n, s, t in sizes_spacings_targets)
+    model_bytes = model_voxels * (num_queries * (4 + 1 + 4) + 4 + 4)
+    network_bytes = math.prod(plans.patch_size) * 2000  # activations of one patch (measured ~1.1 kB/voxel)
+    return int(input_bytes + model_bytes + network_bytes)
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else None (then no refusal is made)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def check_memory(image, plans: Plans, num_queries: int) -> None:
+    """Refuse, with the numbers, a volume whose prediction would not fit in the available memory."""
+    if os.environ.get("MASKMED_SKIP_MEMORY_CHECK") == "1":
+        return
+    needed = estimate_memory_bytes(image, plans, num_queries)
+    available = available_memory_bytes()
+    if available is not None and needed > available:
+        size = " x ".join(str(s) for s in image.GetSize())
+        raise InputError(
+            f"segmenting this {size} volume needs about {needed / GIB:.1f} GiB of memory but only "
+            f"{available / GIB:.1f} GiB is available: crop the volume to the region of interest, close other "
+            "programs, or run on a machine with more memory (set MASKMED_SKIP_MEMORY_CHECK=1 to try anyway)"
+        )

@@ -1,0 +1,128 @@
+"""``Predictor``: a model file + a device -> re-thresholdable results for CT volumes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from maskmed_core.checkpoint import ModelFile, load_model_file
+from maskmed_core.classes import LEFT, RIGHT, SegmentClass
+from maskmed_core.inference.checks import check_memory, check_spacing
+from maskmed_core.inference.preprocessing import normalize_ct, prepare
+from maskmed_core.inference.result import Grid, SegmentationResult
+from maskmed_core.inference.sliding_window import ProgressCallback, sliding_window
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """"auto" -> CUDA if available, else Apple MPS if available, else CPU; otherwise the named device."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA GPU is usable here; use --device cpu or auto")
+    return torch.device(name)
+
+
+def lateral_pairs(classes: list[SegmentClass]) -> list[tuple[int, int]]:
+    """Index pairs of classes that are the left and right of one structure (same SNOMED type code)."""
+    by_type: dict[str, dict[str, int]] = {}
+    for index, segment_class in enumerate(classes):
+        terminology = segment_class.terminology
+        if terminology is None or terminology.type_modifier is None:
+            continue
+        side = terminology.type_modifier.code
+        if side in (LEFT[1], RIGHT[1]):
+            by_type.setdefault(terminology.type.code, {})[side] = index
+    return [(sides[LEFT[1]], sides[RIGHT[1]]) for sides in by_type.values() if len(sides) == 2]
+
+
+class Predictor:
+    """Runs a MaskMed model file on CT volumes.
+
+    ``predict`` returns a ``SegmentationResult``; ``result.label_map(query_threshold, class_threshold)``
+    gives the label image on the input grid without running the network again.
+    """
+
+    def __init__(self, model_file: ModelFile, device: str | torch.device = "auto", batch_size: int | None = None):
+        self.model_file = model_file
+        self.device = resolve_device(device) if isinstance(device, str) else device
+        self.model = model_file.build_model(self.device)
+        self.batch_size = batch_size or (2 if self.device.type == "cuda" else 1)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], device: str | torch.device = "auto") -> Predictor:
+        return cls(load_model_file(path), device)
+
+    @property
+    def classes(self) -> list[SegmentClass]:
+        return self.model_file.classes
+
+    def predict(
+        self,
+        image_or_path,
+        progress: ProgressCallback | None = None,
+        cancel: Callable[[], bool] | None = None,
+        tta: bool = False,
+        series_uid: str | None = None,
+    ) -> SegmentationResult:
+        """Segment one CT: a SimpleITK image or a path (file or DICOM folder).
+
+        ``progress(fraction, stage)`` is called with stages "reading", "preparing", "inference",
+        "finishing"; ``cancel()`` is polled between patches and raises ``InferenceCancelled``.
+        With ``tta``, predictions are averaged over mirrors along all three axes (left-right mirrors
+        swap lateral classes such as left and right kidney back).
+        """
+        from maskmed_core.io.reading import check_ct_intensities, read_image, validate_volume
+
+        def report(fraction: float, stage: str) -> None:
+            if progress is not None:
+                progress(fraction, stage)
+
+        report(0.0, "reading")
+        if isinstance(image_or_path, (str, os.PathLike, Path)):
+            image = read_image(image_or_path, series_uid=series_uid)
+        else:
+            image = image_or_path
+            validate_volume(image)
+        plans = self.model_file.plans
+        check_spacing(image, plans)
+        num_queries = self.model.config.head.num_queries if self.model.decoupled else len(self.classes)
+        check_memory(image, plans, num_queries)
+        warnings = [w for w in [check_ct_intensities(image)] if w]
+        report(0.0, "preparing")
+        prepared = prepare(image, plans)
+        pad_value = float(normalize_ct(np.array([plans.intensity.clip_low]), plans.intensity)[0])
+        stitched = sliding_window(
+            self.model,
+            prepared.array,
+            plans.patch_size,
+            overlap=plans.overlap,
+            batch_size=self.batch_size,
+            device=self.device,
+            mirror_axes=(0, 1, 2) if tta else (),
+            lateral_pairs=lateral_pairs(self.classes),
+            pad_value=pad_value,
+            progress=lambda f, stage: report(f, stage),
+            cancel=cancel,
+        )
+        report(1.0, "finishing")
+        masks = stitched.masks
+        masks *= 255.0  # in place: the float maps are the largest buffer of a run
+        np.rint(masks, out=masks)
+        return SegmentationResult(
+            masks=masks.astype(np.uint8),
+            class_given_object=stitched.class_given_object,
+            objectness=stitched.objectness,
+            classes=list(self.classes),
+            model_grid=Grid.of(prepared.model_grid),
+            canonical_grid=Grid.of(prepared.canonical),
+            input_grid=Grid.of(image),
+            warnings=warnings,
+        )

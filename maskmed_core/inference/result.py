@@ -1,0 +1,251 @@
+"""A re-thresholdable segmentation result: change the two confidence thresholds without the network.
+
+It holds the stitched volume-level queries (see ``sliding_window``) on the model grid, quantised to
+uint8 (Q x voxels bytes, e.g. 90 MB for 32 queries on a 512 x 512 x 300 CT resampled to 3 mm), their
+class distributions, and the three grids needed to go back to the input: model grid -> canonical
+input grid (nearest neighbour, separable because both share a direction) -> input grid (permute/flip).
+It is saved to and loaded from a safetensors file (no pickle), so a child process can hand it over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from maskmed_core.classes import SegmentClass
+
+RESULT_FORMAT = "maskmed-result"
+RESULT_FORMAT_VERSION = 1
+DEFAULT_QUERY_THRESHOLD = 0.25
+DEFAULT_CLASS_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Geometry of a SimpleITK image: size and spacing in (x, y, z) index order, mm, LPS physical space."""
+
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    @classmethod
+    def of(cls, image) -> Grid:
+        return cls(
+            tuple(int(v) for v in image.GetSize()),  # type: ignore[arg-type]
+            tuple(float(v) for v in image.GetSpacing()),  # type: ignore[arg-type]
+            tuple(float(v) for v in image.GetOrigin()),  # type: ignore[arg-type]
+            tuple(float(v) for v in image.GetDirection()),
+        )
+
+    def empty_image(self, pixel_type: int | None = None):
+        import SimpleITK as sitk  # noqa: N813
+
+        image = sitk.Image(list(self.size), sitk.sitkUInt8 if pixel_type is None else pixel_type)
+        self.apply(image)
+        return image
+
+    def apply(self, image) -> None:
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return float(np.prod(self.spacing)) / 1000.0
+
+
+@dataclass
+class ClassStatistics:
+    """Per class on the input grid: volume (mL) and mean winning probability over its voxels."""
+
+    label: int
+    name: str
+    voxels: int
+    volume_ml: float
+    mean_confidence: float
+
+
+@dataclass
+class SegmentationResult:
+    """Volume-level queries on the model grid plus the geometry to return to the input grid.
+
+    masks: (Q, z, y, x) uint8, objectness-weighted mask probability * 255; class_given_object: (Q, C);
+    objectness: (Q,). Query q's confidence is ``objectness[q] * max_c class_given_object[q, c]``.
+    """
+
+    masks: np.ndarray
+    class_given_object: np.ndarray
+    objectness: np.ndarray
+    classes: list[SegmentClass]
+    model_grid: Grid
+    canonical_grid: Grid
+    input_grid: Grid
+    warnings: list[str] = field(default_factory=list)
+    _float_masks: torch.Tensor | None = field(default=None, repr=False)
+
+    # ----- thresholds -----------------------------------------------------------------------------
+    def query_confidence(self) -> np.ndarray:
+        """(Q,) best real-class probability of each volume-level query."""
+        return self.objectness * self.class_given_object.max(1)
+
+    def query_classes(self) -> np.ndarray:
+        """(Q,) index (0..C-1) of each query's best class."""
+        return self.class_given_object.argmax(1)
+
+    def _masks_float(self) -> torch.Tensor:
+        # Cached float32 copy (Q x voxels x 4 bytes): the product below then runs as one BLAS call.
+        if self._float_masks is None:
+            self._float_masks = torch.from_numpy(self.masks).float().div_(255.0)
+        return self._float_masks
+
+    def class_probabilities(self, query_threshold: float = DEFAULT_QUERY_THRESHOLD) -> torch.Tensor:
+        """(C, z, y, x) float32 on the model grid: p_c(x) = sum over kept queries of r_q[c] * M_q(x)."""
+        kept = np.flatnonzero(self.query_confidence() >= query_threshold)
+        masks = self._masks_float()
+        spatial = masks.shape[1:]
+        num_classes = self.class_given_object.shape[1]
+        if kept.size == 0:
+            return torch.zeros((num_classes, *spatial))
+        weights = torch.from_numpy(self.class_given_object[kept]).float()  # (K, C)
+        selected = masks[torch.from_numpy(kept)] if kept.size < masks.shape[0] else masks
+        return (weights.T @ selected.reshape(kept.size, -1)).reshape(num_classes, *spatial)
+
+    def model_labels(
+        self, query_threshold: float = DEFAULT_QUERY_THRESHOLD, class_threshold: float = DEFAULT_CLASS_THRESHOLD
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(labels (z, y, x) uint16 with class label values, winning probability (z, y, x)) on the model grid."""
+        probabilities = self.class_probabilities(query_threshold)
+        best, index = probabilities.max(0)
+        lookup = torch.tensor([0] + [c.label for c in self.classes], dtype=torch.int32)
+        labels = torch.where(best >= class_threshold, lookup[index + 1], torch.zeros_like(index, dtype=torch.int32))
+        return labels.numpy().astype(np.uint16), best.numpy()
+
+    def label_map(
+        self, query_threshold: float = DEFAULT_QUERY_THRESHOLD, class_threshold: float = DEFAULT_CLASS_THRESHOLD
+    ):
+        """SimpleITK label image on the input's exact grid (size, spacing, origin, direction)."""
+        labels, _ = self.model_labels(query_threshold, class_threshold)
+        return self.to_input_grid(labels)
+
+    def to_input_grid(self, model_array: np.ndarray):
+        """A (z, y, x) array on the model grid -> SimpleITK image on the input grid (nearest neighbour)."""
+        import SimpleITK as sitk  # noqa: N813
+
+        from maskmed_core.io.orientation import from_canonical
+
+        on_canonical = _nearest_resample(model_array, self.model_grid, self.canonical_grid)
+        image = sitk.GetImageFromArray(on_canonical)
+        self.canonical_grid.apply(image)
+        return from_canonical(image, self.input_grid.empty_image())
+
+    def statistics(
+        self, query_threshold: float = DEFAULT_QUERY_THRESHOLD, class_threshold: float = DEFAULT_CLASS_THRESHOLD
+    ) -> list[ClassStatistics]:
+        """Volume (mL, counted on the input grid) and mean winning probability of every class."""
+        labels, best = self.model_labels(query_threshold, class_threshold)
+        on_input = _nearest_resample(labels, self.model_grid, self.canonical_grid)
+        counts = np.bincount(on_input.ravel(), minlength=max(c.label for c in self.classes) + 1)
+        sums = np.bincount(labels.ravel(), weights=best.ravel(), minlength=counts.size)
+        model_counts = np.bincount(labels.ravel(), minlength=counts.size)
+        volume = self.canonical_grid.voxel_volume_ml
+        return [
+            ClassStatistics(
+                label=c.label,
+                name=c.name,
+                voxels=int(counts[c.label]),
+                volume_ml=float(counts[c.label] * volume),
+                mean_confidence=float(sums[c.label] / model_counts[c.label]) if model_counts[c.label] else 0.0,
+            )
+            for c in self.classes
+        ]
+
+    # ----- file ---------------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write to a safetensors file atomically."""
+        from safetensors.numpy import save_file
+
+        path = Path(path)
+        metadata = {
+            "format": RESULT_FORMAT,
+            "format_version": str(RESULT_FORMAT_VERSION),
+            "classes": json.dumps([c.to_dict() for c in self.classes]),
+            "grids": json.dumps(
+                {name: getattr(self, name).__dict__ for name in ("model_grid", "canonical_grid", "input_grid")}
+            ),
+            "warnings": json.dumps(self.warnings),
+        }
+        tensors = {
+            "masks": np.ascontiguousarray(self.masks),
+            "class_given_object": np.ascontiguousarray(self.class_given_object, dtype=np.float32),
+            "objectness": np.ascontiguousarray(self.objectness, dtype=np.float32),
+        }
+        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            save_file(tensors, str(temporary), metadata=metadata)
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> SegmentationResult:
+        from safetensors import safe_open
+        from safetensors.numpy import load_file
+
+        path = Path(path)
+        try:
+            with safe_open(str(path), framework="np") as handle:
+                metadata: dict[str, Any] = dict(handle.metadata() or {})
+            tensors = load_file(str(path))
+        except Exception as error:
+            raise ValueError(f"{path} is not a readable MaskMed result file ({error})") from error
+        if metadata.get("format") != RESULT_FORMAT:
+            raise ValueError(f"{path} is not a MaskMed result file")
+        if int(metadata.get("format_version", "0")) > RESULT_FORMAT_VERSION:
+            raise ValueError(f"{path} was written by a newer maskmed_core; update it to read this result")
+        grids = json.loads(metadata["grids"])
+        return cls(
+            masks=tensors["masks"],
+            class_given_object=tensors["class_given_object"],
+            objectness=tensors["objectness"],
+            classes=[SegmentClass.from_dict(c) for c in json.loads(metadata["classes"])],
+            model_grid=_grid_from_json(grids["model_grid"]),
+            canonical_grid=_grid_from_json(grids["canonical_grid"]),
+            input_grid=_grid_from_json(grids["input_grid"]),
+            warnings=json.loads(metadata.get("warnings", "[]")),
+        )
+
+
+def _grid_from_json(data: dict[str, Any]) -> Grid:
+    return Grid(
+        tuple(data["size"]), tuple(data["spacing"]), tuple(data["origin"]), tuple(data["direction"])  # type: ignore[arg-type]
+    )
+
+
+def _nearest_resample(array: np.ndarray, source: Grid, target: Grid) -> np.ndarray:
+    """Nearest-neighbour resampling of a (z, y, x) array between two grids that share a direction.
+
+    Separable: along each axis the source index of a target voxel depends on that axis only. Target
+    voxels whose nearest source voxel is outside the source get 0.
+    """
+    direction = np.array(target.direction).reshape(3, 3)
+    offset = direction.T @ (np.array(target.origin) - np.array(source.origin))  # mm along each axis (x, y, z)
+    padded = np.pad(array, 1)  # index 0 and -1 are the zero border for target voxels outside the source
+    result = padded
+    for axis_xyz in range(3):
+        axis_zyx = 2 - axis_xyz
+        positions = (offset[axis_xyz] + np.arange(target.size[axis_xyz]) * target.spacing[axis_xyz]) / source.spacing[
+            axis_xyz
+        ]
+        index = np.floor(positions + 0.5).astype(np.int64)
+        inside = (index >= 0) & (index < source.size[axis_xyz])
+        index = np.where(inside, index + 1, 0)
+        result = np.take(result, index, axis=axis_zyx)
+    return np.ascontiguousarray(result)

@@ -1,0 +1,199 @@
+"""Gaussian-weighted sliding-window inference that stitches the decoupled head's queries over a volume.
+
+Each patch's queries are combined into volume-level queries, one per query slot (the Q learned object
+queries are shared by every patch):
+
+    M_q(x)  = sum_p w_p(x) * o_pq * sigmoid(mask_pq(x)) / sum_p w_p(x)    objectness-weighted mask
+    r_q[c]  = sum_p m_pq * pi_pq[c] / o_pq / sum_p m_pq                    class given "object"
+    o_q     = sum_p m_pq * o_pq / sum_p m_pq                               objectness
+
+with pi_pq = softmax(class logits) (C + 1 columns), o_pq = 1 - pi_pq[no object], w_p the Gaussian
+importance map of patch p and m_pq = sum_x w_p(x) * o_pq * sigmoid(mask_pq(x)) the query's mask mass
+in that patch. For a single patch this is exactly MaskMed's semantic inference
+(p_c(x) = sum_q pi_q[c] * sigmoid(mask_q(x)) = sum_q r_q[c] * M_q(x)); over many patches it assumes a
+slot keeps its class across the patches where it fires, and makes the result re-thresholdable from Q
+maps instead of Q x C. The conv head is stored the same way with one "query" per class (its softmax
+map, r = identity, o = 1).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from maskmed_core.model import MaskMed
+
+ProgressCallback = Callable[[float, str], None]
+
+
+class InferenceCancelled(RuntimeError):
+    """Raised when the cancel token is set; nothing has been written."""
+
+
+@dataclass
+class StitchedQueries:
+    """Volume-level queries on the model grid: masks (Q, z, y, x) float32 in [0, 1], class_given_object
+    (Q, C), objectness (Q,)."""
+
+    masks: np.ndarray
+    class_given_object: np.ndarray
+    objectness: np.ndarray
+
+
+def window_starts(size: int, patch: int, overlap: float) -> list[int]:
+    """Start indices along one axis so that windows of ``patch`` cover ``size`` with at least ``overlap``."""
+    if size <= patch:
+        return [0]
+    step = max(1, int(patch * (1 - overlap)))
+    count = math.ceil((size - patch) / step) + 1
+    actual = (size - patch) / (count - 1)
+    return [int(round(i * actual)) for i in range(count)]
+
+
+def gaussian_importance(patch: tuple[int, int, int], sigma_scale: float = 0.125) -> torch.Tensor:
+    """nnU-Net's importance map: a Gaussian with sigma = patch/8, peak 1, floored to keep weights positive."""
+    axes = []
+    for size in patch:
+        coords = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+        sigma = max(size * sigma_scale, 1e-3)
+        axes.append(torch.exp(-(coords**2) / (2 * sigma**2)))
+    weight = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+    weight = weight / weight.max()
+    return weight.clamp_min(1e-3)
+
+
+def mirror_class_permutation(num_classes: int, lateral_pairs: list[tuple[int, int]]) -> list[int]:
+    """Class index permutation for a left-right mirror (lateral pairs swapped, the rest kept)."""
+    permutation = list(range(num_classes))
+    for a, b in lateral_pairs:
+        permutation[a], permutation[b] = b, a
+    return permutation
+
+
+def _patch_outputs(
+    model: MaskMed, batch: torch.Tensor, patch: tuple[int, int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pi (B, Q, C+1), masks (B, Q, *patch)) for the decoupled head, or the conv head's softmax as queries."""
+    outputs = model(batch)
+    if model.decoupled:
+        pi = outputs["pred_logits"].float().softmax(-1)
+        masks = MaskMed.mask_logits(outputs, patch).float().sigmoid()
+        return pi, masks
+    probabilities = outputs["seg_logits"].float().softmax(1)[:, 1:]  # (B, C, *patch)
+    b, c = probabilities.shape[:2]
+    pi = torch.zeros(b, c, c + 1, device=probabilities.device)
+    pi[:, torch.arange(c), torch.arange(c)] = 1.0
+    return pi, probabilities
+
+
+def _with_tta(
+    model: MaskMed,
+    batch: torch.Tensor,
+    patch: tuple[int, int, int],
+    mirror_axes: tuple[int, ...],
+    class_permutation: list[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average over all combinations of mirrors along ``mirror_axes`` (0 = z, 1 = y, 2 = x = left-right)."""
+    pi_sum, mask_sum, count = None, None, 0
+    for flips in itertools.chain.from_iterable(
+        itertools.combinations(mirror_axes, k) for k in range(len(mirror_axes) + 1)
+    ):
+        dims = [2 + axis for axis in flips]
+        flipped = batch.flip(dims) if dims else batch
+        pi, masks = _patch_outputs(model, flipped, patch)
+        if dims:
+            masks = masks.flip(dims)
+        if 2 in flips:
+            # A left-right mirror turns a left kidney into a right one: swap lateral classes back.
+            real = pi[..., :-1][..., class_permutation]
+            pi = torch.cat((real, pi[..., -1:]), dim=-1)
+            if not model.decoupled:
+                masks = masks[:, class_permutation]
+        pi_sum = pi if pi_sum is None else pi_sum + pi
+        mask_sum = masks if mask_sum is None else mask_sum + masks
+        count += 1
+    return pi_sum / count, mask_sum / count
+
+
+@torch.no_grad()
+def sliding_window(
+    model: MaskMed,
+    volume: np.ndarray,
+    patch: tuple[int, int, int],
+    overlap: float = 0.5,
+    batch_size: int = 1,
+    device: torch.device | str = "cpu",
+    mirror_axes: tuple[int, ...] = (),
+    lateral_pairs: list[tuple[int, int]] | None = None,
+    pad_value: float = 0.0,
+    progress: ProgressCallback | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> StitchedQueries:
+    """Run ``model`` over a normalised (z, y, x) volume and stitch volume-level queries (module docstring).
+
+    A volume smaller than the patch is padded with ``pad_value`` (the normalised value of air) and the
+    result cropped back. ``cancel()`` is polled before every batch of patches.
+    """
+    device = torch.device(device)
+    model.eval()
+    original = volume.shape
+    pad = [max(0, p - s) for p, s in zip(patch, original, strict=True)]
+    if any(pad):
+        volume = np.pad(volume, [(0, p) for p in pad], constant_values=pad_value)
+    shape = volume.shape
+    starts = list(itertools.product(*(window_starts(s, p, overlap) for s, p in zip(shape, patch, strict=True))))
+    importance = gaussian_importance(patch).to(device)
+    num_classes = model.config.num_classes
+    num_queries = model.config.head.num_queries if model.decoupled else num_classes
+    permutation = mirror_class_permutation(num_classes, lateral_pairs or [])
+
+    mask_acc = torch.zeros((num_queries, *shape), dtype=torch.float32)
+    weight_acc = torch.zeros(shape, dtype=torch.float32)
+    class_acc = torch.zeros((num_queries, num_classes), dtype=torch.float64)
+    objectness_acc = torch.zeros(num_queries, dtype=torch.float64)
+    mass_acc = torch.zeros(num_queries, dtype=torch.float64)
+    source = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _NullContext()
+
+    for first in range(0, len(starts), batch_size):
+        if cancel is not None and cancel():
+            raise InferenceCancelled("inference was cancelled")
+        chunk = starts[first : first + batch_size]
+        slices = [tuple(slice(s, s + p) for s, p in zip(start, patch, strict=True)) for start in chunk]
+        batch = torch.stack([source[s] for s in slices])[:, None].to(device)
+        with autocast:
+            pi, masks = _with_tta(model, batch, patch, mirror_axes, permutation)
+        pi, masks = pi.float(), masks.float()
+        objectness = 1.0 - pi[..., -1]  # (B, Q)
+        weighted = masks * objectness[..., None, None, None] * importance  # (B, Q, *patch)
+        mass = weighted.sum((2, 3, 4))  # (B, Q)
+        class_given_object = pi[..., :-1] / objectness.clamp_min(1e-6)[..., None]
+        for index, region in enumerate(slices):
+            mask_acc[(slice(None), *region)] += weighted[index].cpu()
+            weight_acc[region] += importance.cpu()
+        class_acc += (mass[..., None] * class_given_object).sum(0).double().cpu()
+        objectness_acc += (mass * objectness).sum(0).double().cpu()
+        mass_acc += mass.sum(0).double().cpu()
+        if progress is not None:
+            progress(min(1.0, (first + len(chunk)) / len(starts)), "inference")
+
+    mask_acc /= weight_acc
+    crop = tuple(slice(0, s) for s in original)
+    masks = mask_acc[(slice(None), *crop)].clamp_(0.0, 1.0).numpy()
+    safe_mass = mass_acc.clamp_min(1e-12)[:, None]
+    class_given_object = (class_acc / safe_mass).float().numpy()
+    objectness = (objectness_acc / mass_acc.clamp_min(1e-12)).float().numpy()
+    return StitchedQueries(masks=masks, class_given_object=class_given_object, objectness=objectness)
+
+
+class _NullContext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        return False

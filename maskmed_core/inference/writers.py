@@ -1,0 +1,85 @@
+"""Writing results: label maps (.nii.gz, .nrrd), Slicer segmentations (.seg.nrrd), probability maps.
+
+Every file is written under a temporary name in the target folder and renamed when complete.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from maskmed_core.classes import SegmentClass
+from maskmed_core.io.writing import atomic_output, write_image
+
+LABEL_FORMATS = ("nii.gz", "nrrd", "seg.nrrd")
+
+
+def _terminology(segment_class: SegmentClass) -> dict | None:
+    terminology = segment_class.terminology
+    if terminology is None:
+        return None
+    entry = {
+        "contextName": "Segmentation category and type - 3D Slicer General Anatomy list",
+        "category": [terminology.category.scheme, terminology.category.code, terminology.category.meaning],
+        "type": [terminology.type.scheme, terminology.type.code, terminology.type.meaning],
+        "anatomicContextName": "Anatomic codes - DICOM master list",
+    }
+    if terminology.type_modifier is not None:
+        modifier = terminology.type_modifier
+        entry["typeModifier"] = [modifier.scheme, modifier.code, modifier.meaning]
+    return entry
+
+
+def write_label_map(label_image, path: str | Path) -> Path:
+    """A SimpleITK label image as .nii.gz / .nrrd (compressed), atomically."""
+    return write_image(label_image, path)
+
+
+def write_seg_nrrd(label_image, classes: list[SegmentClass], path: str | Path) -> Path:
+    """A Slicer segmentation file: one segment per class (name, colour, terminology), label value = class label.
+
+    Every class gets a segment, empty ones included, so that a Slicer user sees the full class list.
+    Geometry (ijk -> LPS) is the label image's own, so the segmentation lines up with the input volume.
+    """
+    import SimpleITK as sitk  # noqa: N813
+    import slicerio
+
+    voxels_zyx = sitk.GetArrayViewFromImage(label_image)
+    voxels_ijk = np.ascontiguousarray(voxels_zyx.transpose(2, 1, 0))
+    direction = np.array(label_image.GetDirection()).reshape(3, 3)
+    ijk_to_lps = np.eye(4)
+    ijk_to_lps[:3, :3] = direction * np.array(label_image.GetSpacing())[None, :]
+    ijk_to_lps[:3, 3] = label_image.GetOrigin()
+    segments = []
+    for segment_class in classes:
+        segment = {
+            "id": f"Segment_{segment_class.label}",
+            "name": segment_class.name,
+            "color": [c / 255.0 for c in segment_class.color],
+            "labelValue": int(segment_class.label),
+            "layer": 0,
+        }
+        terminology = _terminology(segment_class)
+        if terminology is not None:
+            segment["terminology"] = terminology
+        segments.append(segment)
+    segmentation = {
+        "voxels": voxels_ijk,
+        "ijkToLPS": ijk_to_lps,
+        "segments": segments,
+        "containedRepresentationNames": ["Binary labelmap"],
+        "masterRepresentation": "Binary labelmap",
+        "referenceImageExtentOffset": [0, 0, 0],
+    }
+    path = Path(path)
+    with atomic_output(path) as temporary:
+        slicerio.write_segmentation(str(temporary), segmentation)
+    return path
+
+
+def write_labels(label_image, classes: list[SegmentClass], path: str | Path) -> Path:
+    """Pick the writer from the suffix: .seg.nrrd -> Slicer segmentation, else a plain label map."""
+    if str(path).endswith(".seg.nrrd"):
+        return write_seg_nrrd(label_image, classes, path)
+    return write_label_map(label_image, path)

@@ -1,0 +1,193 @@
+"""``maskmed predict``: segment CT files, folders of them, and DICOM series folders.
+
+Outputs go to the folder given by ``-o``: ``<case>.<format>`` for each input, plus
+``<case>.maskmed-result`` with ``--save-result`` (the re-thresholdable result the Slicer module reads).
+With ``--json`` every line on stdout is one JSON object: {"event": "progress", "case", "stage",
+"fraction"}, {"event": "message", "level", "text"}, {"event": "output", "case", "files", "seconds",
+"classes"} and finally {"event": "done", "exit_code"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from enum import IntEnum
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+RESULT_SUFFIX = ".maskmed-result"
+DEFAULT_MODEL = Path(__file__).resolve().parent / "resources" / "default.maskmed"
+
+
+class ExitCode(IntEnum):
+    """Exit codes of ``maskmed predict`` (also listed in ``maskmed predict --help``)."""
+
+    OK = 0
+    ERROR = 1  # an unexpected failure (a bug: please report it with the message)
+    USAGE = 2  # bad command-line arguments
+    BAD_INPUT = 3  # an input image cannot be segmented (missing, unreadable, not 3D, ...)
+    BAD_MODEL = 4  # the model file is missing, damaged, foreign or too new
+    CANCELLED = 5  # interrupted (Ctrl+C or SIGTERM); no partial output is left
+
+
+EXIT_CODES_HELP = "exit codes: " + ", ".join(f"{code.value} {code.name.lower()}" for code in ExitCode)
+
+
+class Reporter:
+    """Progress and messages for humans (stderr, a progress bar) or machines (JSON lines on stdout)."""
+
+    def __init__(self, json_lines: bool):
+        self.json_lines = json_lines
+        self._last_bar = ""
+
+    def emit(self, **event) -> None:
+        if self.json_lines:
+            print(json.dumps(event), flush=True)
+
+    def progress(self, case: str, stage: str, fraction: float) -> None:
+        if self.json_lines:
+            self.emit(event="progress", case=case, stage=stage, fraction=round(fraction, 4))
+            return
+        filled = int(fraction * 30)
+        bar = f"\r{case}: [{'#' * filled}{'.' * (30 - filled)}] {fraction * 100:5.1f}% {stage:10s}"
+        if bar != self._last_bar:
+            sys.stderr.write(bar)
+            sys.stderr.flush()
+            self._last_bar = bar
+
+    def message(self, level: str, text: str) -> None:
+        if self.json_lines:
+            self.emit(event="message", level=level, text=text)
+        else:
+            if self._last_bar:
+                sys.stderr.write("\n")
+                self._last_bar = ""
+            print(f"maskmed: {level}: {text}", file=sys.stderr)
+
+
+def case_name(path: Path) -> str:
+    name = path.name
+    for suffix in IMAGE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def collect_cases(inputs: list[str]) -> list[Path]:
+    """Each input: an image file, a DICOM series folder, or a folder of image files (one case each)."""
+    from maskmed_core.io.errors import InputError
+
+    cases: list[Path] = []
+    for raw in inputs:
+        path = Path(raw)
+        if not path.exists():
+            raise InputError(f"input {path} does not exist: check the path")
+        if path.is_dir():
+            images = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+            cases.extend(images if images else [path])  # no image files: treat it as a DICOM series folder
+        else:
+            cases.append(path)
+    names = [case_name(c) for c in cases]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise InputError(f"several inputs would write the same output name ({', '.join(duplicates)}); rename them")
+    return cases
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from maskmed_core.inference.result import DEFAULT_CLASS_THRESHOLD, DEFAULT_QUERY_THRESHOLD
+
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="CT files, folders of them, or DICOM folders")
+    parser.add_argument("-o", "--output", required=True, help="output folder (created if needed)")
+    parser.add_argument("--model", help="model file (.maskmed); default: the bundled default model")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--query-threshold", type=float, default=DEFAULT_QUERY_THRESHOLD,
+                        help="drop queries whose best class probability is below this (0..1)")
+    parser.add_argument("--class-threshold", type=float, default=DEFAULT_CLASS_THRESHOLD,
+                        help="voxels whose winning class probability is below this become background (0..1)")
+    parser.add_argument("--format", default="nii.gz", choices=("nii.gz", "nrrd", "seg.nrrd"))
+    parser.add_argument("--tta", action="store_true", help="average over mirrored inputs (slower, steadier)")
+    parser.add_argument("--save-result", action="store_true",
+                        help=f"also write <case>{RESULT_SUFFIX}, re-thresholdable without the network")
+    parser.add_argument("--series-uid", help="DICOM folder with several series: the one to read")
+    parser.add_argument("--json", action="store_true", help="JSON lines on stdout instead of a progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    reporter = Reporter(args.json)
+    code = _run(args, reporter)
+    reporter.emit(event="done", exit_code=int(code))
+    return int(code)
+
+
+def _run(args: argparse.Namespace, reporter: Reporter) -> ExitCode:
+    from maskmed_core.checkpoint import ModelFileError
+    from maskmed_core.io.errors import InputError
+
+    for name in ("query_threshold", "class_threshold"):
+        value = getattr(args, name)
+        if not 0.0 <= value <= 1.0:
+            reporter.message("error", f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
+            return ExitCode.USAGE
+    model_path = Path(args.model) if args.model else DEFAULT_MODEL
+    if args.model is None and not model_path.is_file():
+        reporter.message("error", "no default model is bundled with this maskmed_core yet: pass --model FILE "
+                         "(a .maskmed file made by `maskmed train`)")
+        return ExitCode.BAD_MODEL
+    try:
+        cases = collect_cases(args.inputs)
+    except InputError as error:
+        reporter.message("error", str(error))
+        return ExitCode.BAD_INPUT
+    try:
+        from maskmed_core.inference import Predictor
+
+        predictor = Predictor.from_file(model_path, args.device)
+    except ModelFileError as error:
+        reporter.message("error", str(error))
+        return ExitCode.BAD_MODEL
+    except ValueError as error:  # e.g. --device cuda without a GPU
+        reporter.message("error", str(error))
+        return ExitCode.USAGE
+    output_folder = Path(args.output)
+    output_folder.mkdir(parents=True, exist_ok=True)
+    worst = ExitCode.OK
+    for case in cases:
+        try:
+            _predict_case(predictor, case, output_folder, args, reporter)
+        except InputError as error:
+            reporter.message("error", f"{case}: {error}")
+            worst = ExitCode.BAD_INPUT
+        except KeyboardInterrupt:
+            reporter.message("error", "interrupted; the case in progress was not written")
+            return ExitCode.CANCELLED
+    return worst
+
+
+def _predict_case(predictor, case: Path, output_folder: Path, args: argparse.Namespace, reporter: Reporter) -> None:
+    from maskmed_core.inference.writers import write_labels
+
+    name = case_name(case)
+    start = time.perf_counter()
+    result = predictor.predict(
+        case,
+        progress=lambda fraction, stage: reporter.progress(name, stage, fraction),
+        tta=args.tta,
+        series_uid=args.series_uid,
+    )
+    for warning in result.warnings:
+        reporter.message("warning", f"{case}: {warning}")
+    reporter.progress(name, "writing", 1.0)
+    label_image = result.label_map(args.query_threshold, args.class_threshold)
+    files = [str(write_labels(label_image, result.classes, output_folder / f"{name}.{args.format}"))]
+    if args.save_result:
+        files.append(str(result.save(output_folder / f"{name}{RESULT_SUFFIX}")))
+    seconds = time.perf_counter() - start
+    statistics = result.statistics(args.query_threshold, args.class_threshold)
+    reporter.emit(event="output", case=name, files=files, seconds=round(seconds, 2),
+                  classes=[asdict(s) for s in statistics])
+    if not args.json:
+        reporter.message("info", f"{name}: {seconds:.1f} s -> {', '.join(files)}")
