@@ -153,13 +153,12 @@ def _run(args: argparse.Namespace, reporter: Reporter) -> ExitCode:
         reporter.message("error", str(error))
         return ExitCode.USAGE
     output_folder = Path(args.output)
-    output_folder.mkdir(parents=True, exist_ok=True)
     worst = ExitCode.OK
     for case in cases:
         try:
             _predict_case(predictor, case, output_folder, args, reporter)
-        except InputError as error:
-            reporter.message("error", f"{case}: {error}")
+        except InputError as error:  # its message already names the file
+            reporter.message("error", str(error))
             worst = ExitCode.BAD_INPUT
         except KeyboardInterrupt:
             reporter.message("error", "interrupted; the case in progress was not written")
@@ -182,6 +181,7 @@ def _predict_case(predictor, case: Path, output_folder: Path, args: argparse.Nam
         reporter.message("warning", f"{case}: {warning}")
     reporter.progress(name, "writing", 1.0)
     label_image = result.label_map(args.query_threshold, args.class_threshold)
+    output_folder.mkdir(parents=True, exist_ok=True)  # only now: a refused input leaves no folder either
     files = [str(write_labels(label_image, result.classes, output_folder / f"{name}.{args.format}"))]
     if args.save_result:
         files.append(str(result.save(output_folder / f"{name}{RESULT_SUFFIX}")))
