@@ -107,22 +107,15 @@ class SegmentationResult:
 
     def class_probabilities(self, query_threshold: float = DEFAULT_QUERY_THRESHOLD) -> torch.Tensor:
         """(C, z, y, x) float32 on the model grid: p_c(x) = sum over kept queries of r_q[c] * M_q(x)."""
-        kept = np.flatnonzero(self.query_confidence() >= query_threshold)
-        masks = self._masks_float()
-        spatial = masks.shape[1:]
-        num_classes = self.class_given_object.shape[1]
-        if kept.size == 0:
-            return torch.zeros((num_classes, *spatial))
-        weights = torch.from_numpy(self.class_given_object[kept]).float()  # (K, C)
-        selected = masks[torch.from_numpy(kept)] if kept.size < masks.shape[0] else masks
-        return (weights.T @ selected.reshape(kept.size, -1)).reshape(num_classes, *spatial)
+        return stitched_class_probabilities(
+            self._masks_float(), self.class_given_object, self.objectness, query_threshold
+        )
 
     def model_labels(
         self, query_threshold: float = DEFAULT_QUERY_THRESHOLD, class_threshold: float = DEFAULT_CLASS_THRESHOLD
     ) -> tuple[np.ndarray, np.ndarray]:
         """(labels (z, y, x) uint16 with class label values, winning probability (z, y, x)) on the model grid."""
-        probabilities = self.class_probabilities(query_threshold)
-        best, index = probabilities.max(0)
+        best, index = self.class_probabilities(query_threshold).max(0)
         lookup = torch.tensor([0] + [c.label for c in self.classes], dtype=torch.int32)
         labels = torch.where(best >= class_threshold, lookup[index + 1], torch.zeros_like(index, dtype=torch.int32))
         return labels.numpy().astype(np.uint16), best.numpy()
@@ -221,6 +214,24 @@ class SegmentationResult:
             input_grid=_grid_from_json(grids["input_grid"]),
             warnings=json.loads(metadata.get("warnings", "[]")),
         )
+
+
+def stitched_class_probabilities(
+    masks: torch.Tensor, class_given_object: np.ndarray, objectness: np.ndarray, query_threshold: float
+) -> torch.Tensor:
+    """Semantic inference on volume-level queries: masks (Q, z, y, x) float in [0, 1] -> (C, z, y, x).
+
+    p_c(x) = sum over queries q with confidence objectness[q] * max_c r_q[c] >= query_threshold of
+    r_q[c] * M_q(x); one BLAS product over the kept queries.
+    """
+    kept = np.flatnonzero(objectness * class_given_object.max(1) >= query_threshold)
+    spatial = masks.shape[1:]
+    num_classes = class_given_object.shape[1]
+    if kept.size == 0:
+        return torch.zeros((num_classes, *spatial))
+    weights = torch.from_numpy(np.ascontiguousarray(class_given_object[kept], dtype=np.float32))  # (K, C)
+    selected = masks[torch.from_numpy(kept)] if kept.size < masks.shape[0] else masks
+    return (weights.T @ selected.reshape(kept.size, -1)).reshape(num_classes, *spatial)
 
 
 def _grid_from_json(data: dict[str, Any]) -> Grid:

@@ -18,6 +18,7 @@ map, r = identity, o = 1).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 from collections.abc import Callable
@@ -158,7 +159,7 @@ def sliding_window(
     objectness_acc = torch.zeros(num_queries, dtype=torch.float64)
     mass_acc = torch.zeros(num_queries, dtype=torch.float64)
     source = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _NullContext()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
     for first in range(0, len(starts), batch_size):
         if cancel is not None and cancel():
@@ -189,11 +190,3 @@ def sliding_window(
     class_given_object = (class_acc / safe_mass).float().numpy()
     objectness = (objectness_acc / mass_acc.clamp_min(1e-12)).float().numpy()
     return StitchedQueries(masks=masks, class_given_object=class_given_object, objectness=objectness)
-
-
-class _NullContext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *args):
-        return False

@@ -87,7 +87,13 @@ class SetCriterion(nn.Module):
 
     def forward(self, outputs: dict, label_map: torch.Tensor) -> dict[str, torch.Tensor]:
         targets = targets_from_label_map(label_map)
-        num_masks = max(1.0, float(sum(len(labels) for labels, _ in targets)))
+        num_masks = float(sum(len(labels) for labels, _ in targets))
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Normalise by the mean count over ranks: DDP then averages gradients into the global-batch loss.
+            count = torch.tensor([num_masks], dtype=torch.float64, device=label_map.device)
+            torch.distributed.all_reduce(count)
+            num_masks = float(count.item()) / torch.distributed.get_world_size()
+        num_masks = max(1.0, num_masks)
         layers = [{"pred_logits": outputs["pred_logits"], "pred_mask_embed": outputs["pred_mask_embed"]}]
         if self.config.deep_supervision:
             layers += outputs["aux_outputs"]
