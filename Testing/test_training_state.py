@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from factories import tiny_model
+
 from maskmed_core.classes import AMOS15_CLASSES, SegmentClass
 from maskmed_core.model import MaskMed
 from maskmed_core.training.finetune import adapt_state_dict, freeze_class_rows, plan_classes
