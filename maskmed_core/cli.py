@@ -1,4 +1,4 @@
-"""The ``maskmed`` command line: ``info``, ``build-ops`` and ``predict``.
+"""The ``maskmed`` command line: ``info``, ``build-ops``, ``predict`` and ``train``.
 
 Exit codes: 0 success, 1 the command failed (message on stderr), 2 bad usage (argparse); ``predict``
 adds its own (``maskmed predict --help``).
@@ -99,12 +99,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict_command.add_arguments(predict)
     predict.set_defaults(handler=predict_command.run)
+    from maskmed_core import train_command
+
+    train = commands.add_parser(
+        "train",
+        help="train or fine-tune on local labelled cases",
+        description=train_command.__doc__,
+        epilog=train_command.EXIT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train_command.add_arguments(train)
+    train.set_defaults(handler=train_command.run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    args.raw_argv = argv  # `train --nproc K` relaunches itself through torchrun with the same arguments
+    return int(args.handler(args))
 
 
 if __name__ == "__main__":

@@ -158,7 +158,10 @@ def sliding_window(
     class_acc = torch.zeros((num_queries, num_classes), dtype=torch.float64)
     objectness_acc = torch.zeros(num_queries, dtype=torch.float64)
     mass_acc = torch.zeros(num_queries, dtype=torch.float64)
-    source = torch.from_numpy(np.ascontiguousarray(volume, dtype=np.float32))
+    volume = np.ascontiguousarray(volume, dtype=np.float32)
+    if not volume.flags.writeable:  # a memory-mapped training case: torch wants a writable buffer
+        volume = volume.copy()
+    source = torch.from_numpy(volume)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
     for first in range(0, len(starts), batch_size):

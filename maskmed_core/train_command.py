@@ -1,0 +1,171 @@
+"""``maskmed train``: train or fine-tune MaskMed on local labelled cases (CPU, one GPU, or many via torchrun).
+
+DATASET is an nnU-Net v2 raw folder (dataset.json, imagesTr/, labelsTr/), or a .json / .csv list of
+image/label pairs. Writes to OUT: best.maskmed and last.maskmed (each usable by `maskmed predict`),
+training_state.safetensors (for --resume), training_log.jsonl and training_curves.png.
+Several GPUs or processes: `maskmed train --nproc K ...`, or `torchrun --nproc_per_node=K -m
+maskmed_core.cli train ...` (add torchrun's --nnodes/--node_rank/--rdzv_endpoint for several machines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import fields
+from enum import IntEnum
+from pathlib import Path
+
+
+class TrainExit(IntEnum):
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    BAD_DATA = 3  # the dataset check found problems (report printed), or an input cannot be read
+    BAD_MODEL = 4  # --init model file missing, damaged or too new
+    INTERRUPTED = 5  # Ctrl+C / SIGTERM: the last completed epoch's files are kept, --resume continues
+    DIVERGED = 6  # the loss became NaN or infinite: the last good files are kept
+
+
+EXIT_HELP = "exit codes: " + ", ".join(f"{code.value} {code.name.lower()}" for code in TrainExit)
+
+
+def read_label_mapping(path: str) -> dict[int, int]:
+    """Source label value -> target value, from {"src": dst, ...}, or the shared AMOS file's
+    {"classes": [{"amos_id": a, "totalseg_v2_id": t}, ...]} layout."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if isinstance(data, dict) and "classes" in data:
+        return {int(c["totalseg_v2_id"]): int(c["amos_id"]) for c in data["classes"]}
+    return {int(k): int(v) for k, v in data.items()}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", help="nnU-Net v2 raw folder, or a .json/.csv list of image/label pairs")
+    parser.add_argument("-o", "--output", required=True, help="output folder")
+    parser.add_argument("--preset", default="small", choices=("small", "base"))
+    parser.add_argument("--init", help="fine-tune from this model file (classes matched by name)")
+    parser.add_argument("--label-mapping", help="JSON file mapping label values of the data to the dataset's")
+    parser.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), help="target spacing, mm")
+    parser.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help="patch size, voxels")
+    parser.add_argument("--epochs", type=int, default=50)
+    parser.add_argument("--steps-per-epoch", type=int, default=50)
+    parser.add_argument("--batch-size", type=int, default=2, help="global batch (split over processes)")
+    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--val-every", type=int, default=5, help="validate every N epochs")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes per rank")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--deterministic", action="store_true", help="bit-reproducible (CPU), slower")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/training_state.safetensors")
+    parser.add_argument("--skip-bad-cases", action="store_true", help="train on the cases that pass the check")
+    parser.add_argument("--freeze-encoder", action="store_true")
+    parser.add_argument("--keep-absent-classes", action="store_true",
+                        help="with --init: keep (frozen) classes of the model that the data lacks, else drop them")
+    parser.add_argument("--augmentation", default="default", choices=("default", "strong", "none"))
+    parser.add_argument("--head", default="decoupled", choices=("decoupled", "conv"),
+                        help="conv: the point-wise conv head baseline (nnU-Net style)")
+    parser.add_argument("--no-transformer", action="store_true", help="ablation: remove the FSA transformer")
+    parser.add_argument("--amp", default="bf16", choices=("bf16", "fp16", "none"), help="autocast on CUDA")
+    parser.add_argument("--cache-dir", help="preprocessed-case cache (default OUT/cache)")
+    parser.add_argument("--nproc", type=int, default=1, help="start K processes through torchrun (DDP)")
+    parser.add_argument("--json", action="store_true", help="JSON lines on stdout instead of a progress bar")
+
+
+def _config_from_args(args: argparse.Namespace):
+    from maskmed_core.training.trainer import TrainConfig
+
+    values = {
+        "dataset": args.dataset, "output": args.output, "preset": args.preset, "init": args.init,
+        "label_mapping": read_label_mapping(args.label_mapping) if args.label_mapping else None,
+        "spacing": tuple(args.spacing) if args.spacing else None,
+        "patch_size": tuple(args.patch_size) if args.patch_size else None,
+        "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate, "val_every": args.val_every, "device": args.device,
+        "num_workers": args.workers, "seed": args.seed, "deterministic": args.deterministic,
+        "resume": args.resume, "skip_bad_cases": args.skip_bad_cases, "freeze_encoder": args.freeze_encoder,
+        "keep_absent_classes": args.keep_absent_classes, "augmentation": args.augmentation,
+        "head": args.head, "transformer": not args.no_transformer, "amp": args.amp, "cache_dir": args.cache_dir,
+    }
+    known = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in values.items() if k in known})
+
+
+class _Progress:
+    def __init__(self, json_lines: bool, is_main: bool):
+        self.json_lines = json_lines
+        self.is_main = is_main
+
+    def __call__(self, event: dict) -> None:
+        if not self.is_main:
+            return
+        if self.json_lines:
+            print(json.dumps(event), flush=True)
+            return
+        kind = event.get("event")
+        if kind == "step":
+            done, total = event["step"], event["total"]
+            eta = event["elapsed"] / max(1, done) * (total - done)
+            clock = time.strftime("%H:%M:%S", time.gmtime(eta))
+            sys.stderr.write(f"\rstep {done}/{total}  loss {event['loss']:.4f}  ETA {clock}")
+            sys.stderr.flush()
+        elif kind == "epoch":
+            dice = f"  mean Dice {event['mean_dice']:.3f}" if "mean_dice" in event else ""
+            sys.stderr.write(f"\repoch {event['epoch']}: loss {event['loss']:.4f}{dice}{' ' * 20}\n")
+        elif kind == "message":
+            sys.stderr.write(f"\nmaskmed: {event['level']}: {event['text']}\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.nproc > 1:
+        return _relaunch_with_torchrun(args)
+    from maskmed_core.checkpoint import ModelFileError
+    from maskmed_core.io.errors import InputError
+    from maskmed_core.training.trainer import TrainingError, run_training
+
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    progress = _Progress(args.json, is_main)
+    try:
+        config = _config_from_args(args)
+        summary = run_training(config, progress)
+    except ModelFileError as error:
+        progress({"event": "message", "level": "error", "text": str(error)})
+        return TrainExit.BAD_MODEL
+    except TrainingError as error:
+        progress({"event": "message", "level": "error", "text": str(error)})
+        return TrainExit.DIVERGED if "the loss became" in str(error) else TrainExit.BAD_DATA
+    except InputError as error:
+        progress({"event": "message", "level": "error", "text": str(error)})
+        return TrainExit.BAD_DATA
+    except (ValueError, OSError) as error:
+        progress({"event": "message", "level": "error", "text": str(error)})
+        return TrainExit.USAGE if isinstance(error, ValueError) else TrainExit.ERROR
+    except KeyboardInterrupt:
+        progress({"event": "message", "level": "error",
+                  "text": "interrupted; the files of the last completed epoch are kept: add --resume to continue"})
+        return TrainExit.INTERRUPTED
+    if is_main:
+        if args.json:
+            print(json.dumps({"event": "summary", **summary}), flush=True)
+        else:
+            lines = [f"best epoch {summary['best_epoch']} (mean Dice {summary['best_mean_dice']:.3f}):"]
+            lines += [f"  {name:24s} {score:.3f}" for name, score in summary["dice"].items()]
+            lines.append(f"model files: {summary['best_model']} (best), {summary['last_model']} (last)")
+            print("\n".join(lines))
+    return TrainExit.OK
+
+
+def _relaunch_with_torchrun(args: argparse.Namespace) -> int:
+    argv, skip = [], False
+    for argument in args.raw_argv:
+        if skip:
+            skip = False
+        elif argument == "--nproc":
+            skip = True
+        elif not argument.startswith("--nproc="):
+            argv.append(argument)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+               "-m", "maskmed_core.cli", *argv]
+    return subprocess.call(command)

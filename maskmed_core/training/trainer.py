@@ -1,0 +1,346 @@
+"""The training loop: a short loop over small, separately tested parts.
+
+data (dataset -> checks -> plans -> cached preprocessing -> patches + augmentation) -> model (preset or
+fine-tuned from a model file) -> AdamW with warm-up and poly/cosine decay, gradient clipping, autocast on
+CUDA -> validation by full sliding-window inference with per-class Dice -> best and last model files and
+a resumable state, all written atomically by rank 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from maskmed_core.checkpoint import load_model_file, save_model_file
+from maskmed_core.classes import AMOS15_CLASSES, SegmentClass
+from maskmed_core.model import MaskMed, preset
+from maskmed_core.model.criterion import build_criterion
+from maskmed_core.plans import Plans
+from maskmed_core.training import distributed
+from maskmed_core.training.finetune import adapt_state_dict, freeze_class_rows, freeze_encoder, plan_classes
+from maskmed_core.training.state import TrainingState, load_state, save_state
+from maskmed_core.training.validation import validate
+
+STATE_FILE = "training_state.safetensors"
+LOG_FILE = "training_log.jsonl"
+PLOT_FILE = "training_curves.png"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says why and what to do. The last good files are kept."""
+
+
+@dataclass
+class TrainConfig:
+    """What ``maskmed train`` was asked to do. Spacing (mm) and patch size (voxels) are (z, y, x)."""
+
+    dataset: str
+    output: str
+    preset: str = "small"
+    init: str | None = None
+    label_mapping: dict[int, int] | None = None
+    spacing: tuple[float, float, float] | None = None
+    patch_size: tuple[int, int, int] | None = None
+    epochs: int = 50
+    steps_per_epoch: int = 50
+    batch_size: int = 2
+    learning_rate: float = 3e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    schedule: str = "poly"
+    grad_clip: float = 12.0
+    val_every: int = 5
+    device: str = "auto"
+    num_workers: int = 2
+    seed: int = 0
+    deterministic: bool = False
+    resume: bool = False
+    skip_bad_cases: bool = False
+    freeze_encoder: bool = False
+    keep_absent_classes: bool = False
+    augmentation: str = "default"
+    amp: str = "bf16"
+    head: str = "decoupled"
+    transformer: bool = True
+    cache_dir: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Reporter = Callable[[dict[str, Any]], None]
+
+
+def learning_rate_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Linear warm-up over ``warmup`` steps, then poly (power 0.9, as nnU-Net) or cosine decay to 0."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return (1 - progress) ** 0.9
+
+
+def _dataset_classes(labels: dict[str, int]) -> list[SegmentClass]:
+    """Classes from a dataset's labels (name -> value); AMOS names get their colour and terminology."""
+    known = {c.name.lower(): c for c in AMOS15_CLASSES}
+    palette = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180)]
+    classes = []
+    for index, (name, value) in enumerate(sorted(labels.items(), key=lambda item: item[1])):
+        match = known.get(name.lower())
+        color = match.color if match else palette[index % len(palette)]
+        classes.append(SegmentClass(int(value), name, color, match.terminology if match else None))
+    return classes
+
+
+def _set_determinism(config: TrainConfig, rank: int) -> None:
+    torch.manual_seed(config.seed + rank)
+    np.random.seed(config.seed + rank)
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        torch.backends.cudnn.benchmark = False
+
+
+def _prepare_data(config: TrainConfig, context, report: Reporter):
+    from maskmed_core.training.cache import preprocess_cases
+    from maskmed_core.training.checks import check_dataset, format_report, without_bad_cases
+    from maskmed_core.training.dataset import load_dataset
+    from maskmed_core.training.fingerprint import compute_fingerprint, plans_from_fingerprint
+
+    spec = load_dataset(config.dataset, label_mapping=config.label_mapping)
+    problems = check_dataset(spec, label_mapping=config.label_mapping)
+    if problems:
+        text = format_report(problems)
+        if not config.skip_bad_cases:
+            raise TrainingError(text)
+        spec = without_bad_cases(spec, problems)
+        report({"event": "message", "level": "warning", "text": text + "\n--skip-bad-cases: training without them"})
+        if not spec.cases:
+            raise TrainingError("no usable case is left after skipping the bad ones")
+    return spec, compute_fingerprint, plans_from_fingerprint, preprocess_cases
+
+
+def run_training(config: TrainConfig, report: Reporter | None = None) -> dict[str, Any]:
+    """Train or fine-tune; returns the summary (best epoch, per-class Dice, model file paths)."""
+    report = report or (lambda event: None)
+    context = distributed.setup(config.device)
+    try:
+        return _run(config, context, report)
+    finally:
+        distributed.teardown(context)
+
+
+def _run(config: TrainConfig, context, report: Reporter) -> dict[str, Any]:
+    output = Path(config.output)
+    if context.is_main:
+        output.mkdir(parents=True, exist_ok=True)
+    _set_determinism(config, context.rank)
+    spec, compute_fingerprint, plans_from_fingerprint, preprocess_cases = _prepare_data(config, context, report)
+
+    data_classes = _dataset_classes(spec.labels)
+    init_file = load_model_file(config.init) if config.init else None
+    if init_file is not None:
+        plan = plan_classes(init_file.classes, [c.name for c in data_classes], data_classes, config.keep_absent_classes)
+        classes = plan.classes
+        plans = init_file.plans
+        model_config = init_file.config
+        model_config.num_classes = len(classes)
+    else:
+        plan = None
+        classes = data_classes
+        fingerprint = compute_fingerprint(spec, label_mapping=config.label_mapping)
+        plans = plans_from_fingerprint(fingerprint, patch_size=config.patch_size, spacing=config.spacing)
+        model_config = preset(config.preset, len(classes), patch_size=plans.patch_size, spacing=plans.spacing)
+        model_config.head.kind = config.head
+        model_config.transformer.enabled = config.transformer
+
+    # Rank 0 fills the preprocessing cache first; the other ranks then read it.
+    cache_dir = Path(config.cache_dir) if config.cache_dir else output / "cache"
+    class_values = [c.label for c in classes]
+    if context.is_main:
+        cases = preprocess_cases(spec, plans, class_values, cache_dir, label_mapping=config.label_mapping)
+    distributed.barrier(context)
+    if not context.is_main:
+        cases = preprocess_cases(spec, plans, class_values, cache_dir, label_mapping=config.label_mapping)
+
+    model = MaskMed(model_config)
+    if init_file is not None and plan is not None:
+        model.load_state_dict(adapt_state_dict(init_file.state_dict, model, plan))
+        freeze_class_rows(model, plan.frozen)
+    if config.freeze_encoder:
+        freeze_encoder(model)
+    model.to(context.device)
+    criterion = build_criterion(model_config).to(context.device)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+    total_steps = config.epochs * config.steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: learning_rate_factor(step, total_steps, config.warmup_steps, config.schedule)
+    )
+
+    start_step, best_metric, best_step, history = 0, -1.0, -1, []
+    state_path = output / STATE_FILE
+    if config.resume and state_path.is_file():
+        state = load_state(state_path)
+        model.load_state_dict(state.model)
+        optimizer.load_state_dict(state.optimizer)
+        torch.set_rng_state(state.torch_rng)
+        start_step, best_metric, best_step, history = state.step, state.best_metric, state.best_step, state.history
+        scheduler.load_state_dict(state.scheduler)
+        report({"event": "message", "level": "info", "text": f"resumed at step {start_step}"})
+
+    training_model: torch.nn.Module = model
+    if context.enabled:
+        device_ids = [context.local_rank] if context.device.type == "cuda" else None
+        training_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+    loader = _make_loader(config, cases, classes, model_config, plans, context, start_step)
+    autocast = _autocast(config, context.device)
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast is not None and config.amp == "fp16")
+
+    model.train()
+    step = start_step
+    epoch_losses: list[float] = []
+    started = time.perf_counter()
+    iterator = iter(loader)
+    while step < total_steps:
+        batch = next(iterator)
+        image = batch["image"].to(context.device, non_blocking=True)
+        labels = batch["labels"].to(context.device, non_blocking=True)
+        with autocast if autocast is not None else contextlib.nullcontext():
+            outputs = training_model(image)
+            losses = criterion(outputs, labels)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            names = batch.get("case", ["?"] * image.shape[0])
+            raise TrainingError(
+                f"the loss became {loss.item()} at step {step + 1} (cases in the batch: {', '.join(map(str, names))}); "
+                f"the last good model files in {output} are kept. Lower --learning-rate or check those cases"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        step += 1
+        epoch_losses.append(float(loss.detach()))
+        report({"event": "step", "step": step, "total": total_steps, "loss": epoch_losses[-1],
+                "elapsed": time.perf_counter() - started})
+        if step % config.steps_per_epoch and step != total_steps:
+            continue
+        epoch = math.ceil(step / config.steps_per_epoch)
+        record: dict[str, Any] = {
+            "epoch": epoch, "step": step, "loss": float(np.mean(epoch_losses)),
+            "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
+        }
+        epoch_losses = []
+        if epoch % config.val_every == 0 or step == total_steps:
+            dice = validate(model, cases, plans, classes, context)
+            record["dice"] = dice
+            mean_dice = float(np.mean(list(dice.values()))) if dice else 0.0
+            record["mean_dice"] = mean_dice
+            if mean_dice > best_metric:
+                best_metric, best_step = mean_dice, step
+                if context.is_main:
+                    _save_model(output / "best.maskmed", model, plans, classes, record)
+            model.train()
+        history.append(record)
+        if context.is_main:
+            _save_model(output / "last.maskmed", model, plans, classes, record)
+            save_state(state_path, TrainingState(
+                step=step, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                scheduler=scheduler.state_dict(), torch_rng=torch.get_rng_state(), best_metric=best_metric,
+                best_step=best_step, history=history, run_config=_jsonable(config),
+            ))
+            _append_log(output / LOG_FILE, record)
+            _plot(output / PLOT_FILE, history)
+        report({"event": "epoch", **record})
+
+    best = next((r for r in history if r["step"] == best_step), history[-1] if history else {})
+    return {
+        "best_epoch": best.get("epoch"), "best_mean_dice": best_metric, "dice": best.get("dice", {}),
+        "best_model": str(output / "best.maskmed"), "last_model": str(output / "last.maskmed"),
+        "steps": step, "seconds": time.perf_counter() - started,
+    }
+
+
+def _make_loader(config, cases, classes, model_config, plans: Plans, context, start_step: int):
+    from maskmed_core.training.augmentation import Augmenter, augmentation_preset
+    from maskmed_core.training.loader import PatchDataset, make_loader
+    from maskmed_core.training.sampling import PatchSampler
+
+    per_rank = max(1, config.batch_size // context.world_size)
+    sampler = PatchSampler(cases, plans.patch_size, seed=config.seed)
+    augmenter = Augmenter(augmentation_preset(config.augmentation), plans.patch_size,
+                          lateral_pairs=_lateral_pairs_by_index(classes), seed=config.seed)
+    dataset = PatchDataset(sampler, augmenter, seed=config.seed, rank=context.rank,
+                           world_size=context.world_size, start_step=start_step * per_rank)
+    return make_loader(dataset, per_rank, config.num_workers)
+
+
+def _lateral_pairs_by_index(classes: list[SegmentClass]) -> list[tuple[int, int]] | None:
+    """Left/right partner classes as 1-based class indices of the training labels, or None if unknown."""
+    from maskmed_core.inference.predictor import lateral_pairs
+
+    if not any(c.terminology is not None for c in classes):
+        return None
+    return [(a + 1, b + 1) for a, b in lateral_pairs(classes)]
+
+
+def _autocast(config: TrainConfig, device: torch.device):
+    if device.type != "cuda" or config.amp == "none":
+        return None
+    return torch.autocast("cuda", dtype=torch.bfloat16 if config.amp == "bf16" else torch.float16)
+
+
+def _save_model(path: Path, model: MaskMed, plans: Plans, classes: list[SegmentClass], record: dict) -> None:
+    save_model_file(path, model, plans, classes, extra={"training": {k: v for k, v in record.items() if k != "lr"}})
+
+
+def _append_log(path: Path, record: dict[str, Any]) -> None:
+    with open(path, "a", encoding="utf-8") as log:
+        log.write(json.dumps(record) + "\n")
+
+
+def _plot(path: Path, history: list[dict[str, Any]]) -> None:
+    """Loss and validation Dice curves as a PNG (skipped without matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot([r["epoch"] for r in history], [r["loss"] for r in history], marker="o")
+    left.set_xlabel("epoch")
+    left.set_ylabel("training loss")
+    validated = [r for r in history if "dice" in r]
+    for name in validated[-1]["dice"] if validated else []:
+        right.plot([r["epoch"] for r in validated], [r["dice"][name] for r in validated], label=name)
+    right.set_xlabel("epoch")
+    right.set_ylabel("validation Dice")
+    right.set_ylim(0, 1)
+    if validated:
+        right.legend(fontsize=6, ncol=2)
+    figure.tight_layout()
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temporary, dpi=80)
+    plt.close(figure)
+    temporary.replace(path)
+
+
+def _jsonable(config: TrainConfig) -> dict[str, Any]:
+    data = asdict(config)
+    if data["label_mapping"] is not None:
+        data["label_mapping"] = {str(k): v for k, v in data["label_mapping"].items()}
+    return data
