@@ -186,13 +186,14 @@ def _run(config: TrainConfig, context, report: Reporter) -> dict[str, Any]:
     )
 
     start_step, best_metric, best_step, history = 0, -1.0, -1, []
+    resumed_rng: torch.Tensor | None = None
     state_path = output / STATE_FILE
     if config.resume and state_path.is_file():
         state = load_state(state_path)
         model.load_state_dict(state.model)
         optimizer.load_state_dict(state.optimizer)
-        torch.set_rng_state(state.torch_rng)
         start_step, best_metric, best_step, history = state.step, state.best_metric, state.best_step, state.history
+        resumed_rng = state.torch_rng
         scheduler.load_state_dict(state.scheduler)
         report({"event": "message", "level": "info", "text": f"resumed at step {start_step}"})
 
@@ -210,6 +211,10 @@ def _run(config: TrainConfig, context, report: Reporter) -> dict[str, Any]:
     epoch_losses: list[float] = []
     started = time.perf_counter()
     iterator = iter(loader)
+    if resumed_rng is not None:
+        # Restored only now: creating the loader's iterator draws from the global generator, and the
+        # uninterrupted run did that before its first step, not at this point.
+        torch.set_rng_state(resumed_rng)
     while step < total_steps:
         batch = next(iterator)
         image = batch["image"].to(context.device, non_blocking=True)
@@ -232,7 +237,8 @@ def _run(config: TrainConfig, context, report: Reporter) -> dict[str, Any]:
         scaler.update()
         scheduler.step()
         step += 1
-        epoch_losses.append(float(loss.detach()))
+        # The global-batch loss: the mean of the ranks' losses (identity without DDP).
+        epoch_losses.append(distributed.all_reduce_sum(float(loss.detach()), context) / context.world_size)
         report({"event": "step", "step": step, "total": total_steps, "loss": epoch_losses[-1],
                 "elapsed": time.perf_counter() - started})
         if step % config.steps_per_epoch and step != total_steps:

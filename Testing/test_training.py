@@ -1,0 +1,188 @@
+"""`maskmed train` end to end on real CT crops: outputs, bad data, resume after kill -9, NaN stop, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk  # noqa: N813
+import torch
+from safetensors.torch import load_file
+
+from maskmed_core.cli import main
+from maskmed_core.inference import Predictor
+from maskmed_core.train_command import TrainExit
+from maskmed_core.training.state import load_state
+
+REPO = Path(__file__).resolve().parents[1]
+# TotalSegmentator v2 id -> AMOS id for the organs inside the crops.
+MAPPING = {1: 1, 2: 2, 3: 3, 5: 6, 6: 7}
+LABELS = {"background": 0, "spleen": 1, "right kidney": 2, "left kidney": 3, "liver": 6, "stomach": 7}
+CROPS = {
+    "abd_000": (slice(25, 89), slice(18, 82), slice(64, 112)),
+    "abd_001": (slice(20, 84), slice(22, 86), slice(60, 108)),
+}
+
+
+@pytest.fixture(scope="module")
+def dataset(shared_data, tmp_path_factory) -> tuple[Path, Path]:
+    """An nnU-Net v2 raw folder with two 64 x 64 x 48 crops of the real CT, and the label mapping file."""
+    root = tmp_path_factory.mktemp("Dataset010_Crops")
+    image = sitk.ReadImage(str(shared_data / "ct" / "abdomen_ct_3mm.nii.gz"))
+    labels = sitk.ReadImage(str(shared_data / "ct" / "abdomen_ct_3mm_totalseg.nii.gz"))
+    (root / "imagesTr").mkdir()
+    (root / "labelsTr").mkdir()
+    for name, (x, y, z) in CROPS.items():
+        sitk.WriteImage(image[x, y, z], str(root / "imagesTr" / f"{name}_0000.nii.gz"))
+        sitk.WriteImage(labels[x, y, z], str(root / "labelsTr" / f"{name}.nii.gz"))
+    (root / "dataset.json").write_text(json.dumps(
+        {"channel_names": {"0": "CT"}, "labels": LABELS, "numTraining": 2, "file_ending": ".nii.gz"}
+    ))
+    mapping = root.parent / "mapping.json"
+    mapping.write_text(json.dumps({str(k): v for k, v in MAPPING.items()}))
+    return root, mapping
+
+
+def train_args(dataset, output, *extra):
+    root, mapping = dataset
+    return [
+        "train", str(root), "-o", str(output), "--label-mapping", str(mapping), "--patch-size", "32", "32", "32",
+        "--spacing", "3", "3", "3", "--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "2",
+        "--workers", "0", "--device", "cpu", "--val-every", "1", "--cache-dir", str(output.parent / "cache"), *extra,
+    ]
+
+
+def test_train_writes_usable_model_files_log_and_plot(dataset, tmp_path, capsys):
+    output = tmp_path / "run"
+    assert main(train_args(dataset, output)) == TrainExit.OK
+    summary = capsys.readouterr().out
+    assert "best epoch" in summary and "liver" in summary
+    for name in ("best.maskmed", "last.maskmed", "training_state.safetensors", "training_log.jsonl",
+                 "training_curves.png"):
+        assert (output / name).is_file(), name
+    log = [json.loads(line) for line in (output / "training_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2] and all("dice" in r for r in log)
+    predictor = Predictor.from_file(output / "best.maskmed", "cpu")
+    assert [c.name for c in predictor.classes] == ["spleen", "right kidney", "left kidney", "liver", "stomach"]
+    assert predictor.classes[3].terminology is not None  # AMOS names get their SNOMED CT codes
+    image = sitk.ReadImage(str(dataset[0] / "imagesTr" / "abd_000_0000.nii.gz"))
+    assert predictor.predict(image).label_map().GetSize() == image.GetSize()
+
+
+def test_bad_dataset_is_reported_before_training(dataset, tmp_path, capsys):
+    root, mapping = dataset
+    broken = tmp_path / "Dataset011_Broken"
+    broken.mkdir()
+    for sub in ("imagesTr", "labelsTr"):
+        (broken / sub).mkdir()
+    (broken / "dataset.json").write_text((root / "dataset.json").read_text())
+    for name in CROPS:
+        (broken / "imagesTr" / f"{name}_0000.nii.gz").symlink_to(root / "imagesTr" / f"{name}_0000.nii.gz")
+    (broken / "labelsTr" / "abd_000.nii.gz").symlink_to(root / "labelsTr" / "abd_000.nii.gz")
+    output = tmp_path / "run"
+    code = main(train_args((broken, mapping), output))
+    err = capsys.readouterr().err
+    assert code == TrainExit.BAD_DATA
+    assert "abd_001" in err and "--skip-bad-cases" in err
+    assert not (output / "best.maskmed").exists()
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+@pytest.mark.slow
+def test_resume_after_kill_minus_nine_ends_with_the_same_weights(dataset, tmp_path):
+    straight = tmp_path / "straight"
+    assert main(train_args(dataset, straight, "--deterministic")) == TrainExit.OK
+
+    interrupted = tmp_path / "interrupted"
+    command = [sys.executable, "-m", "maskmed_core.cli", *train_args(dataset, interrupted, "--deterministic")]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = interrupted / "training_state.safetensors"
+    deadline = time.monotonic() + 300
+    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)  # in the middle of epoch 2 (or wherever it is now)
+    process.wait()
+    assert load_state(state).step in (2, 4)
+    assert main(train_args(dataset, interrupted, "--deterministic", "--resume")) == TrainExit.OK
+    expected, resumed = _weights(straight / "last.maskmed"), _weights(interrupted / "last.maskmed")
+    for key, value in expected.items():
+        assert torch.equal(resumed[key], value), key
+
+
+def test_nan_loss_stops_naming_step_and_cases(dataset, tmp_path, capsys, monkeypatch):
+    from maskmed_core.model.criterion import build_criterion
+    from maskmed_core.training import trainer
+
+    def poisoned(config):
+        criterion = build_criterion(config)
+        calls = {"n": 0}
+        original = criterion.forward
+
+        def forward(outputs, labels):
+            losses = original(outputs, labels)
+            calls["n"] += 1
+            if calls["n"] == 3:
+                losses["loss"] = losses["loss"] * float("nan")
+            return losses
+
+        criterion.forward = forward
+        return criterion
+
+    monkeypatch.setattr(trainer, "build_criterion", poisoned)
+    output = tmp_path / "run"
+    code = main(train_args(dataset, output))
+    err = capsys.readouterr().err
+    assert code == TrainExit.DIVERGED
+    assert "at step 3" in err and "abd_00" in err
+    assert (output / "last.maskmed").is_file() and load_state(output / "training_state.safetensors").step == 2
+
+
+def test_fine_tune_from_a_model_file_extends_the_class_head(dataset, tmp_path, capsys):
+    from factories import tiny_model_file
+
+    init = tiny_model_file(tmp_path / "init.maskmed", num_classes=3, patch_size=(32, 32, 32))  # spleen, kidneys
+    output = tmp_path / "run"
+    code = main(train_args(dataset, output, "--init", str(init), "--keep-absent-classes", "--freeze-encoder"))
+    assert code == TrainExit.OK, capsys.readouterr().err
+    predictor = Predictor.from_file(output / "last.maskmed", "cpu")
+    assert [c.name for c in predictor.classes] == ["spleen", "right kidney", "left kidney", "liver", "stomach"]
+    before, after = _weights(init), _weights(output / "last.maskmed")
+    encoder_keys = [k for k in before if k.startswith("encoder.")]
+    assert encoder_keys and all(torch.equal(before[k], after[k]) for k in encoder_keys)
+    assert not torch.equal(before["query_decoder.query_feat.weight"], after["query_decoder.query_feat.weight"])
+
+
+def _step_losses(output: str) -> list[float]:
+    return [json.loads(line)["loss"] for line in output.splitlines() if '"event": "step"' in line]
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_follow_the_single_process_loss_curve(dataset, tmp_path):
+    """Same global batch (2): 1 process x 2 patches vs 2 processes x 1 patch. Tolerance: 5% per step, because
+    the mask losses use random points drawn independently by each rank."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = subprocess.run(
+        [sys.executable, "-m", "maskmed_core.cli", *train_args(dataset, tmp_path / "one", "--json", "--epochs", "1",
+                                                                "--steps-per-epoch", "3")],
+        cwd=REPO, capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert single.returncode == 0, single.stderr[-2000:]
+    double = subprocess.run(
+        [sys.executable, "-m", "maskmed_core.cli", *train_args(dataset, tmp_path / "two", "--json", "--epochs", "1",
+                                                                "--steps-per-epoch", "3", "--nproc", "2")],
+        cwd=REPO, capture_output=True, text=True, env=env, timeout=600,
+    )
+    assert double.returncode == 0, double.stderr[-2000:]
+    one, two = _step_losses(single.stdout), _step_losses(double.stdout)
+    assert len(one) == len(two) == 3
+    np.testing.assert_allclose(two, one, rtol=0.05)
