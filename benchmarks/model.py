@@ -175,10 +175,10 @@ def main() -> None:
         rows[name] = run_child(measure_forward, name, args.classes, patch, args.batch, args.device, args.repeats)
     peer = rows["nnU-Net 3d_fullres"]
     print()
-    print(f"{'network':22s} {'params (M)':>10s} {'forward (s)':>12s} {'peak mem (MiB)':>15s} "
+    print(f"{'network':26s} {'params (M)':>10s} {'forward (s)':>12s} {'peak mem (MiB)':>15s} "
           f"{'time / nnU-Net':>15s} {'mem / nnU-Net':>14s}")
     for name, params, seconds, peak in rows.values():
-        print(f"{name:22s} {params / 1e6:10.2f} {seconds:12.3f} {peak:15.0f} "
+        print(f"{name:26s} {params / 1e6:10.2f} {seconds:12.3f} {peak:15.0f} "
               f"{seconds / peer[2]:15.2f} {peak / max(peer[3], 1e-9):14.2f}")
 
     if not args.skip_transformer_memory:

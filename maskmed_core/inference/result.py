@@ -114,11 +114,13 @@ class SegmentationResult:
     def model_labels(
         self, query_threshold: float = DEFAULT_QUERY_THRESHOLD, class_threshold: float = DEFAULT_CLASS_THRESHOLD
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(labels (z, y, x) uint16 with class label values, winning probability (z, y, x)) on the model grid."""
+        """(labels (z, y, x) with class label values (uint8, or uint16 past 255), winning probability) on the
+        model grid."""
         best, index = self.class_probabilities(query_threshold).max(0)
         lookup = torch.tensor([0] + [c.label for c in self.classes], dtype=torch.int32)
         labels = torch.where(best >= class_threshold, lookup[index + 1], torch.zeros_like(index, dtype=torch.int32))
-        return labels.numpy().astype(np.uint16), best.numpy()
+        dtype = np.uint8 if max(c.label for c in self.classes) < 256 else np.uint16
+        return labels.numpy().astype(dtype), best.numpy()
 
     def label_map(
         self, query_threshold: float = DEFAULT_QUERY_THRESHOLD, class_threshold: float = DEFAULT_CLASS_THRESHOLD
@@ -128,26 +130,27 @@ class SegmentationResult:
         return self.to_input_grid(labels)
 
     def to_input_grid(self, model_array: np.ndarray):
-        """A (z, y, x) array on the model grid -> SimpleITK image on the input grid (nearest neighbour)."""
+        """A (z, y, x) array on the model grid -> SimpleITK image on the input grid (nearest neighbour).
+
+        One separable gather straight onto the input grid (the reorientation folded into its index
+        arrays), then the input grid's geometry copied exactly.
+        """
         import SimpleITK as sitk  # noqa: N813
 
-        from maskmed_core.io.orientation import from_canonical
-
-        on_canonical = _nearest_resample(model_array, self.model_grid, self.canonical_grid)
-        image = sitk.GetImageFromArray(on_canonical)
-        self.canonical_grid.apply(image)
-        return from_canonical(image, self.input_grid.empty_image())
+        image = sitk.GetImageFromArray(_nearest_resample(model_array, self.model_grid, self.input_grid))
+        self.input_grid.apply(image)
+        return image
 
     def statistics(
         self, query_threshold: float = DEFAULT_QUERY_THRESHOLD, class_threshold: float = DEFAULT_CLASS_THRESHOLD
     ) -> list[ClassStatistics]:
         """Volume (mL, counted on the input grid) and mean winning probability of every class."""
         labels, best = self.model_labels(query_threshold, class_threshold)
-        on_input = _nearest_resample(labels, self.model_grid, self.canonical_grid)
+        on_input = _nearest_resample(labels, self.model_grid, self.input_grid)
         counts = np.bincount(on_input.ravel(), minlength=max(c.label for c in self.classes) + 1)
         sums = np.bincount(labels.ravel(), weights=best.ravel(), minlength=counts.size)
         model_counts = np.bincount(labels.ravel(), minlength=counts.size)
-        volume = self.canonical_grid.voxel_volume_ml
+        volume = self.input_grid.voxel_volume_ml
         return [
             ClassStatistics(
                 label=c.label,
@@ -229,9 +232,16 @@ def stitched_class_probabilities(
     num_classes = class_given_object.shape[1]
     if kept.size == 0:
         return torch.zeros((num_classes, *spatial))
-    weights = torch.from_numpy(np.ascontiguousarray(class_given_object[kept], dtype=np.float32))  # (K, C)
-    selected = masks[torch.from_numpy(kept)] if kept.size < masks.shape[0] else masks
-    return (weights.T @ selected.reshape(kept.size, -1)).reshape(num_classes, *spatial)
+    if 2 * kept.size >= masks.shape[0]:
+        # Most queries kept: zero the weights of the dropped ones rather than copy the kept masks.
+        weights = np.zeros_like(class_given_object, dtype=np.float32)
+        weights[kept] = class_given_object[kept]
+        selected = masks
+    else:
+        weights = np.ascontiguousarray(class_given_object[kept], dtype=np.float32)
+        selected = masks[torch.from_numpy(kept)]
+    flat = selected.reshape(selected.shape[0], -1)
+    return (torch.from_numpy(weights).T @ flat).reshape(num_classes, *spatial)
 
 
 def _grid_from_json(data: dict[str, Any]) -> Grid:
@@ -241,22 +251,29 @@ def _grid_from_json(data: dict[str, Any]) -> Grid:
 
 
 def _nearest_resample(array: np.ndarray, source: Grid, target: Grid) -> np.ndarray:
-    """Nearest-neighbour resampling of a (z, y, x) array between two grids that share a direction.
+    """Nearest-neighbour resampling of a (z, y, x) array from ``source`` onto ``target``'s (z, y, x) array.
 
-    Separable: along each axis the source index of a target voxel depends on that axis only. Target
-    voxels whose nearest source voxel is outside the source get 0.
+    The target's direction must be the source's up to an axis permutation and flips (true of the input
+    grid and the canonical model grid, which ``to_canonical`` relates by exactly that). Then each source
+    index depends on one target axis only, so the whole resampling is three ``np.take`` with 1-D index
+    arrays and a transpose, with no 3-D coordinate arrays. Target voxels whose nearest source voxel is
+    outside the source get 0.
     """
-    direction = np.array(target.direction).reshape(3, 3)
-    offset = direction.T @ (np.array(target.origin) - np.array(source.origin))  # mm along each axis (x, y, z)
-    padded = np.pad(array, 1)  # index 0 and -1 are the zero border for target voxels outside the source
-    result = padded
-    for axis_xyz in range(3):
-        axis_zyx = 2 - axis_xyz
-        positions = (offset[axis_xyz] + np.arange(target.size[axis_xyz]) * target.spacing[axis_xyz]) / source.spacing[
-            axis_xyz
-        ]
-        index = np.floor(positions + 0.5).astype(np.int64)
-        inside = (index >= 0) & (index < source.size[axis_xyz])
-        index = np.where(inside, index + 1, 0)
-        result = np.take(result, index, axis=axis_zyx)
-    return np.ascontiguousarray(result)
+    source_direction = np.array(source.direction).reshape(3, 3)
+    target_direction = np.array(target.direction).reshape(3, 3)
+    relation = source_direction.T @ target_direction  # [a, b]: +-1 where source axis a runs along target axis b
+    target_axis_of = np.abs(relation).argmax(1)
+    if sorted(target_axis_of.tolist()) != [0, 1, 2] or not np.allclose(np.abs(relation).max(1), 1.0, atol=1e-3):
+        raise ValueError("the two grids are not related by an axis permutation and flips")
+    offset = source_direction.T @ (np.array(target.origin) - np.array(source.origin))  # mm along source axes
+    result = np.pad(array, 1)  # index 0 and -1: the zero border for target voxels outside the source
+    for axis in range(3):  # source index axis (x, y, z); numpy axis 2 - axis
+        along = int(target_axis_of[axis])
+        sign = relation[axis, along]
+        steps = np.arange(target.size[along]) * target.spacing[along] * sign
+        index = np.floor((offset[axis] + steps) / source.spacing[axis] + 0.5).astype(np.int64)
+        inside = (index >= 0) & (index < source.size[axis])
+        result = np.take(result, np.where(inside, index + 1, 0), axis=2 - axis)
+    # numpy axis 2 - a of ``result`` runs along target axis target_axis_of[a]; reorder to target (z, y, x).
+    source_axis_of = np.argsort(target_axis_of)
+    return np.ascontiguousarray(result.transpose([2 - int(source_axis_of[2 - t]) for t in range(3)]))
