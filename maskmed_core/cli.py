@@ -1,4 +1,4 @@
-"""The ``maskmed`` command line: ``info``, ``build-ops``, ``predict`` and ``train``.
+"""The ``maskmed`` command line: ``info``, ``build-ops``, ``predict``, ``train`` and ``demo``.
 
 Exit codes: 0 success, 1 the command failed (message on stderr), 2 bad usage (argparse); ``predict``
 adds its own (``maskmed predict --help``).
@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train_command.add_arguments(train)
     train.set_defaults(handler=train_command.run)
+    from maskmed_core import demo_command
+
+    demo = commands.add_parser("demo", help="segment the bundled real CT with the default model",
+                               description=demo_command.__doc__,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    demo_command.add_arguments(demo)
+    demo.set_defaults(handler=demo_command.run)
     return parser
 
 

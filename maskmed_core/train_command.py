@@ -70,6 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-transformer", action="store_true", help="ablation: remove the FSA transformer")
     parser.add_argument("--amp", default="bf16", choices=("bf16", "fp16", "none"), help="autocast on CUDA")
     parser.add_argument("--cache-dir", help="preprocessed-case cache (default OUT/cache)")
+    parser.add_argument("--export", help="also copy the best model file here when training ends (e.g. the bundled "
+                        "default model maskmed_core/resources/default.maskmed)")
     parser.add_argument("--nproc", type=int, default=1, help="start K processes through torchrun (DDP)")
     parser.add_argument("--json", action="store_true", help="JSON lines on stdout instead of a progress bar")
 
@@ -146,6 +148,8 @@ def run(args: argparse.Namespace) -> int:
         progress({"event": "message", "level": "error",
                   "text": "interrupted; the files of the last completed epoch are kept: add --resume to continue"})
         return TrainExit.INTERRUPTED
+    if is_main and args.export:
+        summary["exported"] = str(_export(Path(summary["best_model"]), Path(args.export)))
     if is_main:
         if args.json:
             print(json.dumps({"event": "summary", **summary}), flush=True)
@@ -153,8 +157,24 @@ def run(args: argparse.Namespace) -> int:
             lines = [f"best epoch {summary['best_epoch']} (mean Dice {summary['best_mean_dice']:.3f}):"]
             lines += [f"  {name:24s} {score:.3f}" for name, score in summary["dice"].items()]
             lines.append(f"model files: {summary['best_model']} (best), {summary['last_model']} (last)")
+            if "exported" in summary:
+                lines.append(f"best model copied to {summary['exported']}")
             print("\n".join(lines))
     return TrainExit.OK
+
+
+def _export(source: Path, target: Path) -> Path:
+    """Copy a model file atomically (temporary name in the target folder, then rename)."""
+    import shutil
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        shutil.copyfile(source, temporary)
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return target
 
 
 def _relaunch_with_torchrun(args: argparse.Namespace) -> int:
