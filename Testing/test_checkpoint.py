@@ -124,3 +124,18 @@ def test_terminology_tag_has_slicer_layout():
     parts = tag.split("~")
     assert parts[1] == "SCT^123037004^Anatomical Structure"
     assert parts[2] == "SCT^64033007^Kidney" and parts[3] == "SCT^24028007^Right"
+
+
+def test_failed_save_keeps_the_previous_model_file(model_path, monkeypatch):
+    before = model_path.read_bytes()
+
+    def full_disk(tensors, filename, metadata=None):
+        with open(filename, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("safetensors.torch.save_file", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        save_model_file(model_path, tiny_model(), Plans(), CLASSES)
+    assert model_path.read_bytes() == before
+    assert [p.name for p in model_path.parent.iterdir()] == [model_path.name]

@@ -57,6 +57,16 @@ def test_predict_writes_outputs_and_json_lines(capsys, model_path, ct_file, tmp_
     assert [c["name"] for c in output["classes"]] == ["spleen", "right kidney", "left kidney"]
 
 
+def test_probability_maps_are_uint8_on_the_input_grid(capsys, model_path, ct_file, tmp_path):
+    code, _, err = run_cli(capsys, ct_file, "-o", tmp_path / "out", "--model", model_path, "--probabilities")
+    assert code == 0, err
+    maps = sorted((tmp_path / "out" / "crop_probabilities").iterdir())
+    assert [p.name for p in maps] == ["1_spleen.nii.gz", "2_right_kidney.nii.gz", "3_left_kidney.nii.gz"]
+    image, reference = sitk.ReadImage(str(maps[0])), sitk.ReadImage(str(ct_file))
+    assert image.GetPixelID() == sitk.sitkUInt8 and image.GetSize() == reference.GetSize()
+    assert image.GetOrigin() == reference.GetOrigin()
+
+
 def test_predict_folder_of_files(capsys, model_path, ct_file, tmp_path):
     folder = tmp_path / "cases"
     folder.mkdir()

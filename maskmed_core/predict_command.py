@@ -112,6 +112,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tta", action="store_true", help="average over mirrored inputs (slower, steadier)")
     parser.add_argument("--save-result", action="store_true",
                         help=f"also write <case>{RESULT_SUFFIX}, re-thresholdable without the network")
+    parser.add_argument("--probabilities", action="store_true",
+                        help="also write <case>_probabilities/<label>_<name>.nii.gz: each class's probability as uint8 "
+                        "(0..255) on the input grid")
     parser.add_argument("--series-uid", help="DICOM folder with several series: the one to read")
     parser.add_argument("--json", action="store_true", help="JSON lines on stdout instead of a progress bar")
 
@@ -166,6 +169,23 @@ def _run(args: argparse.Namespace, reporter: Reporter) -> ExitCode:
     return worst
 
 
+def _write_probabilities(result, query_threshold: float, folder: Path) -> list[Path]:
+    """One uint8 map per class (probability * 255, clipped), on the input grid, written atomically."""
+    import numpy as np
+
+    from maskmed_core.io.writing import write_image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    probabilities = result.class_probabilities(query_threshold).clamp_(0.0, 1.0).mul_(255.0).round_()
+    written = []
+    for index, segment_class in enumerate(result.classes):
+        array = probabilities[index].numpy().astype(np.uint8)
+        safe_name = "".join(ch if ch.isalnum() else "_" for ch in segment_class.name)
+        path = folder / f"{segment_class.label}_{safe_name}.nii.gz"
+        written.append(write_image(result.to_input_grid(array), path))
+    return written
+
+
 def _predict_case(predictor, case: Path, output_folder: Path, args: argparse.Namespace, reporter: Reporter) -> None:
     from maskmed_core.inference.writers import write_labels
 
@@ -185,6 +205,9 @@ def _predict_case(predictor, case: Path, output_folder: Path, args: argparse.Nam
     files = [str(write_labels(label_image, result.classes, output_folder / f"{name}.{args.format}"))]
     if args.save_result:
         files.append(str(result.save(output_folder / f"{name}{RESULT_SUFFIX}")))
+    if args.probabilities:
+        folder = output_folder / f"{name}_probabilities"
+        files.extend(str(p) for p in _write_probabilities(result, args.query_threshold, folder))
     seconds = time.perf_counter() - start
     statistics = result.statistics(args.query_threshold, args.class_threshold)
     reporter.emit(event="output", case=name, files=files, seconds=round(seconds, 2),
