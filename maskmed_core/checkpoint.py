@@ -9,13 +9,13 @@ nothing else to run the model. The usual suffix is ``.maskmed``.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from maskmed_core.atomic import atomic_path
 from maskmed_core.classes import SegmentClass, validate_classes
 from maskmed_core.model import MaskMed, ModelConfig
 from maskmed_core.plans import Plans
@@ -88,12 +88,8 @@ def save_model_file(
         "extra": json.dumps(extra or {}),
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as temporary:
         save_file(tensors, str(temporary), metadata=metadata)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return path
 
 

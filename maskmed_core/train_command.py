@@ -168,12 +168,10 @@ def _export(source: Path, target: Path) -> Path:
     import shutil
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
+    from maskmed_core.atomic import atomic_path
+
+    with atomic_path(target) as temporary:
         shutil.copyfile(source, temporary)
-        os.replace(temporary, target)
-    finally:
-        temporary.unlink(missing_ok=True)
     return target
 
 

@@ -10,7 +10,6 @@ It is saved to and loaded from a safetensors file (no pickle), so a child proces
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from maskmed_core.atomic import atomic_path
 from maskmed_core.classes import SegmentClass
 
 RESULT_FORMAT = "maskmed-result"
@@ -182,12 +182,8 @@ class SegmentationResult:
             "class_given_object": np.ascontiguousarray(self.class_given_object, dtype=np.float32),
             "objectness": np.ascontiguousarray(self.objectness, dtype=np.float32),
         }
-        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
+        with atomic_path(path) as temporary:
             save_file(tensors, str(temporary), metadata=metadata)
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
         return path
 
     @classmethod

@@ -8,18 +8,16 @@ On any error the temporary file is removed, and a file that already existed at t
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import SimpleITK as sitk  # noqa: N813 (the conventional name)
 
+from maskmed_core.atomic import atomic_path
 from maskmed_core.io.errors import InputError
 
 WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
-# Multi-part extensions that must survive in the temporary name (".seg.nrrd": Slicer segmentation files).
-_COMPOUND_SUFFIXES = (".nii.gz", ".seg.nrrd")
 
 
 def write_image(image: sitk.Image, path: str | os.PathLike[str]) -> Path:
@@ -70,28 +68,5 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise InputError(f"Cannot write {target}: the folder {folder} is not writable. Choose another output folder.")
     if target.is_dir():
         raise InputError(f"Cannot write {target}: it is a folder. Give a file name, e.g. {target / 'result.nii.gz'}.")
-    temporary = _temporary_sibling(target)
-    try:
+    with atomic_path(target) as temporary:
         yield temporary
-        if not temporary.is_file():
-            raise FileNotFoundError(f"Nothing was written to the temporary file {temporary} for {target}")
-        os.replace(temporary, target)
-    finally:
-        # After a successful os.replace the temporary name no longer exists; after an error it goes here.
-        temporary.unlink(missing_ok=True)
-
-
-def _temporary_sibling(target: Path) -> Path:
-    """A unique hidden name in the target's folder, ending with the target's full extension.
-
-    Not created here: the writer creates it with the usual permissions (a tempfile.mkstemp file would be 0600 and
-    keep that mode after the rename). A random 48-bit token makes a collision practically impossible.
-    """
-    name = target.name
-    lower = name.lower()
-    extension = next((s for s in _COMPOUND_SUFFIXES if lower.endswith(s)), None)
-    if extension is None:
-        extension = "".join(target.suffixes[-2:]) if lower.endswith(".gz") else target.suffix
-    split = len(name) - len(extension)
-    stem = name[:split].lstrip(".")  # one leading dot is added below (hidden file); avoid "..name"
-    return target.with_name(f".{stem}.{uuid.uuid4().hex[:12]}.tmp{name[split:]}")

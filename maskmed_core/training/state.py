@@ -8,12 +8,13 @@ moment leaves the previous state file intact.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from maskmed_core.atomic import atomic_path
 
 STATE_FORMAT = "maskmed-training-state"
 STATE_VERSION = 1
@@ -77,14 +78,8 @@ def save_state(path: str | Path, state: TrainingState) -> Path:
         "history": json.dumps(state.history),
         "run_config": json.dumps(state.run_config),
     }
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path, sync=True) as temporary:
         save_file(tensors, str(temporary), metadata=metadata)
-        with open(temporary, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return path
 
 
