@@ -120,7 +120,8 @@ class SegmentationResult:
         lookup = torch.tensor([0] + [c.label for c in self.classes], dtype=torch.int32)
         labels = torch.where(best >= class_threshold, lookup[index + 1], torch.zeros_like(index, dtype=torch.int32))
         dtype = np.uint8 if max(c.label for c in self.classes) < 256 else np.uint16
-        return labels.numpy().astype(dtype), best.numpy()
+        # p_c is a sum over queries and can pass 1 where queries agree; report it as a probability.
+        return labels.numpy().astype(dtype), best.clamp_(max=1.0).numpy()
 
     def label_map(
         self, query_threshold: float = DEFAULT_QUERY_THRESHOLD, class_threshold: float = DEFAULT_CLASS_THRESHOLD

@@ -1,0 +1,92 @@
+# ruff: noqa: N802, N803, N999  (Slicer code style: camelCase names; the package is "Logic")
+"""MaskMedSegmentation Logic: everything the panel does, testable without the Slicer application.
+
+Uses only MRML/VTK classes present both in Slicer and in the Qt-free ``slicer-core`` wheel, plus numpy,
+SimpleITK and (lazily, so that this package imports before the dependencies are installed) maskmed_core and
+torch. Never imports qt, ctk, slicer.util or slicer.app: those belong to the widget.
+
+Imported as ``Logic`` (the module folder is on sys.path inside Slicer) or ``MaskMedSegmentation.Logic``;
+all imports inside are relative.
+"""
+
+from .dependencies import (
+    OPTIONAL_REQUIREMENTS,
+    REQUIREMENTS,
+    SLICER_PACKAGES,
+    InstallStep,
+    MissingDependency,
+    describeMissing,
+    installedVersion,
+    installPlan,
+    missingDependencies,
+    versionAtLeast,
+)
+from .finetunesession import FineTuneSession, segmentationLabelArray
+from .maskmedlogic import (
+    DEFAULT_CLASS_THRESHOLD,
+    DEFAULT_QUERY_THRESHOLD,
+    MaskMedLogic,
+    defaultModelPath,
+    modelInfo,
+)
+from .process import BackgroundProcess, childEnvironment, maskmedCommand, pythonExecutable
+from .segmentationwriter import (
+    QUERY_SEGMENT_ID_PREFIX,
+    SEGMENT_ID_PREFIX,
+    placeUnderVolumeStudy,
+    segmentIdForClass,
+    terminologyTagName,
+    updateSegmentationFromLabelImage,
+)
+from .thresholdsession import ThresholdSession
+from .volumeio import (
+    exportVolumeToFile,
+    ijkToLpsMatrix,
+    ijkToRasMatrix,
+    imageToVolumeNode,
+    importLabelImage,
+    labelArrayOnVolumeGrid,
+    readVolumeFile,
+    volumeArray,
+    volumeToImage,
+)
+
+__all__ = [
+    "DEFAULT_CLASS_THRESHOLD",
+    "DEFAULT_QUERY_THRESHOLD",
+    "OPTIONAL_REQUIREMENTS",
+    "QUERY_SEGMENT_ID_PREFIX",
+    "REQUIREMENTS",
+    "SEGMENT_ID_PREFIX",
+    "SLICER_PACKAGES",
+    "BackgroundProcess",
+    "FineTuneSession",
+    "InstallStep",
+    "MaskMedLogic",
+    "MissingDependency",
+    "ThresholdSession",
+    "childEnvironment",
+    "defaultModelPath",
+    "describeMissing",
+    "exportVolumeToFile",
+    "ijkToLpsMatrix",
+    "ijkToRasMatrix",
+    "imageToVolumeNode",
+    "importLabelImage",
+    "installPlan",
+    "installedVersion",
+    "labelArrayOnVolumeGrid",
+    "maskmedCommand",
+    "missingDependencies",
+    "modelInfo",
+    "placeUnderVolumeStudy",
+    "pythonExecutable",
+    "readVolumeFile",
+    "segmentIdForClass",
+    "segmentationLabelArray",
+    "terminologyTagName",
+    "updateSegmentationFromLabelImage",
+    "versionAtLeast",
+    "volumeArray",
+    "volumeToImage",
+]

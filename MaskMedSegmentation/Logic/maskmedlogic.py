@@ -1,0 +1,345 @@
+# ruff: noqa: N802, N803, N999  (Slicer code style: camelCase names; the package is "Logic")
+"""MaskMedLogic: one Segment click, from a volume node to segments in a segmentation node.
+
+Flow: the volume is written (exact geometry) to a temporary folder; ``maskmed predict --json --save-result``
+runs as a child process (BackgroundProcess); ``poll()`` (a QTimer in the widget, a loop in tests) forwards
+progress; when the child succeeds the saved result is loaded into a ThresholdSession, which writes the class
+segments; the temporary folder is deleted.
+
+Scene contract: nothing in the scene is touched before the child has succeeded. A new segmentation node is
+created and added only then; if writing the segments fails, it is removed again, and an existing node is
+restored from a copy taken just before. So a failure or a cancel leaves the scene exactly as it was.
+
+No ScriptedLoadableModuleLogic base class: this must run on the Qt-free slicer-core too; the widget wraps it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import slicer
+
+from .process import BackgroundProcess, childEnvironment, maskmedCommand
+from .segmentationwriter import placeUnderVolumeStudy
+from .thresholdsession import ThresholdSession
+from .volumeio import exportVolumeToFile
+
+DEFAULT_QUERY_THRESHOLD = 0.25
+DEFAULT_CLASS_THRESHOLD = 0.5
+INPUT_CASE_NAME = "input"
+
+# Overall progress (0..1) covered by each stage the child reports; the rest is export and import.
+_STAGE_SPANS = {
+    "reading": (0.03, 0.08),
+    "preparing": (0.08, 0.12),
+    "inference": (0.12, 0.90),
+    "finishing": (0.90, 0.93),
+    "writing": (0.93, 0.95),
+}
+
+# maskmed predict exit codes -> what the user is told first.
+_EXIT_EXPLANATIONS = {
+    1: "MaskMed failed unexpectedly",
+    2: "MaskMed was called with invalid options",
+    3: "This volume cannot be segmented",
+    4: "The model file cannot be used",
+    5: "MaskMed was interrupted",
+}
+
+
+def defaultModelPath() -> str | None:
+    """The bundled default model (``maskmed_core/resources/default.maskmed``) if it exists, else None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("maskmed_core")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "resources" / "default.maskmed"
+    return str(path) if path.is_file() else None
+
+
+def modelInfo(path: str | Path) -> dict:
+    """What a model file holds, for the panel: classes (list of dicts label/name/color), spacing (z, y, x mm),
+    patchSize (z, y, x voxels). Raises maskmed_core.checkpoint.ModelFileError (a ValueError) with a clear
+    message for a file that is not a usable model."""
+    from maskmed_core.checkpoint import load_model_file
+
+    model = load_model_file(path)
+    return {
+        "classes": [{"label": c.label, "name": c.name, "color": tuple(c.color)} for c in model.classes],
+        "spacing": tuple(float(v) for v in model.plans.spacing),
+        "patchSize": tuple(int(v) for v in model.plans.patch_size),
+    }
+
+
+class MaskMedLogic:
+    """Segment a volume with MaskMed and keep the result re-thresholdable.
+
+    Attributes after a run: ``segmentationNode`` (the node written), ``thresholdSession`` (ThresholdSession
+    or None), ``lastError`` ("" after success), ``elapsedSeconds`` (start to segments in the node),
+    ``timings`` (export, childStartup = interpreter + torch import + model load, child, import, total; s),
+    ``classStatistics`` (the child's per-class rows: label, name, voxels, volume_ml, mean_confidence),
+    ``messages`` (the child's warning/info texts).
+    """
+
+    def __init__(self, scene):
+        self.scene = scene
+        self.thresholdSession: ThresholdSession | None = None
+        self.segmentationNode = None
+        self.lastError = ""
+        self.elapsedSeconds = 0.0
+        self.timings: dict[str, float] = {}
+        self.classStatistics: list[dict] = []
+        self.messages: list[str] = []
+        self.queryThreshold = DEFAULT_QUERY_THRESHOLD
+        self.classThreshold = DEFAULT_CLASS_THRESHOLD
+        self._process: BackgroundProcess | None = None
+        self._tempDir: Path | None = None
+        self._run: dict | None = None
+
+    # ----- Segment -------------------------------------------------------------------------------------
+    def startSegmentation(
+        self,
+        volumeNode,
+        modelPath: str | None,
+        device: str,
+        segmentationNode=None,
+        queryThreshold: float = DEFAULT_QUERY_THRESHOLD,
+        classThreshold: float = DEFAULT_CLASS_THRESHOLD,
+        onProgress: Callable[[float, str], None] | None = None,
+        onFinished: Callable[[bool, str], None] | None = None,
+    ) -> bool:
+        """Start segmenting ``volumeNode``; returns True if the child process started.
+
+        modelPath: a .maskmed file, None for the bundled default. device: "auto", "cpu" (also hides every GPU
+        from the child) or "cuda". segmentationNode: an existing node to update in place (its MaskMed segments
+        are replaced, others kept), or None for a new node "<volume> MaskMed" (created only on success).
+        onProgress(fraction 0..1, text) and onFinished(success, message) are called from poll()/cancel().
+        A run that cannot start (no model, a volume that cannot be written) calls onFinished(False, reason)
+        at once and returns False. Raises RuntimeError if a run is already going, ValueError for a missing
+        or non-scalar volume.
+        """
+        if self.isRunning():
+            raise RuntimeError("a MaskMed segmentation is already running; cancel it first")
+        if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode"):
+            raise ValueError("select a scalar volume to segment")
+        if device not in ("auto", "cpu", "cuda", "mps"):
+            raise ValueError(f"device must be auto, cpu or cuda, not {device!r}")
+        self.lastError = ""
+        self.messages = []
+        self.classStatistics = []
+        self.timings = {}
+        self.elapsedSeconds = 0.0
+        self._run = {
+            "volumeNode": volumeNode,
+            "segmentationNode": segmentationNode,
+            "queryThreshold": float(queryThreshold),
+            "classThreshold": float(classThreshold),
+            "onProgress": onProgress,
+            "onFinished": onFinished,
+            "start": time.perf_counter(),
+            "errors": [],
+            "outputFiles": [],
+            "firstProgress": None,
+        }
+        model = modelPath or defaultModelPath()
+        if model is None:
+            self._fail(
+                "No model selected and no default model is installed: choose a .maskmed model file "
+                "(made by `maskmed train`)."
+            )
+            return False
+        if not Path(model).is_file():
+            self._fail(f"The model file {model} does not exist: choose another model file.")
+            return False
+        self._report(0.0, "Writing the volume for MaskMed")
+        try:
+            self._tempDir = Path(tempfile.mkdtemp(prefix="MaskMed-"))
+            inputPath = exportVolumeToFile(volumeNode, self._tempDir / "in" / f"{INPUT_CASE_NAME}.nrrd")
+        except Exception as error:  # disk full, unwritable temp folder, ...
+            self._fail(f"The volume could not be written to a temporary file: {error}")
+            return False
+        self.timings["export"] = time.perf_counter() - self._run["start"]
+        self._run["resultPath"] = self._tempDir / "out" / f"{INPUT_CASE_NAME}.maskmed-result"
+        command = maskmedCommand(
+            "predict", str(inputPath), "-o", str(self._tempDir / "out"), "--model", str(model),
+            "--device", device, "--format", "nii.gz", "--save-result", "--json",
+            "--query-threshold", repr(float(queryThreshold)), "--class-threshold", repr(float(classThreshold)),
+        )
+        self._process = BackgroundProcess(command, env=childEnvironment(device), onEvent=self._onEvent)
+        try:
+            self._process.start()
+        except OSError as error:
+            self._process = None
+            self._fail(f"MaskMed could not be started ({command[0]}): {error}")
+            return False
+        self._run["childStart"] = time.perf_counter()
+        self._report(0.02, "Starting MaskMed (loading the model)")
+        return True
+
+    def isRunning(self) -> bool:
+        return self._process is not None
+
+    @property
+    def temporaryFolder(self) -> Path | None:
+        """The run's temporary folder (input volume, child outputs); None when no run holds one."""
+        return self._tempDir
+
+    def poll(self) -> bool:
+        """Forward the child's events; when it has ended, import the result (or report the failure).
+
+        Returns True while the run goes on; call it every ~100 ms.
+        """
+        if self._process is None:
+            return False
+        if self._process.poll():
+            return True
+        process, self._process = self._process, None
+        self.timings["child"] = time.perf_counter() - self._run["childStart"]
+        code = process.returncode
+        if code == 0 and self._run["resultPath"].is_file():
+            self._commit()
+        else:
+            self._fail(self._describeFailure(code, process))
+        return False
+
+    def cancel(self) -> None:
+        """Stop the run: kill the child's whole process tree, delete the temporary files, leave the scene as is.
+
+        onFinished(False, "Cancelled.") is called; lastError becomes "Cancelled.".
+        """
+        if self._process is None:
+            return
+        process, self._process = self._process, None
+        process.onEvent = None  # nothing more reaches the panel from this run
+        process.cancel()
+        self._fail("Cancelled.")
+
+    # ----- sliders -------------------------------------------------------------------------------------
+    def setThresholds(self, queryThreshold: float, classThreshold: float) -> list[str]:
+        """Re-threshold the last result (no network); returns the IDs of the segments that changed."""
+        self.queryThreshold, self.classThreshold = float(queryThreshold), float(classThreshold)
+        if self.thresholdSession is None:
+            return []
+        return self.thresholdSession.update(self.queryThreshold, self.classThreshold)
+
+    # ----- internals -----------------------------------------------------------------------------------
+    def _report(self, fraction: float, text: str) -> None:
+        callback = self._run.get("onProgress") if self._run else None
+        if callback is not None:
+            callback(max(0.0, min(1.0, fraction)), text)
+
+    def _onEvent(self, event: dict) -> None:
+        kind = event.get("event")
+        if kind == "progress":
+            if self._run["firstProgress"] is None:
+                self._run["firstProgress"] = time.perf_counter()
+            stage = str(event.get("stage", ""))
+            low, high = _STAGE_SPANS.get(stage, (0.03, 0.95))
+            fraction = float(event.get("fraction", 0.0))
+            label = f"MaskMed: {stage}" + (f" {fraction * 100:.0f}%" if stage == "inference" else "")
+            self._report(low + (high - low) * fraction, label)
+        elif kind == "message":
+            text = str(event.get("text", ""))
+            if event.get("level") == "error":
+                self._run["errors"].append(text)
+            else:
+                self.messages.append(text)
+        elif kind == "output":
+            self._run["outputFiles"] = list(event.get("files", []))
+            self.classStatistics = list(event.get("classes", []))
+
+    def _describeFailure(self, code: int | None, process: BackgroundProcess) -> str:
+        explanation = _EXIT_EXPLANATIONS.get(code, f"MaskMed stopped with exit code {code}")
+        if code == 0:
+            explanation = "MaskMed finished but wrote no result"
+        details = "; ".join(self._run["errors"])
+        if not details:
+            tail = process.stderrText().strip().splitlines()[-5:]
+            details = " | ".join(tail)
+        return f"{explanation}: {details}" if details else f"{explanation}."
+
+    def _commit(self) -> None:
+        """Load the result and write the segments; on any error undo every scene change."""
+        run = self._run
+        volumeNode = run["volumeNode"]
+        existing = run["segmentationNode"]
+        importStart = time.perf_counter()
+        self._report(0.96, "Importing the segments")
+        created = None
+        backup = None
+        try:
+            if existing is None:
+                created = slicer.vtkMRMLSegmentationNode()
+                created.SetName(f"{volumeNode.GetName()} MaskMed")
+                target = created
+            else:
+                backup = slicer.vtkSegmentation()
+                backup.DeepCopy(existing.GetSegmentation())
+                target = existing
+            session = ThresholdSession(run["resultPath"], target, volumeNode)
+            # Segments first, then the node into the scene: one round of scene events instead of one per segment.
+            session.update(run["queryThreshold"], run["classThreshold"])
+            if created is not None:
+                self.scene.AddNode(created)
+                # Same frame as the volume: the segments are defined on its voxel grid.
+                created.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+                created.CreateDefaultDisplayNodes()
+            placeUnderVolumeStudy(target, volumeNode)
+        except Exception as error:
+            if created is not None and created.GetScene() is not None:
+                _removeNode(self.scene, created)
+            if backup is not None:
+                existing.GetSegmentation().DeepCopy(backup)
+            self._fail(f"The MaskMed result could not be imported: {error}")
+            return
+        if self.thresholdSession is not None and self.thresholdSession.segmentationNode is target:
+            self.thresholdSession.hideAllQueries()  # previews of the old result would be stale
+        self.thresholdSession = session
+        self.segmentationNode = target
+        self.queryThreshold, self.classThreshold = run["queryThreshold"], run["classThreshold"]
+        now = time.perf_counter()
+        self.timings["import"] = now - importStart
+        self.timings["total"] = now - run["start"]
+        if run["firstProgress"] is not None:
+            self.timings["childStartup"] = run["firstProgress"] - run["childStart"]
+        self.elapsedSeconds = self.timings["total"]
+        self._cleanup()
+        self._report(1.0, "Done")
+        nonEmpty = sum(1 for row in self.classStatistics if row.get("voxels", 0) > 0)
+        self._finished(True, f"Segmented {nonEmpty} of {len(session.classes)} classes in {self.elapsedSeconds:.1f} s.")
+
+    def _fail(self, message: str) -> None:
+        self.lastError = message
+        if self._run is not None:
+            self.elapsedSeconds = time.perf_counter() - self._run["start"]
+        self._cleanup()
+        self._finished(False, message)
+
+    def _finished(self, success: bool, message: str) -> None:
+        callback = self._run.get("onFinished") if self._run else None
+        self._run = None
+        if callback is not None:
+            callback(success, message)
+
+    def _cleanup(self) -> None:
+        if self._tempDir is not None:
+            shutil.rmtree(self._tempDir, ignore_errors=True)
+            self._tempDir = None
+
+
+def _removeNode(scene, node) -> None:
+    """Remove a node and the display/storage nodes it brought along."""
+    for getter, count in (("GetNthDisplayNode", "GetNumberOfDisplayNodes"),
+                          ("GetNthStorageNode", "GetNumberOfStorageNodes")):
+        if not hasattr(node, count):
+            continue
+        helpers = [getattr(node, getter)(i) for i in range(getattr(node, count)())]
+        for helper in helpers:
+            if helper is not None and helper.GetScene() is scene:
+                scene.RemoveNode(helper)
+    scene.RemoveNode(node)
