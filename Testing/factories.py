@@ -31,3 +31,10 @@ def tiny_model(num_classes: int = 3, kind: str = "decoupled", seed: int = 0) -> 
 def tiny_model_file(path: Path, num_classes: int = 3, patch_size=(32, 48, 48), kind: str = "decoupled") -> Path:
     plans = Plans(spacing=(3.0, 3.0, 3.0), patch_size=patch_size, overlap=0.5)
     return save_model_file(path, tiny_model(num_classes, kind), plans, list(AMOS15_CLASSES[:num_classes]))
+
+
+def full_disk_save_file(tensors, filename, metadata=None):
+    """Stand-in for ``safetensors.torch.save_file`` that writes part of the file, then fails as a full disk does."""
+    with open(filename, "wb") as handle:
+        handle.write(b"partial")
+    raise OSError(28, "No space left on device")

@@ -8,7 +8,7 @@ import pickle
 
 import pytest
 import torch
-from factories import tiny_model
+from factories import full_disk_save_file, tiny_model
 from safetensors.torch import load_file, save_file
 
 from maskmed_core.checkpoint import ModelFileError, load_model_file, save_model_file
@@ -129,12 +129,7 @@ def test_terminology_tag_has_slicer_layout():
 def test_failed_save_keeps_the_previous_model_file(model_path, monkeypatch):
     before = model_path.read_bytes()
 
-    def full_disk(tensors, filename, metadata=None):
-        with open(filename, "wb") as handle:
-            handle.write(b"partial")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr("safetensors.torch.save_file", full_disk)
+    monkeypatch.setattr("safetensors.torch.save_file", full_disk_save_file)
     with pytest.raises(OSError, match="No space left"):
         save_model_file(model_path, tiny_model(), Plans(), CLASSES)
     assert model_path.read_bytes() == before

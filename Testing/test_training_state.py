@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from factories import tiny_model
+from factories import full_disk_save_file, tiny_model
 
 from maskmed_core.classes import AMOS15_CLASSES, SegmentClass
 from maskmed_core.model import MaskMed
@@ -64,12 +64,7 @@ def test_failed_save_keeps_the_previous_state(tmp_path, monkeypatch):
     path = save_state(tmp_path / "state.safetensors", _state(model, optimizer, scheduler, 1))
     before = path.read_bytes()
 
-    def full_disk(tensors, filename, metadata=None):
-        with open(filename, "wb") as handle:
-            handle.write(b"partial")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr("safetensors.torch.save_file", full_disk)
+    monkeypatch.setattr("safetensors.torch.save_file", full_disk_save_file)
     with pytest.raises(OSError, match="No space left"):
         save_state(path, _state(model, optimizer, scheduler, 2))
     assert path.read_bytes() == before
