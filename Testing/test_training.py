@@ -76,6 +76,29 @@ def test_train_writes_usable_model_files_log_and_plot(dataset, tmp_path, capsys)
     assert predictor.predict(image).label_map().GetSize() == image.GetSize()
 
 
+def test_time_limit_stops_early_validates_and_saves(dataset, tmp_path, capsys):
+    output = tmp_path / "run"
+    # 1.2 s of training time: well under the 50 planned steps, more than one step.
+    argv = train_args(dataset, output, "--time-limit", "0.02")
+    argv[argv.index("--epochs") + 1] = "25"
+    assert main(argv) == TrainExit.OK
+    log = [json.loads(line) for line in (output / "training_log.jsonl").read_text().splitlines()]
+    last = log[-1]
+    assert last["stopped"] == "time limit" and last["step"] < 50 and "dice" in last
+    assert last["seconds"] >= 1.2
+    assert (output / "best.maskmed").is_file() and (output / "last.maskmed").is_file()
+    assert "time limit" in capsys.readouterr().err
+
+
+def test_learning_rate_factor_follows_the_larger_of_step_and_time_progress():
+    from maskmed_core.training.trainer import learning_rate_factor
+
+    assert learning_rate_factor(0, 100, 10, "poly") == pytest.approx(0.1)  # warm-up is by steps only
+    assert learning_rate_factor(55, 100, 10, "poly") == pytest.approx(0.5 ** 0.9)
+    assert learning_rate_factor(55, 100, 10, "poly", time_fraction=0.9) == pytest.approx(0.1 ** 0.9)
+    assert learning_rate_factor(55, 100, 10, "cosine", time_fraction=1.0) == pytest.approx(0.0)
+
+
 def test_bad_dataset_is_reported_before_training(dataset, tmp_path, capsys):
     root, mapping = dataset
     broken = tmp_path / "Dataset011_Broken"

@@ -70,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-transformer", action="store_true", help="ablation: remove the FSA transformer")
     parser.add_argument("--amp", default="bf16", choices=("bf16", "fp16", "none"), help="autocast on CUDA")
     parser.add_argument("--cache-dir", help="preprocessed-case cache (default OUT/cache)")
+    parser.add_argument("--time-limit", type=float, metavar="MINUTES",
+                        help="stop (validate and save) once this much training time has passed, even if steps remain; "
+                        "the learning rate decays by whichever runs out first, steps or time")
     parser.add_argument("--export", help="also copy the best model file here when training ends (e.g. the bundled "
                         "default model maskmed_core/resources/default.maskmed)")
     parser.add_argument("--nproc", type=int, default=1, help="start K processes through torchrun (DDP)")
@@ -90,6 +93,7 @@ def _config_from_args(args: argparse.Namespace):
         "resume": args.resume, "skip_bad_cases": args.skip_bad_cases, "freeze_encoder": args.freeze_encoder,
         "keep_absent_classes": args.keep_absent_classes, "augmentation": args.augmentation,
         "head": args.head, "transformer": not args.no_transformer, "amp": args.amp, "cache_dir": args.cache_dir,
+        "time_limit_minutes": args.time_limit,
     }
     known = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in values.items() if k in known})

@@ -72,17 +72,22 @@ class TrainConfig:
     head: str = "decoupled"
     transformer: bool = True
     cache_dir: str | None = None
+    time_limit_minutes: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 Reporter = Callable[[dict[str, Any]], None]
 
 
-def learning_rate_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Linear warm-up over ``warmup`` steps, then poly (power 0.9, as nnU-Net) or cosine decay to 0."""
+def learning_rate_factor(step: int, total: int, warmup: int, schedule: str, time_fraction: float = 0.0) -> float:
+    """Linear warm-up over ``warmup`` steps, then poly (power 0.9, as nnU-Net) or cosine decay to 0.
+
+    ``time_fraction`` (0..1, the share of a time limit used so far) moves the decay on when the clock runs out
+    before the steps do, so a run stopped by its time limit still ends at a low learning rate.
+    """
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    progress = min(1.0, max((step - warmup) / max(1, total - warmup), time_fraction))
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * progress))
     return (1 - progress) ** 0.9
@@ -181,8 +186,10 @@ def _run(config: TrainConfig, context, report: Reporter) -> dict[str, Any]:
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     total_steps = config.epochs * config.steps_per_epoch
+    clock = _TrainingClock(config.time_limit_minutes)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: learning_rate_factor(step, total_steps, config.warmup_steps, config.schedule)
+        optimizer,
+        lambda step: learning_rate_factor(step, total_steps, config.warmup_steps, config.schedule, clock.fraction),
     )
 
     start_step, best_metric, best_step, history = 0, -1.0, -1, []
@@ -195,6 +202,7 @@ def _run(config: TrainConfig, context, report: Reporter) -> dict[str, Any]:
         start_step, best_metric, best_step, history = state.step, state.best_metric, state.best_step, state.history
         resumed_rng = state.torch_rng
         scheduler.load_state_dict(state.scheduler)
+        clock.spent_before = float(history[-1].get("seconds", 0.0)) if history else 0.0
         report({"event": "message", "level": "info", "text": f"resumed at step {start_step}"})
 
     training_model: torch.nn.Module = model
@@ -209,7 +217,7 @@ def _run(config: TrainConfig, context, report: Reporter) -> dict[str, Any]:
     model.train()
     step = start_step
     epoch_losses: list[float] = []
-    started = time.perf_counter()
+    clock.start()
     iterator = iter(loader)
     if resumed_rng is not None:
         # Restored only now: creating the loader's iterator draws from the global generator, and the
@@ -240,16 +248,23 @@ def _run(config: TrainConfig, context, report: Reporter) -> dict[str, Any]:
         # The global-batch loss: the mean of the ranks' losses (identity without DDP).
         epoch_losses.append(distributed.all_reduce_sum(float(loss.detach()), context) / context.world_size)
         report({"event": "step", "step": step, "total": total_steps, "loss": epoch_losses[-1],
-                "elapsed": time.perf_counter() - started})
-        if step % config.steps_per_epoch and step != total_steps:
+                "elapsed": clock.elapsed()})
+        # Every rank must stop at the same step: rank 0's clock decides.
+        out_of_time = distributed.all_reduce_sum(float(clock.out_of_time() and context.is_main), context) > 0
+        if step % config.steps_per_epoch and step != total_steps and not out_of_time:
             continue
         epoch = math.ceil(step / config.steps_per_epoch)
         record: dict[str, Any] = {
             "epoch": epoch, "step": step, "loss": float(np.mean(epoch_losses)),
-            "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - started,
+            "lr": optimizer.param_groups[0]["lr"], "seconds": clock.elapsed(),
         }
         epoch_losses = []
-        if epoch % config.val_every == 0 or step == total_steps:
+        last = step == total_steps or out_of_time
+        if out_of_time:
+            record["stopped"] = "time limit"
+            report({"event": "message", "level": "info",
+                    "text": f"time limit of {config.time_limit_minutes} min reached at step {step}/{total_steps}"})
+        if epoch % config.val_every == 0 or last:
             dice = validate(model, cases, plans, classes, context)
             record["dice"] = dice
             mean_dice = float(np.mean(list(dice.values()))) if dice else 0.0
@@ -270,13 +285,37 @@ def _run(config: TrainConfig, context, report: Reporter) -> dict[str, Any]:
             _append_log(output / LOG_FILE, record)
             _plot(output / PLOT_FILE, history)
         report({"event": "epoch", **record})
+        if out_of_time:
+            break
 
     best = next((r for r in history if r["step"] == best_step), history[-1] if history else {})
     return {
         "best_epoch": best.get("epoch"), "best_mean_dice": best_metric, "dice": best.get("dice", {}),
         "best_model": str(output / "best.maskmed"), "last_model": str(output / "last.maskmed"),
-        "steps": step, "seconds": time.perf_counter() - started,
+        "steps": step, "seconds": clock.elapsed(),
     }
+
+
+class _TrainingClock:
+    """Training time (s) counted across --resume, and the share of an optional time limit used."""
+
+    def __init__(self, limit_minutes: float | None):
+        self.limit = None if limit_minutes is None else 60.0 * limit_minutes
+        self.spent_before = 0.0
+        self._started: float | None = None
+
+    def start(self) -> None:
+        self._started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return self.spent_before + (time.perf_counter() - self._started if self._started is not None else 0.0)
+
+    @property
+    def fraction(self) -> float:
+        return 0.0 if not self.limit else min(1.0, self.elapsed() / self.limit)
+
+    def out_of_time(self) -> bool:
+        return self.limit is not None and self.elapsed() >= self.limit
 
 
 def _make_loader(config, cases, classes, model_config, plans: Plans, context, start_step: int):
