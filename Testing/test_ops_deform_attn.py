@@ -156,6 +156,20 @@ def test_backend_float32_close_to_reference(backend):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_reference_takes_half_precision_values_with_float32_locations(dtype):
+    # As the backends are called with autocast off (benchmarks/deform_attn.py --dtype bfloat16 failed on a GPU).
+    inputs = make_inputs([(4, 8, 8), (8, 16, 16)], m=4, dh=8, p=4, lq=50, dtype=torch.float32)
+    value = inputs[0].to(dtype)
+    out = ms_deform_attn3d_reference(value, *inputs[1:])
+    assert out.dtype == dtype
+    expected = ms_deform_attn3d_reference(value.float(), *inputs[1:])
+    torch.testing.assert_close(out.float(), expected, atol=1e-2, rtol=1e-2)
+    value.requires_grad_()
+    ms_deform_attn3d_reference(value, *inputs[1:]).float().sum().backward()
+    assert value.grad is not None and value.grad.dtype == dtype
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif("cuda" not in COMPILED, reason="needs a CUDA GPU and the built cuda backend")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

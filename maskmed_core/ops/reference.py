@@ -29,9 +29,17 @@ def ms_deform_attn3d_reference(
         attention_weights: (N, Lq, M, L, P).
 
     Returns:
-        (N, Lq, M*Dh): for every query and head, the attention-weighted sum of trilinearly sampled values.
+        (N, Lq, M*Dh) in ``value``'s dtype: for every query and head, the attention-weighted sum of trilinearly
+        sampled values. Mixed dtypes (a bfloat16/float16 ``value`` with float32 locations) are computed in the
+        wider one, as the compiled backends accumulate half-precision values in float32.
     """
     del level_start_index
+    output_dtype = value.dtype
+    compute_dtype = torch.promote_types(torch.promote_types(value.dtype, sampling_locations.dtype),
+                                        attention_weights.dtype)
+    value = value.to(compute_dtype)
+    sampling_locations = sampling_locations.to(compute_dtype)
+    attention_weights = attention_weights.to(compute_dtype)
     N, _, M, Dh = value.shape
     _, Lq, _, L, P, _ = sampling_locations.shape
     sizes = [int(d) * int(h) * int(w) for d, h, w in spatial_shapes.tolist()]
@@ -52,4 +60,4 @@ def ms_deform_attn3d_reference(
     # (N, Lq, M, L, P) -> (N*M, 1, Lq, L*P)
     weights = attention_weights.transpose(1, 2).reshape(N * M, 1, Lq, L * P)
     output = (sampled_all * weights).sum(-1)  # (N*M, Dh, Lq)
-    return output.view(N, M * Dh, Lq).transpose(1, 2).contiguous()
+    return output.view(N, M * Dh, Lq).transpose(1, 2).contiguous().to(output_dtype)
