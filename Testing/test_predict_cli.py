@@ -168,7 +168,16 @@ def test_model_file_of_unknown_format_version(capsys, model_path, ct_file, tmp_p
     assert_refused(capsys, tmp_path / "out", ExitCode.BAD_MODEL, "update maskmed_core", ct_file, "--model", newer)
 
 
-def test_no_default_model_yet(capsys, ct_file, tmp_path, monkeypatch):
+def test_without_model_the_bundled_default_segments_amos_classes(capsys, ct_file, tmp_path):
+    code, _, err = run_cli(capsys, ct_file, "-o", tmp_path / "out")
+    assert code == 0, err
+    output = tmp_path / "out" / "crop.nii.gz"
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(output)))
+    assert labels.shape == sitk.ReadImage(str(ct_file)).GetSize()[::-1]
+    assert set(np.unique(labels).tolist()) - {0} <= set(range(1, 16)) and labels.any()
+
+
+def test_missing_default_model_is_reported(capsys, ct_file, tmp_path, monkeypatch):
     monkeypatch.setattr("maskmed_core.predict_command.DEFAULT_MODEL", tmp_path / "absent.maskmed")
     assert_refused(capsys, tmp_path / "out", ExitCode.BAD_MODEL, "no default model", ct_file)
 

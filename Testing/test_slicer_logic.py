@@ -564,3 +564,11 @@ def test_fine_tune_one_step_yields_a_model(dataset, model_path, work):
     assert [c["name"] for c in info["classes"]] == [c.name for c in dataset["classes"]]
     assert info["patchSize"] == (32, 48, 48)
     assert not os.environ.get("CUDA_VISIBLE_DEVICES")  # the child's setting did not leak into this process
+
+
+def test_the_panel_offers_the_bundled_default_model_with_its_fifteen_classes():
+    path = Logic.defaultModelPath()
+    assert path is not None and Path(path).name == "default.maskmed"
+    info = Logic.modelInfo(path)
+    assert len(info["classes"]) == 15 and info["classes"][5]["name"] == "liver"
+    assert info["spacing"] == (3.0, 3.0, 3.0)

@@ -99,7 +99,7 @@ def overlay_png(image, labels, classes, path: Path) -> Path:
         figure.legend(handles, [c.name for c in present], loc="lower center", ncol=min(5, len(handles)), fontsize=8)
     figure.tight_layout(rect=(0, 0.08, 1, 1))
     temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=90)
+    figure.savefig(temporary, dpi=90, bbox_inches="tight")
     plt.close(figure)
     temporary.replace(path)
     return path
@@ -128,6 +128,12 @@ def run(args: argparse.Namespace) -> int:
     image = sitk.ReadImage(str(DEMO_CT))
     if args.crop:
         x0, x1, y0, y1, z0, z1 = args.crop
+        size = image.GetSize()
+        if not all(0 <= low < high <= n for low, high, n in zip((x0, y0, z0), (x1, y1, z1), size, strict=True)):
+            print(f"maskmed: error: --crop {x0} {x1} {y0} {y1} {z0} {z1} is not a box inside the demo CT "
+                  f"({size[0]} x {size[1]} x {size[2]} voxels): give X0 X1 Y0 Y1 Z0 Z1 with 0 <= start < end <= size",
+                  file=sys.stderr)
+            return 2
         image = image[x0:x1, y0:y1, z0:z1]
 
     def progress(fraction: float, stage: str) -> None:
@@ -154,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name:22s} {'   -' if score is None else f'{score:.3f}'}")
     if scored:
         print(f"  {'mean (classes present)':22s} {np.mean(scored):.3f}")
+    if model_path == DEFAULT_MODEL:
+        print("  (this CT is one of the two cases the default model was trained on: seen data, not a test set)")
     print(f"time: {seconds:.1f} s (model loading, inference and writing) on {predictor.device}")
     print("files: " + ", ".join(str(f) for f in files))
     return 0

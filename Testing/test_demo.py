@@ -1,0 +1,52 @@
+"""The bundled default model and `maskmed demo` (on a crop of the bundled CT, to stay fast)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from maskmed_core.checkpoint import load_model_file
+from maskmed_core.classes import AMOS15_CLASSES
+from maskmed_core.cli import main
+from maskmed_core.predict_command import DEFAULT_MODEL
+
+# X0 X1 Y0 Y1 Z0 Z1 (voxels of the 122 x 101 x 112 demo CT): both kidneys, liver, spleen, aorta, vena cava.
+KIDNEY_CROP = ["10", "110", "10", "90", "56", "112"]
+
+
+def test_default_model_is_bundled_small_enough_with_amos_classes_colours_and_terminology():
+    assert DEFAULT_MODEL.is_file(), "maskmed_core/resources/default.maskmed is missing"
+    assert DEFAULT_MODEL.stat().st_size <= 50 * 2**20
+    model = load_model_file(DEFAULT_MODEL)
+    assert [c.name for c in model.classes] == [c.name for c in AMOS15_CLASSES]
+    assert [c.label for c in model.classes] == list(range(1, 16))
+    assert all(c.terminology is not None and len(c.color) == 3 for c in model.classes)
+    assert model.plans.spacing == (3.0, 3.0, 3.0) and model.plans.modality == "CT"
+
+
+def test_demo_on_a_crop_writes_the_three_files_and_reports_agreement_with_totalsegmentator(tmp_path, capsys):
+    output = tmp_path / "demo"
+    assert main(["demo", "-o", str(output), "--device", "cpu", "--crop", *KIDNEY_CROP]) == 0
+    printed = capsys.readouterr().out
+    assert "agreement with TotalSegmentator" in printed and "trained on" in printed
+    for name in ("demo_ct.nii.gz", "demo_ct.seg.nrrd", "demo_ct.png"):
+        assert (output / name).stat().st_size > 0, name
+    assert (output / "demo_ct.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    dice = {name.strip(): float(score) for name, score in re.findall(r"^  (\w[\w /]+?)\s+(\d\.\d{3})$", printed, re.M)}
+    # The shipped model must find the kidneys of a case it was trained on (0.93 on the whole CT when shipped).
+    assert dice["right kidney"] > 0.7 and dice["left kidney"] > 0.7
+    assert re.search(r"^time: \d+\.\d s", printed, re.M)
+
+
+@pytest.mark.parametrize("crop", [["0", "200", "0", "50", "0", "50"], ["40", "20", "0", "50", "0", "50"]])
+def test_demo_refuses_a_crop_outside_the_ct(tmp_path, capsys, crop):
+    assert main(["demo", "-o", str(tmp_path / "demo"), "--crop", *crop]) == 2
+    assert "not a box inside the demo CT" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
+
+
+def test_demo_without_a_model_says_how_to_get_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("maskmed_core.predict_command.DEFAULT_MODEL", tmp_path / "absent.maskmed")
+    assert main(["demo", "-o", str(tmp_path / "demo")]) == 4
+    assert "no model at" in capsys.readouterr().err
