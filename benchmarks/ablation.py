@@ -64,10 +64,11 @@ CPU budget, measured on a 2-core Intel Xeon shared with other jobs (2 torch thre
   on top (start-up, preprocessing, the end-of-training validation on the training case, the held-out evaluation);
 - 200-step runs (fold chest_abdomen_dicom): maskmed 337 s of training (1.64 s/step, load average 1.5-1.7), whole
   run 343 s; conv 402 s (1.89 s/step, while other processes pushed the load average to 4-5), whole run ~425 s;
-- so the full default ablation (2 folds x 3 variants x 200 steps) takes about 35-40 minutes at a load average of
-  ~2, more when other jobs share the machine. At this scale the models are barely trained (the 200-step maskmed
-  run above: held-out mean Dice 0.03, liver 0.23 only; the conv run: nothing reaches the 0.5 class threshold, liver
-  0.47 on its training case with the argmax rule): the CPU run checks the protocol, the GPU run measures the claim.
+- the full default ablation (2 folds x 3 variants x 200 steps), run 2026-11-27: 1844 s (31 minutes) wall, load
+  average 1.5-2.2. At this scale the models are barely trained: held-out mean Dice maskmed 0.031, no_fsa 0.016,
+  conv 0.000 (0.012 with the argmax rule), the liver being the only organ found. The CUDA defaults on an H200
+  (250 steps, --jobs 6, 154 s wall) gave 0.001 / 0.000 / 0.000: with two cases, one a 13-slice slab, neither scale
+  separates the heads.
 
     python benchmarks/ablation.py                                    # CPU defaults, both folds, three variants
     python benchmarks/ablation.py --steps 2 --patch-size 32 48 48 --batch-size 1 --workers 0 --jobs 2   # smoke test
