@@ -2,7 +2,8 @@
 # (Slicer's own style inside the module: camelCase methods and arguments, as in every Slicer scripted module.)
 """3D Slicer module "MaskMed Segmentation": only the Slicer classes (module, widget, self-test).
 
-The widget reads the panel and calls the Logic package next to this file (``Logic/``); segmentation and
+The widget reads the panel and calls the Logic package next to this file (``MaskMedSegmentationLib/``: named after the
+module, as every Slicer module folder shares one sys.path); segmentation and
 fine-tuning run in separate processes that the Logic drives, and the widget only polls them with a QTimer.
 Nothing is installed or compiled when this file is imported: the Dependencies section does it on request.
 """
@@ -55,12 +56,13 @@ def _maskmedCoreParent():
 
 
 def _importLogic():
-    """The Logic package (Logic/ next to this file), imported on first use, after maskmed_core is findable.
+    """The Logic package (MaskMedSegmentationLib/ next to this file), imported on first use, after maskmed_core is
+    findable.
     It imports maskmed_core and torch only lazily, so it imports before the dependencies are installed."""
     _ensureMaskMedCoreImportable()
-    import Logic
+    import MaskMedSegmentationLib
 
-    return Logic
+    return MaskMedSegmentationLib
 
 
 def _className(segmentClass):

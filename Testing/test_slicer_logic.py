@@ -30,9 +30,9 @@ MODULE_DIR = Path(__file__).resolve().parents[1] / "MaskMedSegmentation"
 if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))  # as inside Slicer: the module folder is on sys.path
 
-import Logic  # noqa: E402
+import MaskMedSegmentationLib as Logic  # noqa: E402
 from factories import tiny_model_file  # noqa: E402
-from Logic.volumeio import orientedImageArray  # noqa: E402
+from MaskMedSegmentationLib.volumeio import orientedImageArray  # noqa: E402
 
 FIRST = (0.25, 0.5)  # (query, class) thresholds of the run
 SECOND = (0.1, 0.3)  # after the slider moves
@@ -405,7 +405,7 @@ def test_writer_reuses_segments_and_never_touches_other_segments(run):
 
 
 def test_input_grid_map_equals_maskmed_core_resampling_on_a_permuted_flipped_grid():
-    from Logic.thresholdsession import InputGridMap
+    from MaskMedSegmentationLib.thresholdsession import InputGridMap
 
     from maskmed_core.classes import AMOS15_CLASSES
     from maskmed_core.inference.result import Grid, SegmentationResult
@@ -505,7 +505,7 @@ def test_logic_package_imports_without_torch_and_maskmed_core():
         "import sys\n"
         "sys.modules['torch'] = None; sys.modules['maskmed_core'] = None\n"
         f"sys.path.insert(0, {str(MODULE_DIR)!r})\n"
-        "import Logic\n"
+        "import MaskMedSegmentationLib as Logic\n"
         "print([m.name for m in Logic.missingDependencies()])\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -37,7 +37,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "MaskMedSegmentation"))  # as inside Slicer: `import Logic`
+sys.path.insert(0, str(REPO / "MaskMedSegmentation"))  # as inside Slicer: `import MaskMedSegmentationLib`
 
 REAL_CT = REPO.parent / "shared" / "data" / "ct" / "abdomen_ct_3mm.nii.gz"
 SLIDER_GOAL_S = 0.5
@@ -54,7 +54,7 @@ def _inference_benchmark():
 
 
 def measure(volume_path: Path, model_path: Path, label: str) -> dict:
-    import Logic
+    import MaskMedSegmentationLib as Logic
     import numpy as np
     import slicer
 

@@ -1,4 +1,4 @@
-# ruff: noqa: N802, N803, N999  (Slicer code style: camelCase names; the package is "Logic")
+# ruff: noqa: N802, N803, N999  (Slicer code style: camelCase names; the package is "MaskMedSegmentationLib")
 """Volume nodes <-> image files and SimpleITK images, with exact geometry.
 
 Conventions (Slicer's):

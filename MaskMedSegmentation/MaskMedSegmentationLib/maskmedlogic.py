@@ -1,4 +1,4 @@
-# ruff: noqa: N802, N803, N999  (Slicer code style: camelCase names; the package is "Logic")
+# ruff: noqa: N802, N803, N999  (Slicer code style: camelCase names; the package is "MaskMedSegmentationLib")
 """MaskMedLogic: one Segment click, from a volume node to segments in a segmentation node.
 
 Flow: the volume is written (exact geometry) to a temporary folder; ``maskmed predict --json --save-result``

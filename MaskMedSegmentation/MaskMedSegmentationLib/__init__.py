@@ -1,12 +1,12 @@
-# ruff: noqa: N802, N803, N999  (Slicer code style: camelCase names; the package is "Logic")
+# ruff: noqa: N802, N803, N999  (Slicer code style: camelCase names; the package is "MaskMedSegmentationLib")
 """MaskMedSegmentation Logic: everything the panel does, testable without the Slicer application.
 
 Uses only MRML/VTK classes present both in Slicer and in the Qt-free ``slicer-core`` wheel, plus numpy,
 SimpleITK and (lazily, so that this package imports before the dependencies are installed) maskmed_core and
 torch. Never imports qt, ctk, slicer.util or slicer.app: those belong to the widget.
 
-Imported as ``Logic`` (the module folder is on sys.path inside Slicer) or ``MaskMedSegmentation.Logic``;
-all imports inside are relative.
+Imported as ``MaskMedSegmentationLib`` (the module folder is on sys.path inside Slicer, shared with every other
+module: hence the module-specific name); all imports inside are relative.
 """
 
 from .dependencies import (

@@ -1,4 +1,4 @@
-# ruff: noqa: N802, N803, N999  (Slicer code style: camelCase names; the package is "Logic")
+# ruff: noqa: N802, N803, N999  (Slicer code style: camelCase names; the package is "MaskMedSegmentationLib")
 """Fine-tune a MaskMed model on cases segmented in the Slicer scene.
 
 1. ``exportScenePairs`` writes (volume, segmentation) node pairs as an nnU-Net v2 raw dataset

@@ -1,4 +1,4 @@
-# ruff: noqa: N802, N803, N999  (Slicer code style: camelCase names; the package is "Logic")
+# ruff: noqa: N802, N803, N999  (Slicer code style: camelCase names; the package is "MaskMedSegmentationLib")
 """Which Python packages MaskMed needs inside Slicer, which are missing, and how to install them.
 
 Checking never imports torch (slow, and possibly broken): versions come from ``importlib.metadata``. Only the

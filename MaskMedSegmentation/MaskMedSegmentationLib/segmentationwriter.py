@@ -1,4 +1,4 @@
-# ruff: noqa: N802, N803, N999  (Slicer code style: camelCase names; the package is "Logic")
+# ruff: noqa: N802, N803, N999  (Slicer code style: camelCase names; the package is "MaskMedSegmentationLib")
 """Write a MaskMed label map into a segmentation node: one named, coloured segment per class, in place.
 
 Layout inside the segmentation: all MaskMed class segments share ONE binary-labelmap layer (a

@@ -1,4 +1,4 @@
-# ruff: noqa: N802, N803, N999  (Slicer code style: camelCase names; the package is "Logic")
+# ruff: noqa: N802, N803, N999  (Slicer code style: camelCase names; the package is "MaskMedSegmentationLib")
 """Live re-thresholding of one MaskMed result: the two sliders, the class table, the query table.
 
 A ThresholdSession holds the re-thresholdable result (``SegmentationResult``: the stitched object queries on

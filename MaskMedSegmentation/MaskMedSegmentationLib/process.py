@@ -1,4 +1,4 @@
-# ruff: noqa: N802, N803, N999  (Slicer code style: camelCase names; the package is "Logic")
+# ruff: noqa: N802, N803, N999  (Slicer code style: camelCase names; the package is "MaskMedSegmentationLib")
 """Run ``maskmed`` as a child process: start it, pump its JSON lines into a queue, cancel its whole tree.
 
 Inference and training run in a separate process so that Slicer's GUI stays responsive and so that a
