@@ -137,7 +137,7 @@ class ThresholdSession:
         return self._statistics[key]
 
     def _fastStatistics(self) -> list:
-        from maskmed_core.inference.result import ClassStatistics
+        from maskmed_core.inference.result import class_statistics
 
         assert self._map is not None and self._modelLabels is not None and self._best is not None
         labels = self._modelLabels.ravel()
@@ -145,17 +145,7 @@ class ThresholdSession:
         counts = np.rint(np.bincount(labels, weights=self._map.multiplicity().ravel(), minlength=size))
         sums = np.bincount(labels, weights=self._best.ravel(), minlength=size)
         modelCounts = np.bincount(labels, minlength=size)
-        voxelMl = self.result.input_grid.voxel_volume_ml
-        return [
-            ClassStatistics(
-                label=c.label,
-                name=c.name,
-                voxels=int(counts[c.label]),
-                volume_ml=float(counts[c.label] * voxelMl),
-                mean_confidence=float(sums[c.label] / modelCounts[c.label]) if modelCounts[c.label] else 0.0,
-            )
-            for c in self.classes
-        ]
+        return class_statistics(self.classes, counts, sums, modelCounts, self.result.input_grid.voxel_volume_ml)
 
     def classTable(self, queryThreshold: float, classThreshold: float) -> list[dict]:
         """One row per class: label, name, color (0..255 RGB), volumeMl (mL on the input grid), meanConfidence

@@ -72,6 +72,23 @@ class ClassStatistics:
     mean_confidence: float
 
 
+def class_statistics(
+    classes, input_counts: np.ndarray, confidence_sums: np.ndarray, model_counts: np.ndarray, voxel_ml: float
+) -> list[ClassStatistics]:
+    """ClassStatistics of every class from per-label bincounts: voxels on the input grid, and the sum of the
+    winning probability and the voxel count on the model grid (the mean confidence is their ratio)."""
+    return [
+        ClassStatistics(
+            label=c.label,
+            name=c.name,
+            voxels=int(input_counts[c.label]),
+            volume_ml=float(input_counts[c.label] * voxel_ml),
+            mean_confidence=float(confidence_sums[c.label] / model_counts[c.label]) if model_counts[c.label] else 0.0,
+        )
+        for c in classes
+    ]
+
+
 @dataclass
 class SegmentationResult:
     """Volume-level queries on the model grid plus the geometry to return to the input grid.
@@ -151,17 +168,7 @@ class SegmentationResult:
         counts = np.bincount(on_input.ravel(), minlength=max(c.label for c in self.classes) + 1)
         sums = np.bincount(labels.ravel(), weights=best.ravel(), minlength=counts.size)
         model_counts = np.bincount(labels.ravel(), minlength=counts.size)
-        volume = self.input_grid.voxel_volume_ml
-        return [
-            ClassStatistics(
-                label=c.label,
-                name=c.name,
-                voxels=int(counts[c.label]),
-                volume_ml=float(counts[c.label] * volume),
-                mean_confidence=float(sums[c.label] / model_counts[c.label]) if model_counts[c.label] else 0.0,
-            )
-            for c in self.classes
-        ]
+        return class_statistics(self.classes, counts, sums, model_counts, self.input_grid.voxel_volume_ml)
 
     # ----- file ---------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
