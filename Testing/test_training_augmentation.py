@@ -6,7 +6,7 @@ patient's right side is at low x.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -21,19 +21,11 @@ from maskmed_core.training.augmentation import (  # noqa: E402
     augmentation_region_size,
     lateral_lookup,
 )
+from maskmed_core.training.cache import PreprocessedCase as Case  # noqa: E402
 from maskmed_core.training.loader import PatchDataset, make_loader  # noqa: E402
 from maskmed_core.training.sampling import PatchSampler  # noqa: E402
 
 PATCH = (16, 32, 32)
-
-
-@dataclass
-class Case:
-    name: str
-    image: np.ndarray
-    labels: np.ndarray
-    foreground: dict[int, np.ndarray]
-    spacing_zyx: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
 
 def make_case(labels: np.ndarray, name: str = "case", image: np.ndarray | None = None) -> Case:
@@ -43,7 +35,7 @@ def make_case(labels: np.ndarray, name: str = "case", image: np.ndarray | None =
     foreground = {int(c): np.argwhere(labels == c).astype(np.int32) for c in np.unique(labels) if c > 0}
     labels.setflags(write=False)  # the cache hands out read-only memmaps
     image.setflags(write=False)
-    return Case(name, image, labels, foreground)
+    return Case(name, image, labels, foreground, (1.0, 1.0, 1.0))
 
 
 def tiny_object_case() -> Case:

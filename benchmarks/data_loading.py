@@ -15,7 +15,6 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -24,20 +23,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from maskmed_core.training.augmentation import Augmenter, augmentation_preset  # noqa: E402
+from maskmed_core.training.cache import PreprocessedCase  # noqa: E402
 from maskmed_core.training.loader import PatchDataset, make_loader  # noqa: E402
 from maskmed_core.training.sampling import PatchSampler  # noqa: E402
 
 
-@dataclass
-class SyntheticCase:
-    name: str
-    image: np.ndarray
-    labels: np.ndarray
-    foreground: dict[int, np.ndarray]
-    spacing_zyx: tuple[float, float, float] = (2.0, 1.5, 1.5)
-
-
-def synthetic_case(shape: tuple[int, int, int], seed: int = 0) -> SyntheticCase:
+def synthetic_case(shape: tuple[int, int, int], seed: int = 0) -> PreprocessedCase:
     """Body-like image (air -1.5 outside an elliptic cylinder, tissue ~0 inside, noise) with ellipsoid organs."""
     rng = np.random.default_rng(seed)
     z, y, x = (np.indices(shape, dtype=np.float32) / np.array(shape, np.float32)[:, None, None, None]) - 0.5
@@ -55,7 +46,7 @@ def synthetic_case(shape: tuple[int, int, int], seed: int = 0) -> SyntheticCase:
     for cls in range(1, 6):
         coords = np.argwhere(labels == cls).astype(np.int32)
         foreground[cls] = coords[rng.permutation(len(coords))[:10000]]
-    return SyntheticCase("synthetic", image, labels, foreground)
+    return PreprocessedCase("synthetic", image, labels, foreground, (2.0, 1.5, 1.5))
 
 
 def main() -> None:

@@ -55,6 +55,7 @@ import tempfile
 import time
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -374,6 +375,29 @@ def _memory_gib() -> float:
         return float("nan")
 
 
+def print_machine(*packages: str) -> None:
+    """The machine line every comparison starts with (CPU, cores, RAM, versions) and the load average."""
+    from maskmed_core.cli import _cpu_name
+
+    versions = "".join(f"{name} {_version(name)}, " for name in ("torch", *packages))
+    print(
+        f"machine: {_cpu_name()}, {os.cpu_count()} cores, {_memory_gib():.0f} GiB RAM, "
+        f"{versions}Python {sys.version.split()[0]}"
+    )
+    print(f"load average (1, 5, 15 min) at the start: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+def run_in_workdir(workdir_option: str | None, prefix: str, run: Callable[[Path], None]) -> None:
+    """run(folder): in --workdir (kept, reused) or in a temporary folder removed afterwards."""
+    workdir = Path(workdir_option) if workdir_option else Path(tempfile.mkdtemp(prefix=prefix))
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        run(workdir)
+    finally:
+        if not workdir_option:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
 def _mark(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
@@ -392,20 +416,8 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from maskmed_core.cli import _cpu_name
-
-    print(
-        f"machine: {_cpu_name()}, {os.cpu_count()} cores, {_memory_gib():.0f} GiB RAM, "
-        f"torch {_version('torch')}, nnunetv2 {_version('nnunetv2')}, Python {sys.version.split()[0]}"
-    )
-    print(f"load average (1, 5, 15 min) at the start: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="maskmed-inference-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        _run(args, workdir)
-    finally:
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+    print_machine("nnunetv2")
+    run_in_workdir(args.workdir, "maskmed-inference-bench-", lambda workdir: _run(args, workdir))
 
 
 def _run(args: argparse.Namespace, workdir: Path) -> None:

@@ -55,10 +55,8 @@ import contextlib
 import io
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -69,12 +67,12 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))  # inference, nnunet_peer
 from inference import (  # noqa: E402
     REAL_CT,
     SPACING_ZYX,
-    _memory_gib,
-    _version,
     busy_cpu_seconds,
     cpu_seconds,
     peak_rss_bytes,
+    print_machine,
     run_child,
+    run_in_workdir,
 )
 
 SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
@@ -429,21 +427,8 @@ def main() -> None:
     if args.steps < 1 or args.batch < 1 or args.loader_batches < 1:
         parser.error("--steps, --batch and --loader-batches must be at least 1")
 
-    from maskmed_core.cli import _cpu_name
-
-    print(
-        f"machine: {_cpu_name()}, {os.cpu_count()} cores, {_memory_gib():.0f} GiB RAM, "
-        f"torch {_version('torch')}, nnunetv2 {_version('nnunetv2')}, monai {_version('monai')}, "
-        f"Python {sys.version.split()[0]}"
-    )
-    print(f"load average (1, 5, 15 min) at the start: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="maskmed-training-bench-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        _run(args, workdir)
-    finally:
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+    print_machine("nnunetv2", "monai")
+    run_in_workdir(args.workdir, "maskmed-training-bench-", lambda workdir: _run(args, workdir))
 
 
 def _run(args: argparse.Namespace, workdir: Path) -> None:

@@ -207,14 +207,14 @@ def _read_file(path: Path) -> sitk.Image:
     except RuntimeError as error:
         raise InputError(
             f"{path} could not be read: the file looks corrupted or truncated, or is not really a {suffix} file "
-            f"(SimpleITK: {_sitk_reason(error)}). {_REEXPORT}"
+            f"(SimpleITK: {sitk_error_reason(error)}). {_REEXPORT}"
         ) from error
     if suffix in (".nii", ".nii.gz"):
         _check_nifti_complete(path)
     return image
 
 
-def _sitk_reason(error: RuntimeError) -> str:
+def sitk_error_reason(error: RuntimeError) -> str:
     """The informative part of a SimpleITK exception text (its first line is only the C++ source location)."""
     lines = [line.strip() for line in str(error).splitlines()[1:]]
     # MetaImage reports a truncated file with a stale errno text ("No such file or directory"): drop it, the file
@@ -359,7 +359,7 @@ def _read_dicom_folder(folder: Path, series_uid: str | None) -> tuple[sitk.Image
     except RuntimeError as error:
         raise InputError(
             f"{name} could not be read as one volume: a file looks corrupted or truncated, or the series mixes "
-            f"images of different sizes (SimpleITK: {_sitk_reason(error)}). {_REEXPORT}"
+            f"images of different sizes (SimpleITK: {sitk_error_reason(error)}). {_REEXPORT}"
         ) from error
     return image, name
 

@@ -29,7 +29,7 @@ from maskmed_core.io.errors import InputError
 
 # SimpleITK fills the missing voxels of a truncated NIfTI file with zeros without a word; for a label map that means
 # silently erased organs, so the I/O layer's completeness check is reused here.
-from maskmed_core.io.reading import VOLUME_SUFFIXES, _check_nifti_complete, read_image
+from maskmed_core.io.reading import VOLUME_SUFFIXES, _check_nifti_complete, read_image, sitk_error_reason
 
 # source label value -> target label value; values not listed become background (0)
 LabelMapping = dict[int, int]
@@ -461,11 +461,9 @@ def read_label_file(path: str | os.PathLike[str]) -> sitk.Image:
     try:
         label = sitk.ReadImage(str(path))
     except RuntimeError as error:
-        lines = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
-        prefix = r"^(sitk::ERROR:|ITK ERROR: \w+\(0x[0-9a-f]+\):)\s*"  # SimpleITK's noise before the reason
-        reason = "; ".join(re.sub(prefix, "", line) for line in lines)[:300]
         raise InputError(
-            f"The label map {path} could not be read: the file looks corrupted or truncated (SimpleITK: {reason}). "
+            f"The label map {path} could not be read: the file looks corrupted or truncated "
+            f"(SimpleITK: {sitk_error_reason(error)}). "
             "Export it again."
         ) from error
     if lower.endswith((".nii", ".nii.gz")):
