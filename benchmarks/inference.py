@@ -86,14 +86,10 @@ def cpu_seconds() -> float:
 
 def peak_rss_bytes() -> int:
     """Peak resident set of this process's memory map (VmHWM); ru_maxrss where /proc is missing."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    from maskmed_core.inference.checks import proc_field_bytes
+
+    peak = proc_field_bytes("/proc/self/status", "VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def busy_cpu_seconds() -> float:

@@ -399,14 +399,9 @@ def measure_loader(
 
 
 def _rss_bytes() -> int:
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    from maskmed_core.inference.checks import proc_field_bytes
+
+    return proc_field_bytes("/proc/self/status", "VmRSS") or 0
 
 
 # ----- report ------------------------------------------------------------------------------------------------------

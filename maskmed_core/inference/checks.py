@@ -49,16 +49,21 @@ def estimate_memory_bytes(image, plans: Plans, num_queries: int) -> int:
     return int(input_bytes + model_bytes + network_bytes)
 
 
-def available_memory_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo (Linux), else None (then no refusal is made)."""
+def proc_field_bytes(path: str, field: str) -> int | None:
+    """A "Field:   N kB" line of a Linux /proc file (e.g. /proc/meminfo MemAvailable) in bytes; None without it."""
     try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
+        with open(path, encoding="ascii") as lines:
+            for line in lines:
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         return None
     return None
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else None (then no refusal is made)."""
+    return proc_field_bytes("/proc/meminfo", "MemAvailable")
 
 
 def check_memory(image, plans: Plans, num_queries: int) -> None:
