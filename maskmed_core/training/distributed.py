@@ -52,13 +52,13 @@ def setup(device_name: str) -> DistributedContext:
     return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=device)
 
 
-def all_reduce_sum(value: float, context: DistributedContext) -> float:
-    """Sum a Python number over ranks (identity without DDP)."""
+def all_reduce_sum(values: tuple[float, ...], context: DistributedContext) -> tuple[float, ...]:
+    """Sum Python numbers over ranks in one collective (identity without DDP)."""
     if not context.enabled:
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=context.device)
+        return values
+    tensor = torch.tensor(values, dtype=torch.float64, device=context.device)
     dist.all_reduce(tensor)
-    return float(tensor.item())
+    return tuple(tensor.tolist())
 
 
 def barrier(context: DistributedContext) -> None:

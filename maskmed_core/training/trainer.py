@@ -245,12 +245,15 @@ def _run(config: TrainConfig, context, report: Reporter) -> dict[str, Any]:
         scaler.update()
         scheduler.step()
         step += 1
-        # The global-batch loss: the mean of the ranks' losses (identity without DDP).
-        epoch_losses.append(distributed.all_reduce_sum(float(loss.detach()), context) / context.world_size)
+        # One collective per step: the global-batch loss (the mean of the ranks' losses) and the time-limit flag
+        # (every rank must stop at the same step, so rank 0's clock decides).
+        loss_sum, out_of_time_flag = distributed.all_reduce_sum(
+            (float(loss.detach()), float(clock.out_of_time() and context.is_main)), context
+        )
+        epoch_losses.append(loss_sum / context.world_size)
+        out_of_time = out_of_time_flag > 0
         report({"event": "step", "step": step, "total": total_steps, "loss": epoch_losses[-1],
                 "elapsed": clock.elapsed()})
-        # Every rank must stop at the same step: rank 0's clock decides.
-        out_of_time = distributed.all_reduce_sum(float(clock.out_of_time() and context.is_main), context) > 0
         if step % config.steps_per_epoch and step != total_steps and not out_of_time:
             continue
         epoch = math.ceil(step / config.steps_per_epoch)
