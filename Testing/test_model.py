@@ -177,3 +177,27 @@ def test_hungarian_match_finds_the_right_queries():
     rows, cols = hungarian_match(class_logits, mask_embed, features, target_labels, regions, 512, 2.0, 5.0, 5.0)
     assignment = dict(zip(cols.tolist(), rows.tolist(), strict=True))
     assert assignment == {0: 1, 1: 3, 2: 0}
+
+
+def test_fast_training_step_computes_the_same_loss_and_gradients():
+    """The fused value projection and logits-first point sampling are rewrites of the same function."""
+    torch.manual_seed(0)
+    config = tiny_config(patch=(16, 32, 32), spacing=(3.0, 3.0, 3.0))
+    model = MaskMed(config).double()
+    image = torch.randn(1, 1, 16, 32, 32, dtype=torch.float64)
+    labels = torch.zeros(1, 16, 32, 32, dtype=torch.long)
+    labels[:, 2:8, 4:20, 4:12] = 1
+    labels[:, 6:14, 10:28, 16:30] = 2
+    results = []
+    for fast in (False, True):
+        model.transformer.fused_value_projection = fast
+        criterion = build_criterion(config, logits_first=fast)
+        model.zero_grad()
+        torch.manual_seed(1)  # the same sampled points in both runs
+        loss = criterion(model(image), labels)["loss"]
+        loss.backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        results.append((loss.detach(), grads))
+    (slow_loss, slow_grads), (fast_loss, fast_grads) = results
+    torch.testing.assert_close(fast_loss, slow_loss, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(fast_grads, slow_grads, rtol=1e-8, atol=1e-10)

@@ -42,10 +42,13 @@ class SetCriterion(nn.Module):
     normalised by the number of ground-truth masks in the batch.
     """
 
-    def __init__(self, num_classes: int, config: LossConfig):
+    def __init__(self, num_classes: int, config: LossConfig, logits_first: bool = True):
         super().__init__()
         self.num_classes = num_classes
         self.config = config
+        # How mask logits are sampled at each mask's points (see ``mask_logits_at_points``): same numbers, the
+        # default samples 32x less. False keeps the former path, for the training benchmark's side-by-side.
+        self.logits_first = logits_first
         class_weights = torch.ones(num_classes + 1)
         class_weights[-1] = config.no_object_weight
         self.register_buffer("class_weights", class_weights, persistent=False)
@@ -75,10 +78,10 @@ class SetCriterion(nn.Module):
             target_classes[b, rows] = labels[cols]
             embed, features = mask_embed[b, rows], mask_features[b]
             points = importance_points(
-                lambda p, embed=embed, features=features: mask_logits_at_points(embed, features, p),
+                lambda p, embed=embed, features=features: mask_logits_at_points(embed, features, p, self.logits_first),
                 len(rows), cfg.num_points, cfg.oversample_ratio, cfg.importance_sample_ratio, features.device,
             )
-            point_logits = mask_logits_at_points(embed, features, points).float()  # (T, K)
+            point_logits = mask_logits_at_points(embed, features, points, self.logits_first).float()  # (T, K)
             point_targets = sample_points(masks[cols][:, None].to(features.dtype), points)[:, 0].float()
             bce = bce + F.binary_cross_entropy_with_logits(point_logits, point_targets, reduction="none").mean(1).sum()
             dice = dice + _dice_loss(point_logits, point_targets)
@@ -149,8 +152,8 @@ class DiceCELoss(nn.Module):
         return losses
 
 
-def build_criterion(config: ModelConfig) -> nn.Module:
-    """The criterion that matches the head in ``config``."""
+def build_criterion(config: ModelConfig, logits_first: bool = True) -> nn.Module:
+    """The criterion that matches the head in ``config`` (``logits_first``: see ``SetCriterion``)."""
     if config.head.kind == "decoupled":
-        return SetCriterion(config.num_classes, config.loss)
+        return SetCriterion(config.num_classes, config.loss, logits_first)
     return DiceCELoss(config.num_classes, config.loss.deep_supervision)

@@ -111,6 +111,7 @@ class FullScaleDeformableTransformer(nn.Module):
         self.query_levels = list(range(num_levels - config.num_query_levels, num_levels))
         self.value_proj = nn.ModuleList(Conv3d(c, value_dim, 1) for c in encoder_channels)
         self.value_level_embed = nn.Parameter(torch.zeros(num_levels, value_dim))
+        self.fused_value_projection = True  # see _values
         self.query_proj = nn.ModuleList(
             nn.Sequential(Conv3d(encoder_channels[i], config.d_model, 1), nn.GroupNorm(8, config.d_model))
             for i in self.query_levels
@@ -127,12 +128,27 @@ class FullScaleDeformableTransformer(nn.Module):
             nn.init.zeros_(proj.bias)
 
     def _values(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """(B, S, M, Dh): every level projected, level-embedded and flattened in (d, h, w) order."""
+        """(B, S, M, Dh): every level projected, level-embedded and flattened in (d, h, w) order.
+
+        The 1x1x1 projection is a matrix product over channels. Done as one on channels-last tokens, with the level
+        embedding folded into the bias, it is the same function as the Conv3d followed by the embedding addition,
+        several times faster on CPU at full resolution, where oneDNN's 1x1x1 convolution backward was the largest
+        single cost of a training step; its output is already in the (B, S, value_dim) layout the op wants.
+        ``fused_value_projection = False`` keeps the former path (the training benchmark compares both).
+        """
         flat = []
         for level, feature in enumerate(features):
-            projected = self.value_proj[level](feature)
-            projected = projected + self.value_level_embed[level].view(1, -1, 1, 1, 1).to(projected.dtype)
-            flat.append(projected.flatten(2).transpose(1, 2))  # (B, S_l, value_dim)
+            projection = self.value_proj[level]
+            embed = self.value_level_embed[level]
+            if self.fused_value_projection:
+                tokens = feature.flatten(2).transpose(1, 2)  # (B, S_l, C_l)
+                weight = projection.weight.flatten(1)  # (value_dim, C_l)
+                bias = projection.bias + embed if projection.bias is not None else embed
+                flat.append(F.linear(tokens, weight.to(tokens.dtype), bias.to(tokens.dtype)))
+            else:
+                projected = projection(feature)
+                projected = projected + embed.view(1, -1, 1, 1, 1).to(projected.dtype)
+                flat.append(projected.flatten(2).transpose(1, 2))  # (B, S_l, value_dim)
         value = torch.cat(flat, dim=1)
         return value.view(value.shape[0], value.shape[1], self.config.num_heads, self.config.value_head_dim)
 

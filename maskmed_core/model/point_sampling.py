@@ -26,15 +26,26 @@ def sample_points(volumes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(volumes, grid.to(volumes.dtype), mode="bilinear", align_corners=False)[:, :, 0]
 
 
-def mask_logits_at_points(mask_embed: torch.Tensor, mask_features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """Mask logits of queries at points without computing the full masks.
+def mask_logits_at_points(
+    mask_embed: torch.Tensor, mask_features: torch.Tensor, points: torch.Tensor, logits_first: bool = True
+) -> torch.Tensor:
+    """Mask logits of queries at points without materialising full-resolution masks.
 
     mask_embed: (Q, E); mask_features: (E, D, H, W); points: (K, 3) shared by all queries, or (Q, K, 3)
     one set per query. Returns (Q, K). Exact, because the logit is linear in the features.
+
+    With one point set per query, ``logits_first`` computes each query's logit volume on the mask-feature grid
+    ((Q, D, H, W), one matrix product) and samples that single channel, instead of sampling all E feature channels
+    at every query's points and taking the dot product afterwards. Trilinear interpolation and the dot product are
+    both linear, so the two give the same numbers (up to rounding), but the first samples E times less (E = 32 in
+    ``small``: the point sampling was ~15 % of a CPU training step). ``logits_first=False`` is the former path.
     """
     if points.dim() == 2:
         features = sample_points(mask_features[None], points[None])[0]  # (E, K)
         return mask_embed @ features
+    if logits_first:
+        volumes = torch.einsum("qe,edhw->qdhw", mask_embed, mask_features)  # (Q, D, H, W)
+        return sample_points(volumes[:, None], points[:, None])[:, 0, 0]  # (Q, 1, 1, K) -> (Q, K)
     features = sample_points(mask_features[None], points[None])[0]  # (E, Q, K)
     return torch.einsum("qe,eqk->qk", mask_embed, features)
 
