@@ -75,6 +75,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the learning rate decays by whichever runs out first, steps or time")
     parser.add_argument("--export", help="also copy the best model file here when training ends (e.g. the bundled "
                         "default model maskmed_core/resources/default.maskmed)")
+    parser.add_argument("--synthetic-labels", nargs="+", default=[], metavar="PATH",
+                        help="label maps without images (files or folders), trained on through CT synthesised from "
+                        "them; label values must be TotalSegmentator v2 ids (use --label-mapping for the classes)")
+    parser.add_argument("--synthetic-ratio", type=float, default=0.5,
+                        help="share of patches drawn from the --synthetic-labels cases (default 0.5)")
+    parser.add_argument("--synthetic-prob", type=float, default=0.0,
+                        help="probability that a real case's patch is replaced by a CT synthesised from its own "
+                        "label map (TotalSegmentator v2 ids)")
+    parser.add_argument("--contrast-prob", type=float, default=0.0,
+                        help="probability that a real CT patch is shown in another contrast phase (enhancing "
+                        "classes shifted by class; TotalSegmentator v2 label maps)")
+    parser.add_argument("--reference-step", action="store_true",
+                        help="the former, slower training step (for benchmarks; learns the same)")
     parser.add_argument("--nproc", type=int, default=1, help="start K processes through torchrun (DDP)")
     parser.add_argument("--json", action="store_true", help="JSON lines on stdout instead of a progress bar")
 
@@ -93,7 +106,9 @@ def _config_from_args(args: argparse.Namespace):
         "resume": args.resume, "skip_bad_cases": args.skip_bad_cases, "freeze_encoder": args.freeze_encoder,
         "keep_absent_classes": args.keep_absent_classes, "augmentation": args.augmentation,
         "head": args.head, "transformer": not args.no_transformer, "amp": args.amp, "cache_dir": args.cache_dir,
-        "time_limit_minutes": args.time_limit,
+        "time_limit_minutes": args.time_limit, "synthetic_labels": list(args.synthetic_labels),
+        "synthetic_ratio": args.synthetic_ratio, "synthetic_prob": args.synthetic_prob,
+        "contrast_prob": args.contrast_prob, "fast_step": not args.reference_step,
     }
     known = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in values.items() if k in known})

@@ -15,6 +15,11 @@ Pipeline, in order (each step with its own probability, see ``AugmentationConfig
    (a mirrored left kidney is a right kidney). With ``lateral_pairs=None`` (unknown anatomy) x is never
    flipped, whatever the config says.
 
+The geometric steps (1, 2, 4) run first, on the image, the labels and, when given, the source tissue map; then an
+optional ``intensity_source`` replaces the image (CT synthesised from the moved tissue map, or a real CT shown in
+another contrast phase: ``maskmed_core.training.intensity_sources``), so that a synthesised image is drawn on the
+deformed anatomy; then the intensity steps (3).
+
 Reproducibility: every call takes a ``np.random.Generator``; it draws one 32-bit seed from it and re-seeds
 all MONAI transforms (``Compose.set_random_state``), so the output is a pure function of the input and that
 generator's state, in any process. An ``Augmenter`` is stateful (MONAI keeps its random state and last
@@ -25,7 +30,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -49,6 +54,8 @@ from monai.transforms.spatial.array import RandAffineGrid
 
 IMAGE = "image"
 LABELS = "labels"
+TISSUE = "tissue"  # optional: the source tissue map, moved with the labels (nearest) for synthesis after geometry
+SPATIAL_KEYS = [IMAGE, LABELS, TISSUE]
 LEFT_RIGHT_AXIS = 2
 
 
@@ -180,10 +187,10 @@ class _RandRotateScaled(RandAffined):
         rotate_range = [(-r, r) for r in rotation_rad]
         scale_range = [(scaling_range[0] - 1.0, scaling_range[1] - 1.0)] * 3
         super().__init__(
-            keys=[IMAGE, LABELS], spatial_size=patch_size, prob=1.0, rotate_range=rotate_range,
-            scale_range=scale_range, mode=("bilinear", "nearest"),
+            keys=SPATIAL_KEYS, spatial_size=patch_size, prob=1.0, rotate_range=rotate_range,
+            scale_range=scale_range, mode=("bilinear", "nearest", "nearest"),
             # The region is already padded with air around the case; "border" keeps any sample past it air too.
-            padding_mode=("border", "zeros"), cache_grid=True,
+            padding_mode=("border", "zeros", "zeros"), cache_grid=True, allow_missing_keys=True,
         )
         self.grid = _RotateScaleGrid(rotate_range=rotate_range, scale_range=scale_range)
         self.rand_affine.rand_affine_grid = self.grid
@@ -192,7 +199,7 @@ class _RandRotateScaled(RandAffined):
         self.rand_affine.resampler.dtype = torch.float32
         self.rotation_prob = rotation_prob
         self.scaling_prob = scaling_prob
-        self.crop = CenterSpatialCropd(keys=[IMAGE, LABELS], roi_size=patch_size)
+        self.crop = CenterSpatialCropd(keys=SPATIAL_KEYS, roi_size=patch_size, allow_missing_keys=True)
         self._decided = False
 
     def randomize(self, data: Any | None = None) -> None:
@@ -217,7 +224,8 @@ class _LateralRandFlipd(RandFlipd):
     """``RandFlipd`` that also maps the labels through ``lookup`` when it flips (left/right partner swap)."""
 
     def __init__(self, prob: float, spatial_axis: int, lookup: torch.Tensor | None) -> None:
-        super().__init__(keys=[IMAGE, LABELS], prob=prob, spatial_axis=spatial_axis)
+        # The tissue map is flipped without a swap: it only decides intensities, and left and right share priors.
+        super().__init__(keys=SPATIAL_KEYS, prob=prob, spatial_axis=spatial_axis, allow_missing_keys=True)
         self.lookup = lookup
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor], lazy: bool | None = None) -> dict[Hashable, Any]:
@@ -275,12 +283,20 @@ class Augmenter:
         if c.elastic_prob > 0:
             # On the patch (not the larger region): its cost is a Gaussian smoothing of a full-size offset field.
             elastic = Rand3DElasticd(
-                keys=[IMAGE, LABELS], sigma_range=c.elastic_sigma, magnitude_range=c.elastic_magnitude,
-                prob=c.elastic_prob, mode=("bilinear", "nearest"), padding_mode=("border", "border"),
+                keys=SPATIAL_KEYS, sigma_range=c.elastic_sigma, magnitude_range=c.elastic_magnitude,
+                prob=c.elastic_prob, mode=("bilinear", "nearest", "nearest"),
+                padding_mode=("border", "border", "border"), allow_missing_keys=True,
             )
             elastic.rand_3d_elastic.resampler.dtype = torch.float32  # as above
             transforms.append(elastic)
-        transforms += [
+        lookup = lateral_lookup(self.lateral_pairs) if self.lateral_pairs else None
+        for axis in sorted(set(c.mirror_axes)):
+            if axis == LEFT_RIGHT_AXIS and self.lateral_pairs is None:
+                continue  # unknown anatomy: a mirrored left organ would be labelled with its own (left) class
+            transforms.append(_LateralRandFlipd(c.mirror_prob, axis, lookup if axis == LEFT_RIGHT_AXIS else None))
+        # Geometry first (where a synthesised image is drawn from the moved tissue map), then intensities.
+        self.spatial = Compose(transforms)
+        self.intensity = Compose([
             RandGaussianNoised(keys=IMAGE, prob=c.noise_prob, std=c.noise_std),
             RandGaussianSmoothd(keys=IMAGE, sigma_x=c.blur_sigma, sigma_y=c.blur_sigma, sigma_z=c.blur_sigma,
                                 prob=c.blur_prob),
@@ -292,41 +308,64 @@ class Augmenter:
             RandAdjustContrastd(keys=IMAGE, gamma=c.gamma_range, invert_image=True, retain_stats=True,
                                 prob=c.gamma_inverted_prob),
             RandAdjustContrastd(keys=IMAGE, gamma=c.gamma_range, retain_stats=True, prob=c.gamma_prob),
-        ]
-        lookup = lateral_lookup(self.lateral_pairs) if self.lateral_pairs else None
-        for axis in sorted(set(c.mirror_axes)):
-            if axis == LEFT_RIGHT_AXIS and self.lateral_pairs is None:
-                continue  # unknown anatomy: a mirrored left organ would be labelled with its own (left) class
-            transforms.append(_LateralRandFlipd(c.mirror_prob, axis, lookup if axis == LEFT_RIGHT_AXIS else None))
-        self.transforms = Compose(transforms)
+        ])
 
     def __call__(
         self,
-        image: np.ndarray | torch.Tensor,
+        image: np.ndarray | torch.Tensor | None,
         labels: np.ndarray | torch.Tensor,
         rng: np.random.Generator | None = None,
+        tissue: np.ndarray | torch.Tensor | None = None,
+        intensity_source: IntensitySource | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Augments image (1, z, y, x) float and labels (z, y, x) int of the same size, at least ``patch_size``
         with an even difference on every axis (``region_size`` is). Returns image (1, *patch_size) float32 and
         labels (*patch_size) int64, plain tensors. ``rng`` (default: the augmenter's own) advances by one draw.
+
+        tissue: (z, y, x) source tissue map of the same size (see ``synthesis``), moved with the labels.
+        intensity_source: called after the geometric transforms, before the intensity ones, with (image or None,
+            tissue (z, y, x) int64 or None, labels (z, y, x) int64) on the patch; returns the (1, z, y, x) image and
+            labels to go on with: a synthesised image, a real one in another contrast phase, or the image as it is.
+            Needed when ``image`` is None (a label-only case).
         """
-        shape = tuple(image.shape[1:])
-        if image.ndim != 4 or image.shape[0] != 1 or tuple(labels.shape) != shape:
+        shape = tuple(labels.shape)
+        if image is not None and (image.ndim != 4 or image.shape[0] != 1 or tuple(image.shape[1:]) != shape):
             raise ValueError(f"expected image (1, z, y, x) and labels (z, y, x), got {image.shape}, {labels.shape}")
-        if any(s < p or (s - p) % 2 for s, p in zip(shape, self.patch_size, strict=True)):
+        if len(shape) != 3 or any(s < p or (s - p) % 2 for s, p in zip(shape, self.patch_size, strict=True)):
             raise ValueError(f"input size {shape} must be >= the patch {self.patch_size} by an even margin")
+        if tissue is not None and tuple(tissue.shape) != shape:
+            raise ValueError(f"tissue map {tuple(tissue.shape)} and labels {shape} differ in size")
+        if image is None and intensity_source is None:
+            raise ValueError("a case without an image needs an intensity_source (synthesis) to draw one")
         rng = self._rng if rng is None else rng
-        self.transforms.set_random_state(seed=int(rng.integers(0, 2**32)))
+        seeds = np.random.SeedSequence(int(rng.integers(0, 2**32))).generate_state(2)
+        self.spatial.set_random_state(seed=int(seeds[0]))
+        self.intensity.set_random_state(seed=int(seeds[1]))
         # No copies here: the region can be ~10x the patch, and most patches are only centre-cropped from it.
         # The labels keep their integer dtype until MONAI resamples them (in float32, nearest: indices exact).
-        data = {IMAGE: torch.as_tensor(image, dtype=torch.float32), LABELS: torch.as_tensor(labels).unsqueeze(0)}
+        data: dict[str, torch.Tensor] = {LABELS: torch.as_tensor(labels).unsqueeze(0)}
+        if image is not None:
+            data[IMAGE] = torch.as_tensor(image, dtype=torch.float32)
+        if tissue is not None:
+            data[TISSUE] = torch.as_tensor(tissue).unsqueeze(0)
         previous = get_track_meta()
         # MetaTensor bookkeeping (affines, applied operations) costs ~15 % and is not needed for patches.
         set_track_meta(False)
         try:
-            out = self.transforms(data)
+            out = self.spatial(data)
+            labels_out = torch.as_tensor(out[LABELS])[0].round().to(torch.int64)
+            if intensity_source is not None:
+                moved_tissue = torch.as_tensor(out[TISSUE])[0].round().to(torch.int64) if TISSUE in out else None
+                moved_image = torch.as_tensor(out[IMAGE]).float() if IMAGE in out else None
+                new_image, labels_out = intensity_source(moved_image, moved_tissue, labels_out)
+                out = {IMAGE: new_image}
+            out = self.intensity({IMAGE: out[IMAGE]})
         finally:
             set_track_meta(previous)
         image_out = torch.as_tensor(out[IMAGE]).to(torch.float32).contiguous()
-        labels_out = torch.as_tensor(out[LABELS])[0].round().to(torch.int64).contiguous()
-        return image_out, labels_out
+        return image_out, labels_out.contiguous()
+
+
+IntensitySource = Callable[
+    [torch.Tensor | None, torch.Tensor | None, torch.Tensor], tuple[torch.Tensor, torch.Tensor]
+]

@@ -23,14 +23,29 @@ import copy
 import itertools
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from maskmed_core.plans import IntensityNormalization
 from maskmed_core.training.augmentation import Augmenter
+from maskmed_core.training.intensity_sources import SynthesisOptions, choose_source
 from maskmed_core.training.sampling import PatchSampler
+from maskmed_core.training.synthesis import SynthesisPriors
+
+
+@dataclass(frozen=True)
+class SynthesisSetup:
+    """What synthesised and contrast-changed patches need: how often (``options``), the HU priors, the
+    intensity normalisation of the plans and the grid spacing (z, y, x, mm)."""
+
+    options: SynthesisOptions
+    priors: SynthesisPriors
+    intensity: IntensityNormalization
+    spacing_zyx: tuple[float, float, float]
 
 
 class PatchDataset(IterableDataset):
@@ -46,6 +61,10 @@ class PatchDataset(IterableDataset):
         start_step: index of the first sample of this rank's stream to yield.
         block_size: consecutive samples per worker block; keep it equal to the batch size (``make_loader``
             does) so that the batches do not depend on the number of workers.
+        label_only_sampler: patches of label-only cases (no image: one is synthesised); with ``sampler`` also
+            given, a share ``synthesis.options.synthetic_ratio`` of the samples comes from it.
+        synthesis: enables synthesised images and contrast-phase changes (needs ``augmenter``); None = real
+            images only, exactly as without it.
     """
 
     def __init__(
@@ -57,8 +76,16 @@ class PatchDataset(IterableDataset):
         world_size: int | None = None,
         start_step: int = 0,
         block_size: int = 1,
+        label_only_sampler: PatchSampler | None = None,
+        synthesis: SynthesisSetup | None = None,
     ) -> None:
         super().__init__()
+        if (label_only_sampler is not None or synthesis is not None) and (synthesis is None or augmenter is None):
+            raise ValueError("label-only cases and synthesis need both a SynthesisSetup and an augmenter")
+        if label_only_sampler is not None and tuple(label_only_sampler.patch_size) != tuple(sampler.patch_size):
+            raise ValueError("the label-only sampler must have the same patch size as the sampler")
+        self.label_only_sampler = label_only_sampler
+        self.synthesis = synthesis
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
         self.rank = int(rank) if rank is not None else (torch.distributed.get_rank() if distributed else 0)
         self.world_size = (
@@ -91,6 +118,8 @@ class PatchDataset(IterableDataset):
         """Sample ``index`` of this rank's stream (a pure function of seed and its global index)."""
         rng = np.random.default_rng([self.seed, self.global_index(index)])
         size = self.augmenter.region_size if self.augmenter is not None else None
+        if self.synthesis is not None:
+            return self._sample_with_synthesis(rng, size)
         region = self.sampler.draw(rng, size=size)
         # Labels stay in the case's dtype (uint8) until the patch is cut: the region can be ~10x the patch.
         image_np, labels_np = self.sampler.crop(region, labels_dtype=None)
@@ -99,6 +128,25 @@ class PatchDataset(IterableDataset):
         else:
             image, labels = torch.from_numpy(image_np), torch.from_numpy(labels_np.astype(np.int64))
         return {"image": image, "labels": labels, "case": self.sampler.cases[region.case_index].name}
+
+    def _sample_with_synthesis(self, rng: np.random.Generator, size) -> dict[str, Any]:
+        setup = self.synthesis
+        assert setup is not None and self.augmenter is not None
+        # One draw decides real vs label-only cases, whether or not both kinds exist (a stable stream).
+        from_label_only = rng.random() < setup.options.synthetic_ratio
+        sampler = self.sampler
+        if self.label_only_sampler is not None and (from_label_only or not len(self.sampler.cases)):
+            sampler = self.label_only_sampler
+        region = sampler.draw(rng, size=size)
+        case = sampler.cases[region.case_index]
+        labels_np, tissue_np = sampler.crop_labels(region)
+        image_np = sampler.crop(region, labels_dtype=None)[0] if case.image is not None else None
+        source = choose_source(setup.options, image_np is not None, tissue_np is not None, rng, setup.priors,
+                               setup.intensity, setup.spacing_zyx)
+        image, labels = self.augmenter(
+            image_np, labels_np, rng, tissue=tissue_np if source is not None else None, intensity_source=source
+        )
+        return {"image": image, "labels": labels, "case": case.name}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()

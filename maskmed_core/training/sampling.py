@@ -33,9 +33,10 @@ class CaseLike(Protocol):
     """
 
     name: str
-    image: np.ndarray
+    image: np.ndarray | None  # None: a label-only case (its image is synthesised from ``tissue``)
     labels: np.ndarray
     foreground: Mapping[int, np.ndarray]
+    tissue: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -165,7 +166,36 @@ class PatchSampler:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Reads ``region``: image (1, z, y, x) float32 padded with the case's minimum (air), labels (z, y, x)
         padded with 0, as ``labels_dtype`` (None: the case's own dtype, e.g. uint8, 8x less to copy for a
-        large augmentation region). Returns fresh arrays (never views of a memmap)."""
+        large augmentation region). Returns fresh arrays (never views of a memmap). A label-only case has no image:
+        use ``crop_labels``."""
+        case = self.cases[region.case_index]
+        if case.image is None:
+            raise ValueError(f"case {case.name} has no image (label-only): use crop_labels")
+        src_t, dst_t, inside = self._windows(region)
+        image = np.empty((1, *region.size), dtype=np.float32)
+        labels = np.zeros(region.size, dtype=case.labels.dtype if labels_dtype is None else labels_dtype)
+        if not inside:
+            image.fill(self._pad_value(region.case_index))
+        image[(0, *dst_t)] = case.image[src_t]
+        labels[dst_t] = case.labels[src_t]
+        return image, labels
+
+    def crop_labels(self, region: PatchRegion, tissue: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Labels (z, y, x, the case's dtype) and tissue map (z, y, x uint8, or None when the case has none or
+        ``tissue`` is False) of ``region``, both padded with 0 (background, air)."""
+        case = self.cases[region.case_index]
+        src_t, dst_t, _ = self._windows(region)
+        labels = np.zeros(region.size, dtype=case.labels.dtype)
+        labels[dst_t] = case.labels[src_t]
+        tissue_map = None
+        case_tissue = getattr(case, "tissue", None)  # cases made before tissue maps existed have none
+        if tissue and case_tissue is not None:
+            tissue_map = np.zeros(region.size, dtype=np.uint8)
+            tissue_map[dst_t] = case_tissue[src_t]
+        return labels, tissue_map
+
+    def _windows(self, region: PatchRegion) -> tuple[tuple[slice, ...], tuple[slice, ...], bool]:
+        """Source and destination slices of ``region`` in its case, and whether it lies wholly inside."""
         case = self.cases[region.case_index]
         shape = case.labels.shape
         src, dst = [], []
@@ -177,15 +207,8 @@ class PatchSampler:
             else:
                 src.append(slice(lo, hi))
                 dst.append(slice(lo - start, hi - start))
-        src_t, dst_t = tuple(src), tuple(dst)
         inside = all(s.start == 0 and s.stop == n for s, n in zip(dst, region.size, strict=True))
-        image = np.empty((1, *region.size), dtype=np.float32)
-        labels = np.zeros(region.size, dtype=case.labels.dtype if labels_dtype is None else labels_dtype)
-        if not inside:
-            image.fill(self._pad_value(region.case_index))
-        image[(0, *dst_t)] = case.image[src_t]
-        labels[dst_t] = case.labels[src_t]
-        return image, labels
+        return tuple(src), tuple(dst), inside
 
     def sample(
         self, rng: np.random.Generator | None = None, size: Sequence[int] | None = None
@@ -196,7 +219,9 @@ class PatchSampler:
     def _pad_value(self, case_index: int) -> float:
         # The case minimum is air after CT normalisation; computed once per case, only when padding is needed.
         if case_index not in self._pad_values:
-            self._pad_values[case_index] = float(np.min(self.cases[case_index].image))
+            image = self.cases[case_index].image
+            assert image is not None
+            self._pad_values[case_index] = float(np.min(image))
         return self._pad_values[case_index]
 
 

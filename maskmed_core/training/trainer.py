@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from maskmed_core.allocator import retain_freed_memory
 from maskmed_core.checkpoint import load_model_file, save_model_file
 from maskmed_core.classes import AMOS15_CLASSES, SegmentClass
 from maskmed_core.model import MaskMed, preset
@@ -73,6 +74,13 @@ class TrainConfig:
     transformer: bool = True
     cache_dir: str | None = None
     time_limit_minutes: float | None = None
+    # Label maps without images (files or folders of them), trained on through synthesised CT; their values and
+    # those of the dataset's label maps must then be TotalSegmentator v2 ids (the synthesis priors' classes).
+    synthetic_labels: list[str] = field(default_factory=list)
+    synthetic_ratio: float = 0.5  # share of patches from the label-only cases
+    synthetic_prob: float = 0.0  # a real case's patch gets a synthesised image from its own label map
+    contrast_prob: float = 0.0  # otherwise its real image is shown in another contrast phase
+    fast_step: bool = True  # False: the former training step (benchmarks/training.py compares both)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -120,6 +128,9 @@ def _prepare_data(config: TrainConfig, context, report: Reporter):
     from maskmed_core.training.fingerprint import compute_fingerprint, plans_from_fingerprint
 
     spec = load_dataset(config.dataset, label_mapping=config.label_mapping)
+    if not 0.0 <= config.synthetic_ratio <= 1.0 or not 0.0 <= config.synthetic_prob <= 1.0 \
+            or not 0.0 <= config.contrast_prob <= 1.0:
+        raise ValueError("--synthetic-ratio, --synthetic-prob and --contrast-prob must be between 0 and 1")
     problems = check_dataset(spec, label_mapping=config.label_mapping)
     if problems:
         text = format_report(problems)
@@ -148,6 +159,7 @@ def _run(config: TrainConfig, context, report: Reporter) -> dict[str, Any]:
         output.mkdir(parents=True, exist_ok=True)
     _set_determinism(config, context.rank)
     spec, compute_fingerprint, plans_from_fingerprint, preprocess_cases = _prepare_data(config, context, report)
+    from maskmed_core.training.cache import preprocess_label_only
 
     data_classes = _dataset_classes(spec.labels)
     init_file = load_model_file(config.init) if config.init else None
@@ -169,11 +181,22 @@ def _run(config: TrainConfig, context, report: Reporter) -> dict[str, Any]:
     # Rank 0 fills the preprocessing cache first; the other ranks then read it.
     cache_dir = Path(config.cache_dir) if config.cache_dir else output / "cache"
     class_values = [c.label for c in classes]
+    label_only_files = _label_only_files(config.synthetic_labels)
+
+    def preprocess_all():
+        real = preprocess_cases(spec, plans, class_values, cache_dir, label_mapping=config.label_mapping)
+        label_only = [preprocess_label_only(path, plans, class_values, cache_dir, config.label_mapping)
+                      for path in label_only_files]
+        return real, label_only
+
     if context.is_main:
-        cases = preprocess_cases(spec, plans, class_values, cache_dir, label_mapping=config.label_mapping)
+        cases, label_only_cases = preprocess_all()
     distributed.barrier(context)
     if not context.is_main:
-        cases = preprocess_cases(spec, plans, class_values, cache_dir, label_mapping=config.label_mapping)
+        cases, label_only_cases = preprocess_all()
+    if label_only_cases:
+        report({"event": "message", "level": "info",
+                "text": f"{len(cases)} real cases and {len(label_only_cases)} label-only cases (synthesised CT)"})
 
     model = MaskMed(model_config)
     if init_file is not None and plan is not None:
@@ -182,7 +205,11 @@ def _run(config: TrainConfig, context, report: Reporter) -> dict[str, Any]:
     if config.freeze_encoder:
         freeze_encoder(model)
     model.to(context.device)
-    criterion = build_criterion(model_config).to(context.device)
+    criterion = build_criterion(model_config, logits_first=config.fast_step).to(context.device)
+    if model.transformer is not None:
+        model.transformer.fused_value_projection = config.fast_step
+    if config.fast_step:
+        retain_freed_memory()
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     total_steps = config.epochs * config.steps_per_epoch
@@ -210,7 +237,7 @@ def _run(config: TrainConfig, context, report: Reporter) -> dict[str, Any]:
         device_ids = [context.local_rank] if context.device.type == "cuda" else None
         training_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
-    loader = _make_loader(config, cases, classes, model_config, plans, context, start_step)
+    loader = _make_loader(config, cases, label_only_cases, classes, plans, context, start_step)
     autocast = _autocast(config, context.device)
     scaler = torch.amp.GradScaler("cuda", enabled=autocast is not None and config.amp == "fp16")
 
@@ -321,18 +348,51 @@ class _TrainingClock:
         return self.limit is not None and self.elapsed() >= self.limit
 
 
-def _make_loader(config, cases, classes, model_config, plans: Plans, context, start_step: int):
+def _make_loader(config, cases, label_only_cases, classes, plans: Plans, context, start_step: int):
     from maskmed_core.training.augmentation import Augmenter, augmentation_preset
-    from maskmed_core.training.loader import PatchDataset, make_loader
+    from maskmed_core.training.intensity_sources import SynthesisOptions
+    from maskmed_core.training.loader import PatchDataset, SynthesisSetup, make_loader
     from maskmed_core.training.sampling import PatchSampler
+    from maskmed_core.training.synthesis import SynthesisPriors
 
     per_rank = max(1, config.batch_size // context.world_size)
     sampler = PatchSampler(cases, plans.patch_size, seed=config.seed)
     augmenter = Augmenter(augmentation_preset(config.augmentation), plans.patch_size,
                           lateral_pairs=_lateral_pairs_by_index(classes), seed=config.seed)
+    synthesis = None
+    label_only_sampler = None
+    if label_only_cases or config.synthetic_prob > 0 or config.contrast_prob > 0:
+        options = SynthesisOptions(
+            synthetic_ratio=config.synthetic_ratio if label_only_cases else 0.0,
+            synthetic_prob=config.synthetic_prob, contrast_prob=config.contrast_prob,
+        )
+        synthesis = SynthesisSetup(options, SynthesisPriors.load(), plans.intensity, plans.spacing)
+        if label_only_cases:
+            label_only_sampler = PatchSampler(label_only_cases, plans.patch_size, seed=config.seed)
     dataset = PatchDataset(sampler, augmenter, seed=config.seed, rank=context.rank,
-                           world_size=context.world_size, start_step=start_step * per_rank)
+                           world_size=context.world_size, start_step=start_step * per_rank,
+                           label_only_sampler=label_only_sampler, synthesis=synthesis)
     return make_loader(dataset, per_rank, config.num_workers)
+
+
+def _label_only_files(entries: list[str]) -> list[Path]:
+    """Label-map files named directly or found in named folders (NIfTI, NRRD, MetaImage), sorted per folder."""
+    from maskmed_core.io import InputError
+
+    suffixes = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
+    files: list[Path] = []
+    for entry in entries:
+        path = Path(entry)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(suffixes))
+            if not found:
+                raise InputError(f"--synthetic-labels {path}: no label map (.nii.gz, .nrrd, .mha) in this folder.")
+            files += found
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InputError(f"--synthetic-labels {path}: no such file or folder.")
+    return files
 
 
 def _lateral_pairs_by_index(classes: list[SegmentClass]) -> list[tuple[int, int]] | None:

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The default model's recipe on a CPU: 3 real CTs + CT synthesised from 8 label maps without images (and from the
+# real cases' own label maps), contrast-phase augmentation, warm-started from the previous bundled model.
+# s0009 (the held-out validation CT) is NOT in these lists: never add it.
+# Usage, from the repository root with ../shared/data beside it:
+#   bash recipes/default_model/train_cpu.sh [OUT (runs/default)] [MINUTES (80)] [extra maskmed train options]
+set -euo pipefail
+OUT="${1:-runs/default}"
+MINUTES="${2:-80}"
+shift $(( $# < 2 ? $# : 2 ))
+DATA="../shared/data"
+SUBJECTS="$DATA/totalseg_subjects"
+python3 -m maskmed_core.cli train recipes/default_model/dataset.json -o "$OUT" \
+    --init maskmed_core/resources/default.maskmed \
+    --label-mapping "$DATA/amos15_from_totalseg_v2.json" \
+    --synthetic-labels "$SUBJECTS/s0000_totalseg.nii.gz" "$SUBJECTS/s0001_totalseg.nii.gz" \
+        "$SUBJECTS/s0002_totalseg.nii.gz" "$SUBJECTS/s0004_totalseg.nii.gz" "$SUBJECTS/s0006_totalseg.nii.gz" \
+        "$SUBJECTS/s0011_totalseg.nii.gz" "$SUBJECTS/s0327_totalseg.nii.gz" "$SUBJECTS/s0328_totalseg.nii.gz" \
+    --synthetic-ratio 0.6 --synthetic-prob 0.3 --contrast-prob 0.4 \
+    --augmentation strong --batch-size 2 --learning-rate 1e-3 --epochs 60 --steps-per-epoch 50 --val-every 6 \
+    --workers 1 --device cpu --time-limit "$MINUTES" --json "$@"
