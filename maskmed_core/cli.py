@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
                                formatter_class=argparse.RawDescriptionHelpFormatter)
     demo_command.add_arguments(demo)
     demo.set_defaults(handler=demo_command.run)
+    from maskmed_core import evaluate_command
+
+    evaluate = commands.add_parser("evaluate", help="score a model on a labelled CT (per-class Dice and HD95)",
+                                   description=evaluate_command.__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    evaluate_command.add_arguments(evaluate)
+    evaluate.set_defaults(handler=evaluate_command.run)
     return parser
 
 

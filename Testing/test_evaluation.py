@@ -1,0 +1,55 @@
+"""Dice / HD95 (maskmed_core.evaluation) and `maskmed evaluate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from maskmed_core.cli import main
+from maskmed_core.evaluation import class_scores, summarize
+
+DEMO = Path(__file__).resolve().parents[1] / "maskmed_core" / "resources" / "demo"
+
+
+def test_class_scores_dice_hd95_and_statuses():
+    reference = np.zeros((10, 20, 20), dtype=np.uint8)
+    prediction = np.zeros_like(reference)
+    reference[2:6, 5:15, 5:15] = 1
+    prediction[2:6, 5:15, 7:17] = 1  # shifted 2 voxels along x
+    reference[7:9, 2:4, 2:4] = 2  # missed
+    prediction[0, 0, 0] = 3  # not in the reference
+    scores = class_scores(prediction, reference, {"a": 1, "b": 2, "c": 3, "d": 4}, spacing_zyx=(1.0, 1.0, 2.0))
+    assert set(scores) == {"a", "b", "c"}
+    assert scores["a"]["status"] == "both" and scores["a"]["dice"] == pytest.approx(0.8)
+    assert scores["a"]["hd95"] == pytest.approx(4.0)  # 2 voxels of 2 mm
+    assert scores["b"] == {"dice": 0.0, "hd95": None, "status": "missed"}
+    assert scores["c"]["status"] == "false_positive"
+    summary = summarize(scores)
+    assert summary["mean_dice"] == pytest.approx(0.4) and summary["classes_in_reference"] == 2
+    assert summary["false_positive_classes"] == ["c"]
+
+
+def test_class_scores_refuses_different_grids():
+    with pytest.raises(ValueError, match="differ"):
+        class_scores(np.zeros((2, 2, 2)), np.zeros((2, 2, 3)), {"a": 1}, (1, 1, 1))
+
+
+@pytest.mark.slow
+def test_evaluate_command_scores_the_bundled_model_on_the_bundled_ct(capsys):
+    code = main([
+        "evaluate", "default", str(DEMO / "abdomen_ct_3mm.nii.gz"), str(DEMO / "abdomen_ct_3mm_totalseg.nii.gz"),
+        "--label-mapping", str(DEMO / "amos15_from_totalseg_v2.json"), "--device", "cpu", "--json",
+    ])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["classes"]["liver"]["dice"] > 0.7 and report["classes"]["liver"]["hd95"] is not None
+    assert 0.3 < report["mean_dice"] <= 1.0 and report["classes_in_reference"] >= 10
+
+
+def test_evaluate_command_refuses_a_missing_label_map(tmp_path, capsys):
+    code = main(["evaluate", "default", str(DEMO / "abdomen_ct_3mm.nii.gz"), str(tmp_path / "missing.nii.gz")])
+    assert code == 3
+    assert "missing.nii.gz" in capsys.readouterr().err
