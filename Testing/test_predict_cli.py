@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from maskmed_core.cli import main
-from maskmed_core.predict_command import ExitCode
+from maskmed_core.events import ExitCode, from_json
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,7 @@ def test_predict_writes_outputs_and_json_lines(capsys, model_path, ct_file, tmp_
     )
     assert code == 0
     events = [json.loads(line) for line in out.splitlines()]
+    assert all(from_json(line) is not None for line in out.splitlines()), "a line outside the event schema"
     assert events[-1] == {"event": "done", "exit_code": 0}
     assert any(e["event"] == "progress" and e["stage"] == "inference" for e in events)
     (output,) = [e for e in events if e["event"] == "output"]
