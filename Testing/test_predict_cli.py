@@ -22,8 +22,8 @@ def model_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ct_file(shared_data, tmp_path_factory):
-    image = sitk.ReadImage(str(shared_data / "ct" / "abdomen_ct_3mm.nii.gz"))[30:94, 20:80, 60:100]
+def ct_file(demo_data, tmp_path_factory):
+    image = sitk.ReadImage(str(demo_data.ct))[30:94, 20:80, 60:100]
     path = tmp_path_factory.mktemp("ct") / "crop.nii.gz"
     sitk.WriteImage(image, str(path))
     return path

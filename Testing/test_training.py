@@ -32,11 +32,11 @@ CROPS = {
 
 
 @pytest.fixture(scope="module")
-def dataset(shared_data, tmp_path_factory) -> tuple[Path, Path]:
+def dataset(demo_data, tmp_path_factory) -> tuple[Path, Path]:
     """An nnU-Net v2 raw folder with two 64 x 64 x 48 crops of the real CT, and the label mapping file."""
     root = tmp_path_factory.mktemp("Dataset010_Crops")
-    image = sitk.ReadImage(str(shared_data / "ct" / "abdomen_ct_3mm.nii.gz"))
-    labels = sitk.ReadImage(str(shared_data / "ct" / "abdomen_ct_3mm_totalseg.nii.gz"))
+    image = sitk.ReadImage(str(demo_data.ct))
+    labels = sitk.ReadImage(str(demo_data.labels))
     (root / "imagesTr").mkdir()
     (root / "labelsTr").mkdir()
     for name, (x, y, z) in CROPS.items():
