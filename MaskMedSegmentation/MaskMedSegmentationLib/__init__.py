@@ -9,25 +9,33 @@ Imported as ``MaskMedSegmentationLib`` (the module folder is on sys.path inside 
 module: hence the module-specific name); all imports inside are relative.
 """
 
+from .childrun import ChildRun
 from .dependencies import (
     OPTIONAL_REQUIREMENTS,
     REQUIREMENTS,
     SLICER_PACKAGES,
     InstallStep,
     MissingDependency,
+    StepKind,
     describeMissing,
+    detectGpu,
     installedVersion,
     installPlan,
     missingDependencies,
     versionAtLeast,
 )
-from .finetunesession import FineTuneSession, segmentationLabelArray
+from .finetunesession import FineTuneSession, LossCurve, scenePairs, segmentationLabelArray
+from .installer import DependencyInstaller, InstallActions, InstallOutcome
 from .maskmedlogic import (
     DEFAULT_CLASS_THRESHOLD,
     DEFAULT_QUERY_THRESHOLD,
     MaskMedLogic,
+    ModelClass,
+    ModelInfo,
     defaultModelPath,
+    formatDuration,
     modelInfo,
+    modelLabel,
 )
 from .process import BackgroundProcess, childEnvironment, maskmedCommand, pythonExecutable
 from .segmentationwriter import (
@@ -60,15 +68,25 @@ __all__ = [
     "SEGMENT_ID_PREFIX",
     "SLICER_PACKAGES",
     "BackgroundProcess",
+    "ChildRun",
+    "DependencyInstaller",
     "FineTuneSession",
+    "InstallActions",
+    "InstallOutcome",
     "InstallStep",
+    "LossCurve",
     "MaskMedLogic",
     "MissingDependency",
+    "ModelClass",
+    "ModelInfo",
+    "StepKind",
     "ThresholdSession",
     "childEnvironment",
     "defaultModelPath",
     "describeMissing",
+    "detectGpu",
     "exportVolumeToFile",
+    "formatDuration",
     "ijkToLpsMatrix",
     "ijkToRasMatrix",
     "imageToVolumeNode",
@@ -79,9 +97,11 @@ __all__ = [
     "maskmedCommand",
     "missingDependencies",
     "modelInfo",
+    "modelLabel",
     "placeUnderVolumeStudy",
     "pythonExecutable",
     "readVolumeFile",
+    "scenePairs",
     "segmentIdForClass",
     "segmentationLabelArray",
     "terminologyTagName",
