@@ -296,6 +296,7 @@ class MaskMedLogic(ChildRun):
 
     def _commit(self, run: SegmentationRunState) -> None:
         """Load the result and write the segments; on any error undo every scene change."""
+        assert run.resultPath is not None
         volumeNode = run.volumeNode
         existing = run.segmentationNode
         importStart = time.perf_counter()

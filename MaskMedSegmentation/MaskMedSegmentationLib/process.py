@@ -130,7 +130,7 @@ class BackgroundProcess:
         environment = os.environ.copy()
         environment.update({str(k): str(v) for k, v in self.env.items()})
         options: dict = {}
-        if os.name == "nt":
+        if sys.platform == "win32":
             options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(
                 subprocess, "CREATE_NO_WINDOW", 0
             )
@@ -213,7 +213,7 @@ class BackgroundProcess:
             raise RuntimeError("the process was not started")
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.poll():
-            if deadline is not None and time.monotonic() > deadline:
+            if timeout is not None and deadline is not None and time.monotonic() > deadline:
                 raise subprocess.TimeoutExpired(self.command, timeout)
             time.sleep(0.02)
         assert self.returncode is not None

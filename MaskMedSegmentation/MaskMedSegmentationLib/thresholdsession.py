@@ -203,7 +203,8 @@ class ThresholdSession:
         segmentClass = self.classes[classIndex]
         image = self.queryMaskImage(index)  # kept alive while ``mask`` (possibly a view of it) is used
         mask = labelArrayOnVolumeGrid(image, self.volumeNode)
-        color = tuple(min(1.0, c / 255.0 * 0.6 + 0.4) for c in segmentClass.color)  # lighter than the class
+        red, green, blue = (min(1.0, c / 255.0 * 0.6 + 0.4) for c in segmentClass.color)  # lighter than the class
+        color = (red, green, blue)
         segmentId = setBinarySegment(
             node, self.querySegmentId(index), mask, self.volumeNode, f"query {index}: {segmentClass.name}", color
         )
