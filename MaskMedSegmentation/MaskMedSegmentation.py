@@ -515,16 +515,23 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.ui.classTable.setRowCount(0)
         self.ui.queryTable.setRowCount(0)
 
-    @staticmethod
-    def _item(text="", alignRight=False, checked=None, data=None):
-        item = qt.QTableWidgetItem(text)
-        if alignRight:
-            item.setTextAlignment(qt.Qt.AlignRight | qt.Qt.AlignVCenter)
-        if checked is not None:
-            item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
-            item.setCheckState(qt.Qt.Checked if checked else qt.Qt.Unchecked)
-            item.setData(qt.Qt.UserRole, data)
-        return item
+    def _fillTable(self, table, rows, isChecked, rightAligned):
+        """Rows of MaskMedSegmentationLib.TableRow: a check box holding the row's key, then its texts."""
+        self._updatingGui = True
+        table.setRowCount(len(rows))
+        for number, row in enumerate(rows):
+            cells = [qt.QTableWidgetItem()] + ([qt.QTableWidgetItem()] if row.color else [])
+            cells[0].setFlags(cells[0].flags() | qt.Qt.ItemIsUserCheckable)
+            cells[0].setCheckState(qt.Qt.Checked if isChecked(row.key) else qt.Qt.Unchecked)
+            cells[0].setData(qt.Qt.UserRole, row.key)
+            if row.color:
+                cells[1].setData(qt.Qt.DecorationRole, qt.QColor(*row.color))
+            cells += [qt.QTableWidgetItem(text) for text in row.texts]
+            for column, cell in enumerate(cells):
+                if column in rightAligned:
+                    cell.setTextAlignment(qt.Qt.AlignRight | qt.Qt.AlignVCenter)
+                table.setItem(number, column, cell)
+        self._updatingGui = False
 
     def updateResultTables(self):
         session = self._resultSession()
@@ -532,42 +539,20 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self.ui.classTable.setRowCount(0)
             self.ui.queryTable.setRowCount(0)
             return
-        queryThreshold, classThreshold = self.logic.queryThreshold, self.logic.classThreshold
         node = session.segmentationNode
         node.CreateDefaultDisplayNodes()
-        displayNode = node.GetDisplayNode()
-        segmentation = node.GetSegmentation()
         Logic = _importLogic()
-        self._updatingGui = True
-        try:
-            rows = session.classTable(queryThreshold, classThreshold)
-            table = self.ui.classTable
-            table.setRowCount(len(rows))
-            for row, entry in enumerate(rows):
-                segmentId = Logic.segmentIdForClass(entry["label"])
-                visible = segmentation.GetSegment(segmentId) is None or displayNode.GetSegmentVisibility(segmentId)
-                colour = qt.QTableWidgetItem()
-                colour.setData(qt.Qt.DecorationRole, qt.QColor(*[int(c) for c in entry["color"]]))
-                confidence = entry["meanConfidence"] if entry["volumeMl"] > 0 else float("nan")  # empty: no mean
-                table.setItem(row, self.CLASS_SHOW, self._item(checked=bool(visible), data=int(entry["label"])))
-                table.setItem(row, self.CLASS_COLOUR, colour)
-                table.setItem(row, self.CLASS_NAME, self._item(entry["name"]))
-                table.setItem(row, self.CLASS_VOLUME, self._item(f"{entry['volumeMl']:.1f}", alignRight=True))
-                table.setItem(row, self.CLASS_CONFIDENCE, self._item(
-                    "-" if confidence != confidence else f"{confidence:.2f}", alignRight=True))
 
-            queries = session.queryTable(queryThreshold)
-            table = self.ui.queryTable
-            table.setRowCount(len(queries))
-            for row, entry in enumerate(queries):
-                index = int(entry["index"])
-                table.setItem(row, self.QUERY_SHOW, self._item(checked=index in self._shownQueries, data=index))
-                table.setItem(row, self.QUERY_INDEX, self._item(str(index), alignRight=True))
-                table.setItem(row, self.QUERY_CLASS, self._item(str(entry["className"])))
-                table.setItem(row, self.QUERY_CONFIDENCE, self._item(f"{entry['confidence']:.2f}", alignRight=True))
-                table.setItem(row, self.QUERY_KEPT, self._item("yes" if entry["kept"] else "no"))
-        finally:
-            self._updatingGui = False
+        def classVisible(label):
+            segmentId = Logic.segmentIdForClass(label)
+            return (node.GetSegmentation().GetSegment(segmentId) is None
+                    or bool(node.GetDisplayNode().GetSegmentVisibility(segmentId)))
+
+        queryThreshold, classThreshold = self.logic.queryThreshold, self.logic.classThreshold
+        self._fillTable(self.ui.classTable, session.classRows(queryThreshold, classThreshold), classVisible,
+                        {self.CLASS_VOLUME, self.CLASS_CONFIDENCE})
+        self._fillTable(self.ui.queryTable, session.queryRows(queryThreshold), self._shownQueries.__contains__,
+                        {self.QUERY_INDEX, self.QUERY_CONFIDENCE})
 
     def onClassTableItemChanged(self, item):
         session = self._resultSession()
@@ -621,17 +606,15 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 
     def onFineTuneEvent(self, event):
         """Typed events of `maskmed train --json` (maskmed_core.events) and the child's log lines."""
-        from maskmed_core.events import EpochEvent, MessageEvent, StepEvent
+        percent, text = _importLogic().describeTrainingEvent(event)
+        if percent is not None:
+            self.ui.fineTuneProgressBar.value = percent
+        if text is not None:
+            self.ui.fineTuneStatusLabel.text = text
+        from maskmed_core.events import EpochEvent
 
-        if isinstance(event, StepEvent):
-            self.ui.fineTuneProgressBar.value = int(100 * event.step / max(1, event.total))
-            self.ui.fineTuneStatusLabel.text = f"Step {event.step}/{event.total}: loss {event.loss:.4f}"
-        elif isinstance(event, EpochEvent):
+        if isinstance(event, EpochEvent):
             self.updateLossCurve()
-            dice = f", validation Dice {event.mean_dice:.3f}" if event.mean_dice is not None else ""
-            self.ui.fineTuneStatusLabel.text = f"Epoch {event.epoch}: loss {event.loss:.4f}{dice}"
-        elif isinstance(event, MessageEvent):
-            self.ui.fineTuneStatusLabel.text = event.text
 
     def finishFineTune(self):
         session = self.fineTuneSession
@@ -672,11 +655,7 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         missing = Logic.missingDependencies()
         self._missingDependencies = missing
         self.ui.installDependenciesButton.enabled = bool(Logic.installPlan(missing)) and self.installer is None
-        text = Logic.describeMissing(missing) if missing else "All dependencies are installed."
-        if any(m.name == "torch" for m in missing) and not hasattr(slicer.modules, "pytorchutils"):
-            text += ("\n\nPyTorch is installed through the PyTorch extension, which is not installed: install "
-                     "'PyTorch' from View > Extensions Manager and restart Slicer first.")
-        self.setDependencyStatus(text)
+        self.setDependencyStatus(Logic.dependencyStatus(missing, hasattr(slicer.modules, "pytorchutils")))
         if missing:
             self.ui.dependenciesCollapsibleButton.collapsed = False
         self.updateButtonStates()
@@ -687,11 +666,8 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         Logic = _importLogic()
         missing = Logic.missingDependencies()
         plan = Logic.installPlan(missing)
-        steps = "\n".join(f"  {number}. {step.description}" for number, step in enumerate(plan, 1))
-        if not slicer.util.confirmOkCancelDisplay(
-                f"{Logic.describeMissing(missing)}\n\nThese steps will run:\n{steps}\n\n"
-                "Packages are downloaded from the internet; this can take several minutes. Continue?",
-                windowTitle="Install MaskMed dependencies"):
+        if not slicer.util.confirmOkCancelDisplay(Logic.installConfirmation(missing, plan),
+                                                  windowTitle="Install MaskMed dependencies"):
             return
         actions = Logic.InstallActions(installTorch=_installTorchWithExtension, pipInstall=slicer.util.pip_install)
         self.installer = Logic.DependencyInstaller(plan, actions, self.setDependencyStatus)
@@ -774,16 +750,11 @@ class MaskMedSegmentationTest(ScriptedLoadableModuleTest):
         os.remove(path)
         self.delayDisplay("MaskMed self-test passed: the scene restored the panel")
 
-    def _segmentedVoxels(self, segmentationNode, volumeNode):
-        """Number of voxels of the volume's grid that belong to any segment."""
-        labelmapNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__MaskMedTestLabelmap__")
-        segmentIds = vtk.vtkStringArray()
-        segmentationNode.GetSegmentation().GetSegmentIDs(segmentIds)
-        self.assertTrue(slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(
-            segmentationNode, segmentIds, labelmapNode, volumeNode))
-        voxels = int(np.count_nonzero(slicer.util.arrayFromVolume(labelmapNode)))
-        slicer.mrmlScene.RemoveNode(labelmapNode)
-        return voxels
+    def _segmentedVoxels(self, segmentationNode, volumeNode, classNames):
+        """Number of voxels of the volume's grid that belong to a class segment."""
+        labels, _ = _importLogic().segmentationLabelArray(
+            segmentationNode, volumeNode, {name: number for number, name in enumerate(classNames, 1)})
+        return int(np.count_nonzero(labels))
 
     def test_SegmentThroughWidget(self):
         self.delayDisplay("MaskMed self-test: segment a CT through the module panel")
@@ -826,11 +797,11 @@ class MaskMedSegmentationTest(ScriptedLoadableModuleTest):
         self.assertEqual(widget.ui.classTable.rowCount, len(classNames))
         self.assertGreater(widget.ui.queryTable.rowCount, 0)
 
-        before = self._segmentedVoxels(segmentationNode, volumeNode)
+        before = self._segmentedVoxels(segmentationNode, volumeNode, classNames)
         self.assertGreater(before, 0, "the segmentation is empty")
         self.delayDisplay("Raising the class confidence threshold to 0.95")
         widget.ui.classConfidenceSlider.value = 0.95
         self._processEventsFor(1.0)  # the 50 ms debounce, then the update
-        after = self._segmentedVoxels(segmentationNode, volumeNode)
+        after = self._segmentedVoxels(segmentationNode, volumeNode, classNames)
         self.assertLess(after, before, "raising the class confidence threshold did not shrink the segments")
         self.delayDisplay(f"MaskMed self-test passed ({before} -> {after} segmented voxels)")

@@ -34,7 +34,14 @@ import MaskMedSegmentationLib as Logic  # noqa: E402
 from factories import tiny_model_file  # noqa: E402
 from MaskMedSegmentationLib.volumeio import orientedImageArray  # noqa: E402
 
-from maskmed_core.events import EpochEvent, LogEvent, ProgressEvent, SummaryEvent  # noqa: E402
+from maskmed_core.events import (  # noqa: E402
+    EpochEvent,
+    LogEvent,
+    MessageEvent,
+    ProgressEvent,
+    StepEvent,
+    SummaryEvent,
+)
 
 FIRST = (0.25, 0.5)  # (query, class) thresholds of the run
 SECOND = (0.1, 0.3)  # after the slider moves
@@ -247,6 +254,14 @@ def test_class_table_and_query_table(run):
     assert confidences == sorted(confidences, reverse=True)
     assert all(q["kept"] == (q["confidence"] >= FIRST[0]) for q in queries)
     assert {q["className"] for q in queries} <= {c.name for c in session.classes}
+    # the panel's rows: the same numbers as text
+    rows = session.classRows(*FIRST)
+    assert [(r.key, r.texts[0], r.color) for r in rows] == [(t["label"], t["name"], tuple(t["color"])) for t in table]
+    for row, entry in zip(rows, table, strict=True):
+        assert row.texts[1] == f"{entry['volumeMl']:.1f}"
+        assert row.texts[2] == (f"{entry['meanConfidence']:.2f}" if entry["volumeMl"] > 0 else "-")
+    assert [r.texts for r in session.queryRows(FIRST[0])] == [
+        (str(q["index"]), q["className"], f"{q['confidence']:.2f}", "yes" if q["kept"] else "no") for q in queries]
 
 
 def test_show_query_adds_one_segment_and_hide_query_removes_it(run):
@@ -676,3 +691,20 @@ def test_loss_curve_nodes_follow_the_loss_history_and_come_back_after_a_scene_cl
     scene.Clear(0)
     curve.update([0.7])
     assert curve.tableNode.GetScene() is scene and curve.tableNode.GetTable().GetNumberOfRows() == 1
+
+
+def test_panel_texts_for_dependencies_and_training_events():
+    torch_missing = [Logic.MissingDependency("torch", "2.1")]
+    assert Logic.dependencyStatus([], False) == "All dependencies are installed."
+    assert "PyTorch extension, which is not installed" in Logic.dependencyStatus(torch_missing, False)
+    assert "which is not installed" not in Logic.dependencyStatus(torch_missing, True)
+    plan = Logic.installPlan(torch_missing)
+    question = Logic.installConfirmation(torch_missing, plan)
+    assert "torch >= 2.1 (not installed)" in question and f"  {len(plan)}. {plan[-1].description}" in question
+
+    assert Logic.describeTrainingEvent(StepEvent(3, 12, 0.5, 1.0)) == (25, "Step 3/12: loss 0.5000")
+    assert Logic.describeTrainingEvent(EpochEvent(2, 4, 0.25, 1e-3, 5.0)) == (None, "Epoch 2: loss 0.2500")
+    assert Logic.describeTrainingEvent(EpochEvent(2, 4, 0.25, 1e-3, 5.0, mean_dice=0.5))[1].endswith(
+        ", validation Dice 0.500")
+    assert Logic.describeTrainingEvent(MessageEvent("info", "resumed at step 4")) == (None, "resumed at step 4")
+    assert Logic.describeTrainingEvent(LogEvent("compiling")) == (None, None)

@@ -17,14 +17,16 @@ from .dependencies import (
     InstallStep,
     MissingDependency,
     StepKind,
+    dependencyStatus,
     describeMissing,
     detectGpu,
+    installConfirmation,
     installedVersion,
     installPlan,
     missingDependencies,
     versionAtLeast,
 )
-from .finetunesession import FineTuneSession, LossCurve, scenePairs, segmentationLabelArray
+from .finetunesession import FineTuneSession, LossCurve, describeTrainingEvent, scenePairs, segmentationLabelArray
 from .installer import DependencyInstaller, InstallActions, InstallOutcome
 from .maskmedlogic import (
     DEFAULT_CLASS_THRESHOLD,
@@ -46,7 +48,7 @@ from .segmentationwriter import (
     terminologyTagName,
     updateSegmentationFromLabelImage,
 )
-from .thresholdsession import ThresholdSession
+from .thresholdsession import TableRow, ThresholdSession
 from .volumeio import (
     exportVolumeToFile,
     ijkToLpsMatrix,
@@ -80,10 +82,13 @@ __all__ = [
     "ModelClass",
     "ModelInfo",
     "StepKind",
+    "TableRow",
     "ThresholdSession",
     "childEnvironment",
     "defaultModelPath",
+    "dependencyStatus",
     "describeMissing",
+    "describeTrainingEvent",
     "detectGpu",
     "exportVolumeToFile",
     "formatDuration",
@@ -91,6 +96,7 @@ __all__ = [
     "ijkToRasMatrix",
     "imageToVolumeNode",
     "importLabelImage",
+    "installConfirmation",
     "installPlan",
     "installedVersion",
     "labelArrayOnVolumeGrid",

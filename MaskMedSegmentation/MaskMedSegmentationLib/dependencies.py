@@ -168,6 +168,25 @@ def describeMissing(missing: list[MissingDependency]) -> str:
     return "\n".join(lines)
 
 
+def dependencyStatus(missing: list[MissingDependency], pytorchExtensionInstalled: bool) -> str:
+    """The Dependencies section's text: what is missing (describeMissing), and that PyTorch needs the PyTorch
+    extension first where it is missing and the extension is not installed."""
+    if not missing:
+        return "All dependencies are installed."
+    text = describeMissing(missing)
+    if any(m.name == "torch" for m in missing) and not pytorchExtensionInstalled:
+        text += ("\n\nPyTorch is installed through the PyTorch extension, which is not installed: install "
+                 "'PyTorch' from View > Extensions Manager and restart Slicer first.")
+    return text
+
+
+def installConfirmation(missing: list[MissingDependency], plan: list[InstallStep]) -> str:
+    """The question asked before the plan runs: what is missing and the numbered steps."""
+    steps = "\n".join(f"  {number}. {step.description}" for number, step in enumerate(plan, 1))
+    return (f"{describeMissing(missing)}\n\nThese steps will run:\n{steps}\n\n"
+            "Packages are downloaded from the internet; this can take several minutes. Continue?")
+
+
 def _protectedPins() -> list[str]:
     """``name==version`` for Slicer's own packages that pip can see, so no dependency upgrades them."""
     pins = []

@@ -273,6 +273,21 @@ class FineTuneSession(ChildRun):
             self._onEvent(event)
 
 
+def describeTrainingEvent(event: Event) -> tuple[int | None, str | None]:
+    """What the panel shows for one event of ``maskmed train``: (progress bar percent, status text), each None
+    when the event does not change it."""
+    from maskmed_core.events import EpochEvent, MessageEvent, StepEvent
+
+    if isinstance(event, StepEvent):
+        return int(100 * event.step / max(1, event.total)), f"Step {event.step}/{event.total}: loss {event.loss:.4f}"
+    if isinstance(event, EpochEvent):
+        dice = f", validation Dice {event.mean_dice:.3f}" if event.mean_dice is not None else ""
+        return None, f"Epoch {event.epoch}: loss {event.loss:.4f}{dice}"
+    if isinstance(event, MessageEvent):
+        return None, event.text
+    return None, None
+
+
 class LossCurve:
     """The training loss per epoch as MRML nodes for the panel's plot view: a table (epoch, loss), a scatter
     series, a chart and a plot view node (``viewNode``). Created in ``scene`` by the first ``update`` with
