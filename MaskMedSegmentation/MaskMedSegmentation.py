@@ -378,7 +378,7 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.populateModels()
 
     def onModelSelected(self, index):
-        if not self._updatingGui and self._parameterNode is not None:
+        if not self._updatingGui:
             path = self.currentModelPath() or ""
             self._parameterNode.modelPath = "" if path == self._defaultModelPath() else path
 
@@ -410,11 +410,11 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self._selectData(combo, self.parameterLogic.getParameterNode().device)
 
     def onDeviceSelected(self, index):
-        if not self._updatingGui and self._parameterNode is not None:
+        if not self._updatingGui:
             self._parameterNode.device = self.currentDevice()
 
     def onFineTuneSourceToggled(self, fromScene):
-        if not self._updatingGui and self._parameterNode is not None:
+        if not self._updatingGui:
             self._parameterNode.fineTuneFromScene = bool(fromScene)
 
     # ------------------------------------------------------------------ segmentation
