@@ -224,7 +224,7 @@ class MaskMedLogic(ChildRun):
         ]
         try:
             self.startChild(arguments, device)
-        except OSError as error:
+        except (OSError, ImportError) as error:  # no interpreter; maskmed_core not installed
             self._fail(f"MaskMed could not be started: {error}")
             return False
         run.childStart = time.perf_counter()
