@@ -708,3 +708,14 @@ def test_panel_texts_for_dependencies_and_training_events():
         ", validation Dice 0.500")
     assert Logic.describeTrainingEvent(MessageEvent("info", "resumed at step 4")) == (None, "resumed at step 4")
     assert Logic.describeTrainingEvent(LogEvent("compiling")) == (None, None)
+
+
+def test_progress_spans_cover_every_predict_stage():
+    from MaskMedSegmentationLib.maskmedlogic import _STAGE_SPANS
+
+    from maskmed_core.events import PREDICT_STAGES
+
+    assert tuple(_STAGE_SPANS) == PREDICT_STAGES
+    spans = list(_STAGE_SPANS.values())
+    assert all(low < high for low, high in spans)
+    assert all(a[1] == b[0] for a, b in zip(spans[:-1], spans[1:], strict=True)), "the stages leave no gap"

@@ -32,6 +32,10 @@ class ExitCode(IntEnum):
     DIVERGED = 6  # train only: the loss became NaN or infinite; the last good files are kept
 
 
+# ProgressEvent.stage of `maskmed predict`, in order (the Predictor reports the first four, predict adds "writing").
+PREDICT_STAGES = ("reading", "preparing", "inference", "finishing", "writing")
+
+
 def exit_codes_help(*codes: ExitCode) -> str:
     """``"exit codes: 0 ok, 1 error, ..."`` for an argparse epilog (all codes when none are given)."""
     return "exit codes: " + ", ".join(f"{code.value} {code.name.lower()}" for code in (codes or tuple(ExitCode)))
