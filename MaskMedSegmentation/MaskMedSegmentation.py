@@ -1,37 +1,41 @@
-# ruff: noqa: N802, N803
-# (Slicer's own style inside the module: camelCase methods and arguments, as in every Slicer scripted module.)
-"""3D Slicer module "MaskMed Segmentation": only the Slicer classes (module, widget, self-test).
+# ruff: noqa: N802, N803, N815
+# (Slicer's own style inside the module: camelCase methods, arguments and parameter names, as in every Slicer module.)
+"""3D Slicer module "MaskMed Segmentation": only the Slicer classes (module, parameter node, widget, self-test).
 
-The widget reads the panel and calls the Logic package next to this file (``MaskMedSegmentationLib/``: named after the
-module, as every Slicer module folder shares one sys.path); segmentation and
-fine-tuning run in separate processes that the Logic drives, and the widget only polls them with a QTimer.
-Nothing is installed or compiled when this file is imported: the Dependencies section does it on request.
+The panel's state is a parameter node (``MaskMedSegmentationParameterNode``), saved and restored with the scene and
+bound to the .ui widgets through their SlicerParameterName property. The widget reads it and calls the Logic package
+next to this file (``MaskMedSegmentationLib/``: named after the module, as every Slicer module folder shares one
+sys.path), which takes plain arguments; segmentation, fine-tuning and the op build run in child processes that one
+QTimer polls. Nothing is installed or compiled when this file is imported: the Dependencies section does it on request.
 """
 
-import importlib
 import importlib.util
 import json
 import logging
 import os
-import re
 import sys
 import time
+from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import qt
 import slicer
 import vtk
+from MRMLCorePython import vtkMRMLScalarVolumeNode
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
+from vtkSlicerSegmentationsModuleMRMLPython import vtkMRMLSegmentationNode
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 SETTINGS_RECENT_MODELS = "MaskMedSegmentation/RecentModels"
-SETTINGS_DEVICE = "MaskMedSegmentation/Device"
-SETTINGS_FINE_TUNE_OUTPUT = "MaskMedSegmentation/FineTuneOutputFolder"
+DEVICES = ["auto", "cpu", "cuda"]
 
 
 def _ensureMaskMedCoreImportable():
@@ -46,75 +50,27 @@ def _ensureMaskMedCoreImportable():
             return
 
 
-def _maskmedCoreParent():
-    """The folder that holds the maskmed_core package (what a child process needs on PYTHONPATH), or None."""
-    _ensureMaskMedCoreImportable()
-    spec = importlib.util.find_spec("maskmed_core")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return os.path.dirname(list(spec.submodule_search_locations)[0])
-
-
 def _importLogic():
     """The Logic package (MaskMedSegmentationLib/ next to this file), imported on first use, after maskmed_core is
-    findable.
-    It imports maskmed_core and torch only lazily, so it imports before the dependencies are installed."""
+    findable. It imports maskmed_core and torch only lazily, so it imports before the dependencies are installed."""
     _ensureMaskMedCoreImportable()
     import MaskMedSegmentationLib
 
     return MaskMedSegmentationLib
 
 
-def _className(segmentClass):
-    """Name of a class from Logic.modelInfo: a dict (label, name, color) or an object with .name."""
-    return segmentClass["name"] if isinstance(segmentClass, dict) else segmentClass.name
-
-
-def _stepRequirements(step):
-    """The requirement strings of a Logic InstallStep (``requirement``: one string, "" for build-ops)."""
-    single = getattr(step, "requirement", None)
-    return [single] if single else list(getattr(step, "requirements", None) or [])
-
-
-def _stepDescription(step):
-    return getattr(step, "description", "") or f"{step.kind} {' '.join(_stepRequirements(step))}".strip()
-
-
-def _requirementName(requirement):
-    """'monai[itk]>=1.4' -> 'monai'."""
-    return re.split(r"[\s<>=!~;\[(@]", requirement.strip(), maxsplit=1)[0]
-
-
-def _isImported(requirement):
-    """Whether the package a requirement names is already imported (then only a restart picks up a new one)."""
-    name = _requirementName(requirement).lower().replace("-", "_")
-    return any(module.split(".", 1)[0].lower() == name for module in list(sys.modules))
-
-
-def _torchVersionRequirement(requirement):
-    """'torch>=2.1' -> '>=2.1' (the form PyTorchUtils.installTorch takes), 'torch' -> None."""
-    match = re.match(r"\s*torch\s*(.*)$", requirement or "", re.IGNORECASE)
-    rest = match.group(1).strip() if match else ""
-    return rest or None
-
-
-def _formatDuration(seconds):
-    seconds = max(0, int(round(seconds or 0)))
-    minutes, seconds = divmod(seconds, 60)
-    hours, minutes = divmod(minutes, 60)
-    if hours:
-        return f"{hours} h {minutes:02d} min"
-    if minutes:
-        return f"{minutes} min {seconds:02d} s"
-    return f"{seconds} s"
-
-
-def _modelLabel(path):
-    """Combo box text for a model file: fine-tuned runs all write best.maskmed, so show the run folder too."""
-    name = os.path.basename(path)
-    if name in ("best.maskmed", "last.maskmed"):
-        return f"{os.path.basename(os.path.dirname(path))}/{name}"
-    return name
+def _installTorchWithExtension(versionRequirement):
+    """InstallActions.installTorch inside Slicer: the PyTorch extension picks the CUDA or CPU build."""
+    try:
+        import PyTorchUtils
+    except ImportError:
+        raise RuntimeError(
+            "MaskMed installs PyTorch through the 'PyTorch' extension, which is not installed. Install it from "
+            "View > Extensions Manager, restart Slicer, then press Install dependencies again.") from None
+    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+        askConfirmation=True, torchVersionRequirement=versionRequirement)
+    if torch is None:
+        raise RuntimeError("PyTorch was not installed (the installation was cancelled).")
 
 
 #
@@ -156,12 +112,47 @@ Intelligence, 2023.</p>
 
 
 #
+# MaskMedSegmentationParameterNode
+#
+
+
+@parameterNodeWrapper
+class MaskMedSegmentationParameterNode:
+    """The panel's state, saved with the scene.
+
+    Bound to the .ui widget whose SlicerParameterName is the field's name, except modelPath, device and
+    fineTuneFromScene, which the widget keeps in step with its model and device boxes (their items are found at run
+    time) and the two dataset radio buttons. modelPath "" is the bundled default model; a device that this computer
+    lacks (a scene saved on a GPU machine) shows as Auto. The thresholds' defaults are the Logic's
+    DEFAULT_QUERY_THRESHOLD and DEFAULT_CLASS_THRESHOLD (checked by Testing/test_slicer_module_static.py).
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    outputSegmentation: vtkMRMLSegmentationNode
+    modelPath: str = ""
+    device: Annotated[str, Choice(DEVICES)] = "auto"
+    queryThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.25
+    classThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    fineTuneFromScene: bool = False
+    fineTuneDatasetFolder: Path = Path.home()
+    fineTuneOutputFolder: Path = Path.home() / "MaskMed" / "fine-tuning"
+    fineTuneEpochs: Annotated[int, WithinRange(1, 1000)] = 20
+
+
+class MaskMedSegmentationLogic(ScriptedLoadableModuleLogic):
+    """Only the parameter node (Slicer's singleton per scene); everything else is MaskMedSegmentationLib's."""
+
+    def getParameterNode(self):
+        return MaskMedSegmentationParameterNode(super().getParameterNode())
+
+
+#
 # MaskMedSegmentationWidget
 #
 
 
 class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The panel: reads the widgets, calls the Logic, shows progress and results."""
+    """The panel: binds the widgets to the parameter node, calls the Logic, shows progress and results."""
 
     CLASS_SHOW, CLASS_COLOUR, CLASS_NAME, CLASS_VOLUME, CLASS_CONFIDENCE = range(5)
     QUERY_SHOW, QUERY_INDEX, QUERY_CLASS, QUERY_CONFIDENCE, QUERY_KEPT = range(5)
@@ -169,28 +160,30 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
     def __init__(self, parent=None):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
-        self.logic = None
+        self.logic = None  # MaskMedSegmentationLib.MaskMedLogic, created on the first Segment
         self.fineTuneSession = None
+        self.installer = None
         # (ok, message) of the last segmentation run, None while one runs; the self-test waits on it.
         self.lastSegmentationResult = None
-        self._segmentationNode = None
-        self._runThresholds = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
         self._cancelRequested = False
-        self._updatingTables = False
+        self._updatingGui = False
         self._shownQueries = set()
         self._missingDependencies = []
-        self._fineTuneRunning = False
-        self._lossNodes = None
+        self._lossCurve = None
+        self._modelInfoPath = None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
-
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/MaskMedSegmentation.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         # The .ui connects the top-level mrmlSceneChanged(vtkMRMLScene*) to each MRML widget's setMRMLScene.
         uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.parameterLogic = MaskMedSegmentationLogic()
 
+        # One timer polls whatever runs in a child process: segmentation, fine-tuning, the op build.
         self.pollTimer = qt.QTimer()
         self.pollTimer.setInterval(100)
         self.pollTimer.connect("timeout()", self.onPollTimer)
@@ -199,85 +192,111 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.thresholdTimer.setSingleShot(True)
         self.thresholdTimer.setInterval(50)
         self.thresholdTimer.connect("timeout()", self.applyThresholds)
-        self.fineTuneTimer = qt.QTimer()
-        self.fineTuneTimer.setInterval(200)
-        self.fineTuneTimer.connect("timeout()", self.onFineTunePollTimer)
 
         self.lossPlotView = slicer.qMRMLPlotView()
         self.lossPlotView.setMRMLScene(slicer.mrmlScene)
         self.lossPlotView.setMinimumHeight(180)
         self.ui.lossPlotFrame.layout().addWidget(self.lossPlotView)
-        self.ui.lossPlotFrame.hide()
-        self.ui.progressBar.hide()
-        self.ui.fineTuneProgressBar.hide()
+        for hidden in (self.ui.lossPlotFrame, self.ui.progressBar, self.ui.fineTuneProgressBar):
+            hidden.hide()
         for table in (self.ui.classTable, self.ui.queryTable):
             table.horizontalHeader().setSectionResizeMode(qt.QHeaderView.ResizeToContents)
             table.horizontalHeader().setStretchLastSection(True)
-        defaultOutput = os.path.join(os.path.expanduser("~"), "MaskMed", "fine-tuning")
-        self.ui.fineTuneOutputDirectoryButton.directory = qt.QSettings().value(SETTINGS_FINE_TUNE_OUTPUT, defaultOutput)
-        self.ui.fineTuneDatasetDirectoryButton.directory = os.path.expanduser("~")
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-
-        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputVolumeChanged)
         self.ui.outputSegmentationSelector.connect(
             "currentNodeChanged(vtkMRMLNode*)", self.ui.segmentationShow3DButton.setSegmentationNode)
-        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
         self.ui.browseModelButton.connect("clicked()", self.onBrowseModel)
-        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceSelected)
+        self.ui.fineTuneSceneRadioButton.connect("toggled(bool)", self.onFineTuneSourceToggled)
         self.ui.segmentButton.connect("clicked()", self.onSegmentButton)
-        self.ui.queryConfidenceSlider.connect("valueChanged(double)", self.onThresholdSliderChanged)
-        self.ui.classConfidenceSlider.connect("valueChanged(double)", self.onThresholdSliderChanged)
+        for slider in (self.ui.queryConfidenceSlider, self.ui.classConfidenceSlider):
+            slider.connect("valueChanged(double)", lambda value: self.thresholdTimer.start())
         self.ui.classTable.connect("itemChanged(QTableWidgetItem*)", self.onClassTableItemChanged)
         self.ui.queryTable.connect("itemChanged(QTableWidgetItem*)", self.onQueryTableItemChanged)
         self.ui.fineTuneStartButton.connect("clicked()", self.onFineTuneButton)
-        self.ui.fineTuneOutputDirectoryButton.connect("directoryChanged(QString)", self.onFineTuneOutputChanged)
         self.ui.checkDependenciesButton.connect("clicked()", self.onCheckDependencies)
         self.ui.installDependenciesButton.connect("clicked()", self.onInstallDependencies)
 
         self.checkDependencies()
-        self.populateModels()
+        self.initializeParameterNode()
         self.populateDevices()
-        self.updateButtonStates()
 
     def cleanup(self):
         self.pollTimer.stop()
         self.thresholdTimer.stop()
-        self.fineTuneTimer.stop()
-        if self.logic is not None and self.logic.isRunning():
+        if self.isSegmenting():
             self.logic.cancel()
-        if self._fineTuneRunning and self.fineTuneSession is not None:
+        if self.isFineTuning():
             self.fineTuneSession.stop()
         self.removeObservers()
 
     def enter(self):
-        self.updateButtonStates()
+        self.initializeParameterNode()
+
+    def exit(self):
+        self.setParameterNode(None)
 
     def onSceneStartClose(self, caller, event):
-        # The run would write into a node that is about to disappear.
-        if self.logic is not None and self.logic.isRunning():
+        if self.isSegmenting():  # the run would write into a node that is about to disappear
             self._cancelRequested = True
             self.logic.cancel()
+        self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event):
-        self._segmentationNode = None
         self._shownQueries.clear()
-        self._lossNodes = None
         self.ui.lossPlotFrame.hide()
         self.updateResultTables()
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    # ------------------------------------------------------------------ parameter node
+
+    def initializeParameterNode(self):
+        self.setParameterNode(self.parameterLogic.getParameterNode())
+        if self._parameterNode.inputVolume is None:
+            self._parameterNode.inputVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+
+    def setParameterNode(self, parameterNode):
+        """Bind the panel to ``parameterNode`` (None: unbind), as the Slicer module template does."""
+        if self._parameterNode is not None:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGuiFromParameterNode)
+        self._parameterNode = parameterNode
+        if parameterNode is not None:
+            self._parameterNodeGuiTag = parameterNode.connectGui(self.ui)
+            self.addObserver(parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGuiFromParameterNode)
+            self.populateModels()
+            self.updateGuiFromParameterNode()
+
+    def updateGuiFromParameterNode(self, caller=None, event=None):
+        """The widgets without a SlicerParameterName binding: model and device boxes, dataset radio buttons."""
+        parameters = self._parameterNode
+        self._updatingGui = True
+        try:
+            self._selectData(self.ui.modelComboBox, parameters.modelPath or self._defaultModelPath())
+            self._selectData(self.ui.deviceComboBox, parameters.device)
+            self.ui.fineTuneSceneRadioButton.checked = parameters.fineTuneFromScene
+            self.ui.fineTuneFolderRadioButton.checked = not parameters.fineTuneFromScene
+        finally:
+            self._updatingGui = False
+        self.showModelInfo()
         self.updateButtonStates()
 
-    # ------------------------------------------------------------------ logic and state
-
-    def getLogic(self):
-        if self.logic is None:
-            Logic = _importLogic()
-            self.logic = Logic.MaskMedLogic(slicer.mrmlScene)
-        return self.logic
+    @staticmethod
+    def _selectData(combo, data):
+        """Select the item holding ``data`` (the first item if none does), without signals."""
+        wasBlocked = combo.blockSignals(True)
+        combo.setCurrentIndex(max(0, combo.findData(data)))
+        combo.blockSignals(wasBlocked)
 
     def isSegmenting(self):
         return self.logic is not None and self.logic.isRunning()
+
+    def isFineTuning(self):
+        return self.fineTuneSession is not None and self.fineTuneSession.isRunning()
 
     def updateButtonStates(self):
         running = self.isSegmenting()
@@ -290,350 +309,266 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             reasons = []
             if self._missingDependencies:
                 reasons.append("Install the dependencies first (Dependencies section).")
-            if self.ui.inputVolumeSelector.currentNode() is None:
+            if self._parameterNode is None or self._parameterNode.inputVolume is None:
                 reasons.append("Select an input CT volume.")
             if not self.currentModelPath():
                 reasons.append("Choose a model file (... button next to Model).")
             self.ui.segmentButton.text = "Segment"
             self.ui.segmentButton.toolTip = "\n".join(reasons) if reasons else "Segment the input volume"
             self.ui.segmentButton.enabled = not reasons
-        if self._fineTuneRunning:
-            self.ui.fineTuneStartButton.text = "Stop fine-tuning"
-        else:
-            self.ui.fineTuneStartButton.text = "Start fine-tuning"
-            self.ui.fineTuneStartButton.enabled = not self._missingDependencies and bool(self.currentModelPath())
-
-    def onInputVolumeChanged(self, node=None):
-        self.updateButtonStates()
+        fineTuning = self.isFineTuning()
+        self.ui.fineTuneStartButton.text = "Stop fine-tuning" if fineTuning else "Start fine-tuning"
+        self.ui.fineTuneStartButton.enabled = fineTuning or (not self._missingDependencies
+                                                             and bool(self.currentModelPath()))
 
     # ------------------------------------------------------------------ model and device
 
+    def _defaultModelPath(self):
+        return _importLogic().defaultModelPath() or ""
+
     def currentModelPath(self):
         combo = self.ui.modelComboBox
-        if combo.currentIndex < 0:
-            return None
-        return combo.itemData(combo.currentIndex) or None
+        return (combo.itemData(combo.currentIndex) if combo.currentIndex >= 0 else None) or None
+
+    def currentDevice(self):
+        combo = self.ui.deviceComboBox
+        return combo.itemData(combo.currentIndex) if combo.currentIndex >= 0 else "auto"
 
     def _recentModels(self):
-        try:
-            paths = json.loads(qt.QSettings().value(SETTINGS_RECENT_MODELS, "[]") or "[]")
-        except (TypeError, ValueError):
-            paths = []
-        return [path for path in paths if isinstance(path, str)]
+        """Model files chosen or fine-tuned before (QSettings: they outlive scenes), newest first."""
+        paths = json.loads(qt.QSettings().value(SETTINGS_RECENT_MODELS, "[]") or "[]")
+        return [path for path in paths if isinstance(path, str) and os.path.isfile(path)]
 
     def _rememberModel(self, path):
         paths = [path] + [p for p in self._recentModels() if p != path]
         qt.QSettings().setValue(SETTINGS_RECENT_MODELS, json.dumps(paths[:10]))
 
-    def populateModels(self, select=None):
-        """Bundled default model first, then the model files chosen or fine-tuned before."""
+    def populateModels(self):
+        """Bundled default model first, then the model files chosen or fine-tuned before, then the scene's."""
+        Logic = _importLogic()
+        defaultPath = self._defaultModelPath()
+        paths = [defaultPath] if defaultPath else []
+        wanted = self.parameterLogic.getParameterNode().modelPath  # the panel may be unbound (a run ended)
+        for path in [*self._recentModels(), wanted]:
+            if path and path not in paths and os.path.isfile(path):
+                paths.append(path)
         combo = self.ui.modelComboBox
-        wanted = select or self.currentModelPath()
-        defaultPath = None
-        try:
-            defaultPath = _importLogic().defaultModelPath()
-        except Exception as error:
-            logging.warning(f"MaskMed: cannot look for the bundled model: {error}")
         wasBlocked = combo.blockSignals(True)
         combo.clear()
-        if defaultPath:
-            combo.addItem("Default model (bundled)", defaultPath)
-            combo.setItemData(combo.count - 1, defaultPath, qt.Qt.ToolTipRole)
-        for path in self._recentModels():
-            if path != defaultPath and os.path.isfile(path):
-                combo.addItem(_modelLabel(path), path)
-                combo.setItemData(combo.count - 1, path, qt.Qt.ToolTipRole)
-        index = combo.findData(wanted) if wanted else -1
-        combo.setCurrentIndex(index if index >= 0 else (0 if combo.count else -1))
+        for path in paths:
+            combo.addItem("Default model (bundled)" if path == defaultPath else Logic.modelLabel(path), path)
+            combo.setItemData(combo.count - 1, path, qt.Qt.ToolTipRole)
         combo.blockSignals(wasBlocked)
-        self.onModelChanged()
+        self._selectData(combo, wanted or defaultPath)
+        self.showModelInfo()
+        self.updateButtonStates()
 
     def onBrowseModel(self):
         current = self.currentModelPath()
         startFolder = os.path.dirname(current) if current else os.path.expanduser("~")
         path = qt.QFileDialog.getOpenFileName(
             slicer.util.mainWindow(), "Choose a MaskMed model", startFolder, "MaskMed model (*.maskmed);;All files (*)")
-        if not path:
-            return
-        self._rememberModel(path)
-        self.populateModels(select=path)
+        if path:
+            self.selectModel(path)
 
-    def onModelChanged(self, index=None):
+    def selectModel(self, path):
+        """Remember ``path`` among the recent models and make it the parameter node's model."""
+        self._rememberModel(path)
+        self.parameterLogic.getParameterNode().modelPath = "" if path == self._defaultModelPath() else path
+        self.populateModels()
+
+    def onModelSelected(self, index):
+        if not self._updatingGui:
+            path = self.currentModelPath() or ""
+            self._parameterNode.modelPath = "" if path == self._defaultModelPath() else path
+
+    def showModelInfo(self):
         path = self.currentModelPath()
+        if path == self._modelInfoPath:  # the parameter node changes with every slider move: read a file once
+            return
+        self._modelInfoPath = path
         if not path:
             self.ui.modelInfoLabel.text = "No model: choose a .maskmed file with the ... button."
-        else:
-            try:
-                info = _importLogic().modelInfo(path)
-            except Exception as error:  # also: maskmed_core not installed yet
-                logging.warning(f"MaskMed: cannot read model {path}: {error}")
-                self.ui.modelInfoLabel.text = f"Cannot read this model: {error}"
-            else:
-                classes = info["classes"]
-                spacing = " x ".join(f"{float(value):g}" for value in info["spacing"])
-                patch = " x ".join(str(int(value)) for value in info["patchSize"])
-                self.ui.modelInfoLabel.text = (
-                    f"{len(classes)} classes: {', '.join(_className(c) for c in classes)}\n"
-                    f"Voxel spacing {spacing} mm (z, y, x), patch {patch} voxels")
-        self.updateButtonStates()
-
-    def _detectGpu(self):
-        """(GPU description or None, tooltip). Imports torch only if it is installed, and only when asked."""
-        if importlib.util.find_spec("torch") is None:
-            return None, "PyTorch is not installed yet; the GPU is detected once it is (Dependencies section)."
+            return
         try:
-            import torch
-        except Exception as error:
-            return None, f"PyTorch could not be imported: {error}"
-        if torch.cuda.is_available():
-            name = f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
-            return name, f"PyTorch {torch.__version__} sees {torch.cuda.device_count()} CUDA GPU(s); the first is used."
-        build = " (a CPU-only build)" if torch.version.cuda is None else ""
-        return None, f"PyTorch {torch.__version__}{build} found no CUDA GPU: MaskMed runs on the CPU."
+            self.ui.modelInfoLabel.text = _importLogic().modelInfo(path).description()
+        except Exception as error:  # a damaged file, or maskmed_core not installed yet
+            logging.warning(f"MaskMed: cannot read model {path}: {error}")
+            self.ui.modelInfoLabel.text = f"Cannot read this model: {error}"
 
     def populateDevices(self):
+        gpu, note = _importLogic().detectGpu()
         combo = self.ui.deviceComboBox
-        wanted = combo.itemData(combo.currentIndex) if combo.currentIndex >= 0 else None
-        wanted = wanted or qt.QSettings().value(SETTINGS_DEVICE, "auto")
-        gpu, note = self._detectGpu()
         wasBlocked = combo.blockSignals(True)
         combo.clear()
         combo.addItem(f"Auto (GPU: {gpu})" if gpu else "Auto (CPU: no GPU detected)", "auto")
         combo.addItem("CPU", "cpu")
         if gpu:
             combo.addItem(f"GPU: {gpu}", "cuda")
-        index = combo.findData(wanted)
-        combo.setCurrentIndex(index if index >= 0 else 0)
         combo.toolTip = note
         combo.blockSignals(wasBlocked)
+        self._selectData(combo, self.parameterLogic.getParameterNode().device)
 
-    def currentDevice(self):
-        combo = self.ui.deviceComboBox
-        return (combo.itemData(combo.currentIndex) if combo.currentIndex >= 0 else None) or "auto"
+    def onDeviceSelected(self, index):
+        if not self._updatingGui:
+            self._parameterNode.device = self.currentDevice()
 
-    def onDeviceChanged(self, index=None):
-        qt.QSettings().setValue(SETTINGS_DEVICE, self.currentDevice())
+    def onFineTuneSourceToggled(self, fromScene):
+        if not self._updatingGui:
+            self._parameterNode.fineTuneFromScene = bool(fromScene)
 
     # ------------------------------------------------------------------ segmentation
-
-    def thresholds(self):
-        return float(self.ui.queryConfidenceSlider.value), float(self.ui.classConfidenceSlider.value)
 
     def onSegmentButton(self):
         if self.isSegmenting():
             self._cancelRequested = True
             self.ui.statusLabel.text = "Cancelling..."
-            self.logic.cancel()
-            self.updateButtonStates()
+            self.logic.cancel()  # calls onSegmentationFinished
             return
         with slicer.util.tryWithErrorDisplay("Failed to start the segmentation.", waitCursor=True):
             self.startSegmentation()
 
     def startSegmentation(self):
-        volumeNode = self.ui.inputVolumeSelector.currentNode()
-        if volumeNode is None:
-            raise ValueError("Select an input CT volume.")
-        logic = self.getLogic()
-        # None: the Logic creates "<volume> MaskMed" only once the run has succeeded (a cancel leaves no node).
-        segmentationNode = self.ui.outputSegmentationSelector.currentNode()
-
+        parameters = self._parameterNode
+        if self.logic is None:
+            self.logic = _importLogic().MaskMedLogic(slicer.mrmlScene)
         self.clearResults()
-        self._segmentationNode = None
         self._cancelRequested = False
         self.lastSegmentationResult = None
-        self._runThresholds = self.thresholds()
-        slicer.util.setSliceViewerLayers(background=volumeNode, fit=True)
+        slicer.util.setSliceViewerLayers(background=parameters.inputVolume, fit=True)
         self.ui.progressBar.value = 0
         self.ui.progressBar.setFormat("Starting: %p%")
         self.ui.progressBar.show()
         self.ui.statusLabel.text = "Starting..."
-        try:
-            logic.startSegmentation(
-                volumeNode,
-                self.currentModelPath(),
-                self.currentDevice(),
-                segmentationNode=segmentationNode,
-                queryThreshold=self._runThresholds[0],
-                classThreshold=self._runThresholds[1],
-                onProgress=self.onSegmentationProgress,
-                onFinished=self.onSegmentationFinished,
-            )
-        except Exception:
-            self.ui.progressBar.hide()
-            self.ui.statusLabel.text = ""
-            self.updateButtonStates()
-            raise
-        if logic.isRunning():  # a run that cannot start has already called onSegmentationFinished
-            self.pollTimer.start()
+        # outputSegmentation None: the Logic creates "<volume> MaskMed" once the run has succeeded.
+        if self.logic.startSegmentation(
+                parameters.inputVolume, self.currentModelPath(), self.currentDevice(),
+                segmentationNode=parameters.outputSegmentation, queryThreshold=parameters.queryThreshold,
+                classThreshold=parameters.classThreshold, onProgress=self.onSegmentationProgress,
+                onFinished=self.onSegmentationFinished):
+            self.pollTimer.start()  # a run that cannot start has already called onSegmentationFinished
         self.updateButtonStates()
 
     def onPollTimer(self):
-        if self.logic is None:
+        if self.logic is not None:
+            self.logic.poll()  # calls onSegmentationFinished when the run ends
+        if self.isFineTuning() and not self.fineTuneSession.poll():
+            self.finishFineTune()
+        if self.installer is not None and not self.installer.poll():
+            self.finishInstall()
+        if not (self.isSegmenting() or self.isFineTuning() or self.installer is not None):
             self.pollTimer.stop()
-            return
-        try:
-            self.logic.poll()
-        except Exception as error:
-            logging.exception("MaskMed: polling the segmentation failed")
-            self.onSegmentationFinished(False, str(error))
-            return
-        if not self.logic.isRunning() and self.lastSegmentationResult is None:
-            # The run ended without calling back: report what the Logic knows.
-            self.onSegmentationFinished(False, self.logic.lastError or "the segmentation ended without a result")
 
     def onSegmentationProgress(self, fraction, stage):
-        self.ui.progressBar.value = int(round(100 * min(1.0, max(0.0, float(fraction)))))
+        self.ui.progressBar.value = int(round(100 * fraction))
         self.ui.progressBar.setFormat(f"{stage}: %p%")
         self.ui.statusLabel.text = f"{stage}..."
 
     def onSegmentationFinished(self, ok, message):
-        self.pollTimer.stop()
-        if self.lastSegmentationResult is not None:
-            return
         self.lastSegmentationResult = (bool(ok), message)
-        elapsed = _formatDuration(self.logic.elapsedSeconds if self.logic is not None else 0)
         if ok:
-            self._segmentationNode = self.logic.segmentationNode
-            self.ui.outputSegmentationSelector.setCurrentNode(self._segmentationNode)
+            # The scene's parameter node even if the panel was left meanwhile (exit() unbinds _parameterNode).
+            self.parameterLogic.getParameterNode().outputSegmentation = self.logic.segmentationNode
             self.ui.progressBar.value = 100
             self.ui.progressBar.setFormat("Done")
-            # The Logic's message ends with the run time ("Segmented 13 of 15 classes in 42.0 s.").
-            self.ui.statusLabel.text = message or f"Done in {elapsed}."
+            self.ui.statusLabel.text = message  # "Segmented 13 of 15 classes in 42.0 s."
             self.ui.resultsCollapsibleButton.collapsed = False
-            if self.thresholds() != self._runThresholds:  # the sliders moved while it ran
-                self.applyThresholds()
-            else:
-                self.updateResultTables()
+            self.applyThresholds()  # the sliders may have moved while it ran
         else:
             self.ui.progressBar.hide()
-            detail = message or (self.logic.lastError if self.logic is not None else None) or "unknown error"
+            elapsed = _importLogic().formatDuration(self.logic.elapsedSeconds)
             if self._cancelRequested:
                 self.ui.statusLabel.text = f"Cancelled after {elapsed}."
             else:
-                self.ui.statusLabel.text = f"Segmentation failed after {elapsed}: {detail}"
-                logging.error(f"MaskMed segmentation failed: {detail}")
+                self.ui.statusLabel.text = f"Segmentation failed after {elapsed}: {message}"
+                logging.error(f"MaskMed segmentation failed: {message}")
                 if not slicer.app.testingEnabled():
-                    slicer.util.errorDisplay(f"MaskMed segmentation failed:\n\n{detail}")
+                    slicer.util.errorDisplay(f"MaskMed segmentation failed:\n\n{message}")
         self._cancelRequested = False
         self.updateButtonStates()
 
     # ------------------------------------------------------------------ thresholds and result tables
 
-    def onThresholdSliderChanged(self, value=None):
-        self.thresholdTimer.start()  # restarts the 50 ms wait
+    def _resultSession(self):
+        """The ThresholdSession of the last result while its segmentation node is in the scene, else None."""
+        session = self.logic.thresholdSession if self.logic is not None and not self.logic.isRunning() else None
+        return session if session is not None and session.segmentationNode.GetScene() is not None else None
 
     def applyThresholds(self):
-        logic = self.logic
-        if logic is None or logic.isRunning() or logic.thresholdSession is None:
+        session, parameters = self._resultSession(), self.parameterLogic.getParameterNode()
+        if session is None:
             return
-        queryThreshold, classThreshold = self.thresholds()
-        try:
-            updated = logic.setThresholds(queryThreshold, classThreshold)
-        except Exception as error:
-            logging.exception("MaskMed: applying the thresholds failed")
-            self.ui.statusLabel.text = f"Could not apply the thresholds: {error}"
-            return
+        thresholds = (parameters.queryThreshold, parameters.classThreshold)
+        updated = []
+        if thresholds != (self.logic.queryThreshold, self.logic.classThreshold):  # else: the run's own result
+            updated = self.logic.setThresholds(*thresholds)
         self.updateResultTables()
-        self.ui.statusLabel.text = (
-            f"Query confidence {queryThreshold:.2f}, class confidence {classThreshold:.2f}: "
-            f"{len(updated or [])} segments updated.")
+        if updated:
+            self.ui.statusLabel.text = (f"Query confidence {parameters.queryThreshold:.2f}, class confidence "
+                                        f"{parameters.classThreshold:.2f}: {len(updated)} segments updated.")
 
     def clearResults(self):
-        if self.logic is not None and self.logic.thresholdSession is not None:
-            for index in list(self._shownQueries):
-                self.logic.thresholdSession.hideQuery(index)
+        session = self._resultSession()
+        for index in list(self._shownQueries) if session is not None else []:
+            session.hideQuery(index)
         self._shownQueries.clear()
         self.ui.classTable.setRowCount(0)
         self.ui.queryTable.setRowCount(0)
 
-    def _displayNode(self):
-        node = self._segmentationNode
-        if node is None or node.GetScene() is None:
-            return None
-        if node.GetDisplayNode() is None:
-            node.CreateDefaultDisplayNodes()
-        return node.GetDisplayNode()
-
-    def _segmentId(self, label):
-        """The segment of the class with this label value in the result node, or None."""
-        node = self._segmentationNode
-        if node is None or node.GetScene() is None:
-            return None
-        segmentId = _importLogic().segmentIdForClass(label)
-        return segmentId if node.GetSegmentation().GetSegment(segmentId) is not None else None
-
-    @staticmethod
-    def _textItem(text, alignRight=False):
-        item = qt.QTableWidgetItem(text)
-        if alignRight:
-            item.setTextAlignment(qt.Qt.AlignRight | qt.Qt.AlignVCenter)
-        return item
-
-    @staticmethod
-    def _checkItem(checked, data):
-        item = qt.QTableWidgetItem()
-        item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
-        item.setCheckState(qt.Qt.Checked if checked else qt.Qt.Unchecked)
-        item.setData(qt.Qt.UserRole, data)
-        return item
+    def _fillTable(self, table, rows, isChecked, rightAligned):
+        """Rows of MaskMedSegmentationLib.TableRow: a check box holding the row's key, then its texts."""
+        self._updatingGui = True
+        table.setRowCount(len(rows))
+        for number, row in enumerate(rows):
+            cells = [qt.QTableWidgetItem()] + ([qt.QTableWidgetItem()] if row.color else [])
+            cells[0].setFlags(cells[0].flags() | qt.Qt.ItemIsUserCheckable)
+            cells[0].setCheckState(qt.Qt.Checked if isChecked(row.key) else qt.Qt.Unchecked)
+            cells[0].setData(qt.Qt.UserRole, row.key)
+            if row.color:
+                cells[1].setData(qt.Qt.DecorationRole, qt.QColor(*row.color))
+            cells += [qt.QTableWidgetItem(text) for text in row.texts]
+            for column, cell in enumerate(cells):
+                if column in rightAligned:
+                    cell.setTextAlignment(qt.Qt.AlignRight | qt.Qt.AlignVCenter)
+                table.setItem(number, column, cell)
+        self._updatingGui = False
 
     def updateResultTables(self):
-        session = self.logic.thresholdSession if self.logic is not None else None
-        if session is None or self._segmentationNode is None:
+        session = self._resultSession()
+        if session is None:
             self.ui.classTable.setRowCount(0)
             self.ui.queryTable.setRowCount(0)
             return
-        queryThreshold, classThreshold = self.thresholds()
-        displayNode = self._displayNode()
-        self._updatingTables = True
-        try:
-            rows = session.classTable(queryThreshold, classThreshold)
-            table = self.ui.classTable
-            table.setRowCount(len(rows))
-            for row, entry in enumerate(rows):
-                segmentId = self._segmentId(entry["label"])
-                visible = bool(displayNode.GetSegmentVisibility(segmentId)) if displayNode and segmentId else True
-                colour = qt.QTableWidgetItem()
-                colour.setData(qt.Qt.DecorationRole, qt.QColor(*[int(c) for c in entry["color"]]))
-                confidence = entry.get("meanConfidence") if entry["volumeMl"] > 0 else None  # empty class: no mean
-                table.setItem(row, self.CLASS_SHOW, self._checkItem(visible, int(entry["label"])))
-                table.setItem(row, self.CLASS_COLOUR, colour)
-                table.setItem(row, self.CLASS_NAME, self._textItem(entry["name"]))
-                table.setItem(row, self.CLASS_VOLUME, self._textItem(f"{entry['volumeMl']:.1f}", alignRight=True))
-                table.setItem(row, self.CLASS_CONFIDENCE, self._textItem(
-                    "-" if confidence is None or confidence != confidence else f"{confidence:.2f}", alignRight=True))
+        node = session.segmentationNode
+        node.CreateDefaultDisplayNodes()
+        Logic = _importLogic()
 
-            queries = session.queryTable(queryThreshold)
-            table = self.ui.queryTable
-            table.setRowCount(len(queries))
-            for row, entry in enumerate(queries):
-                index = int(entry["index"])
-                table.setItem(row, self.QUERY_SHOW, self._checkItem(index in self._shownQueries, index))
-                table.setItem(row, self.QUERY_INDEX, self._textItem(str(index), alignRight=True))
-                table.setItem(row, self.QUERY_CLASS, self._textItem(str(entry["className"])))
-                table.setItem(row, self.QUERY_CONFIDENCE, self._textItem(f"{entry['confidence']:.2f}", alignRight=True))
-                table.setItem(row, self.QUERY_KEPT, self._textItem("yes" if entry["kept"] else "no"))
-        finally:
-            self._updatingTables = False
+        def classVisible(label):
+            segmentId = Logic.segmentIdForClass(label)
+            return (node.GetSegmentation().GetSegment(segmentId) is None
+                    or bool(node.GetDisplayNode().GetSegmentVisibility(segmentId)))
+
+        queryThreshold, classThreshold = self.logic.queryThreshold, self.logic.classThreshold
+        self._fillTable(self.ui.classTable, session.classRows(queryThreshold, classThreshold), classVisible,
+                        {self.CLASS_VOLUME, self.CLASS_CONFIDENCE})
+        self._fillTable(self.ui.queryTable, session.queryRows(queryThreshold), self._shownQueries.__contains__,
+                        {self.QUERY_INDEX, self.QUERY_CONFIDENCE})
 
     def onClassTableItemChanged(self, item):
-        if self._updatingTables or item.column() != self.CLASS_SHOW:
+        session = self._resultSession()
+        if self._updatingGui or item.column() != self.CLASS_SHOW or session is None:
             return
-        segmentId = self._segmentId(int(item.data(qt.Qt.UserRole)))
-        displayNode = self._displayNode()
-        if segmentId and displayNode is not None:
-            displayNode.SetSegmentVisibility(segmentId, item.checkState() == qt.Qt.Checked)
+        segmentId = _importLogic().segmentIdForClass(int(item.data(qt.Qt.UserRole)))
+        session.segmentationNode.GetDisplayNode().SetSegmentVisibility(segmentId, item.checkState() == qt.Qt.Checked)
 
     def onQueryTableItemChanged(self, item):
-        if self._updatingTables or item.column() != self.QUERY_SHOW:
-            return
-        session = self.logic.thresholdSession if self.logic is not None else None
-        if session is None or self._segmentationNode is None:
+        session = self._resultSession()
+        if self._updatingGui or item.column() != self.QUERY_SHOW or session is None:
             return
         index = int(item.data(qt.Qt.UserRole))
         with slicer.util.tryWithErrorDisplay(f"Could not show query {index}.", waitCursor=True):
             if item.checkState() == qt.Qt.Checked:
-                session.showQuery(index, self._segmentationNode)
+                session.showQuery(index, session.segmentationNode)
                 self._shownQueries.add(index)
             else:
                 session.hideQuery(index)
@@ -641,159 +576,73 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 
     # ------------------------------------------------------------------ fine-tuning
 
-    def onFineTuneOutputChanged(self, directory):
-        qt.QSettings().setValue(SETTINGS_FINE_TUNE_OUTPUT, directory)
-
     def onFineTuneButton(self):
-        if self._fineTuneRunning:
-            self.ui.fineTuneStatusLabel.text = "Stopping..."
-            slicer.app.processEvents()
+        if self.isFineTuning():
             self.fineTuneSession.stop()  # kills the training process tree; the finished epochs' files stay
             self.finishFineTune()
             return
         with slicer.util.tryWithErrorDisplay("Could not start fine-tuning.", waitCursor=True):
             self.startFineTune()
 
-    def scenePairs(self):
-        """(volume, segmentation) for every non-empty segmentation whose reference geometry is a scalar volume."""
-        role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
-        pairs = []
-        for segmentationNode in slicer.util.getNodesByClass("vtkMRMLSegmentationNode"):
-            volumeNode = segmentationNode.GetNodeReference(role)
-            if (volumeNode is not None and volumeNode.IsA("vtkMRMLScalarVolumeNode")
-                    and segmentationNode.GetSegmentation().GetNumberOfSegments() > 0):
-                pairs.append((volumeNode, segmentationNode))
-        return pairs
-
     def startFineTune(self):
+        parameters = self._parameterNode
         initModel = self.currentModelPath()
-        if not initModel:
-            raise ValueError("Choose the model to start from (Model, in the Inputs section).")
-        runFolder = os.path.join(self.ui.fineTuneOutputDirectoryButton.directory,
-                                 time.strftime("maskmed-finetune-%Y%m%d-%H%M%S"))
-        os.makedirs(runFolder, exist_ok=True)
-        Logic = _importLogic()
-        session = Logic.FineTuneSession()
-        if self.ui.fineTuneSceneRadioButton.checked:
-            pairs = self.scenePairs()
-            if not pairs:
-                raise ValueError("No segmentation in the scene has a volume as its reference geometry. Segment a "
-                                 "volume (and correct the result in Segment Editor), or choose a dataset folder.")
-            classes = {_className(c): int(c["label"] if isinstance(c, dict) else c.label)
-                       for c in Logic.modelInfo(initModel)["classes"]}
-            self.ui.fineTuneStatusLabel.text = f"Exporting {len(pairs)} volume + segmentation pairs..."
-            slicer.app.processEvents()
-            datasetPath = session.exportScenePairs(pairs, os.path.join(runFolder, "dataset"), classes)
-            for warning in session.warnings:
-                logging.warning(f"MaskMed fine-tuning export: {warning}")
-        else:
-            datasetPath = self.ui.fineTuneDatasetDirectoryButton.directory
-            if not os.path.isfile(os.path.join(datasetPath, "dataset.json")):
-                raise ValueError(f"{datasetPath} is not an nnU-Net v2 raw dataset folder (it has no dataset.json).")
-
+        session = _importLogic().FineTuneSession()
+        self.ui.fineTuneStatusLabel.text = "Preparing the training data..."
+        self.ui.fineTuneStatusLabel.repaint()  # exporting the scene's pairs takes a few seconds
+        datasetFolder = None if parameters.fineTuneFromScene else parameters.fineTuneDatasetFolder
+        runFolder, dataset = session.prepareDataset(slicer.mrmlScene, parameters.fineTuneOutputFolder, initModel,
+                                                    datasetFolder)
+        for warning in session.warnings:
+            logging.warning(f"MaskMed fine-tuning export: {warning}")
+        session.start(dataset, runFolder, initModel, parameters.fineTuneEpochs, self.currentDevice(),
+                      onEvent=self.onFineTuneEvent)
         self.fineTuneSession = session
-        self._fineTuneRunning = True
         self.ui.fineTuneProgressBar.value = 0
         self.ui.fineTuneProgressBar.show()
         self.ui.fineTuneStatusLabel.text = f"Starting; the run is written to {runFolder}"
-        try:
-            session.start(str(datasetPath), runFolder, initModel,
-                          int(self.ui.fineTuneEpochsSpinBox.value), self.currentDevice(),
-                          onEvent=self.onFineTuneEvent)
-        except Exception:
-            self._fineTuneRunning = False
-            self.ui.fineTuneProgressBar.hide()
-            self.updateButtonStates()
-            raise
-        self.fineTuneTimer.start()
+        self.pollTimer.start()
         self.updateButtonStates()
-
-    def onFineTunePollTimer(self):
-        try:
-            running = self.fineTuneSession.poll()
-        except Exception as error:
-            logging.exception("MaskMed: polling fine-tuning failed")
-            self.fineTuneSession.stop()
-            self.finishFineTune(str(error))
-            return
-        if not running:
-            self.finishFineTune()
 
     def onFineTuneEvent(self, event):
-        """Events of `maskmed train --json` (step, epoch, message, summary) and the child's log lines."""
-        kind = event.get("event")
-        if kind == "step" and event.get("total"):
-            self.ui.fineTuneProgressBar.value = int(100 * event.get("step", 0) / event["total"])
-            if "loss" in event:
-                step = f"Step {event.get('step')}/{event['total']}"
-                self.ui.fineTuneStatusLabel.text = f"{step}: loss {event['loss']:.4f}"
-        elif kind == "epoch":
-            self.updateLossCurve()
-            if "loss" in event:
-                dice = f", validation Dice {event['mean_dice']:.3f}" if "mean_dice" in event else ""
-                self.ui.fineTuneStatusLabel.text = f"Epoch {event.get('epoch')}: loss {event['loss']:.4f}{dice}"
-        elif kind == "message" and event.get("text"):
-            self.ui.fineTuneStatusLabel.text = str(event["text"])
+        """Typed events of `maskmed train --json` (maskmed_core.events) and the child's log lines."""
+        percent, text = _importLogic().describeTrainingEvent(event)
+        if percent is not None:
+            self.ui.fineTuneProgressBar.value = percent
+        if text is not None:
+            self.ui.fineTuneStatusLabel.text = text
+        from maskmed_core.events import EpochEvent
 
-    def finishFineTune(self, error=None):
-        if not self._fineTuneRunning:
-            return
-        self.fineTuneTimer.stop()
-        self._fineTuneRunning = False
+        if isinstance(event, EpochEvent):
+            self.updateLossCurve()
+
+    def finishFineTune(self):
         session = self.fineTuneSession
         self.updateLossCurve()
-        modelPath = session.resultModelPath
-        if modelPath and os.path.isfile(modelPath):
-            self._rememberModel(modelPath)
-            self.populateModels(select=modelPath)
+        if session.resultModelPath:
+            self.selectModel(session.resultModelPath)
             self.ui.fineTuneProgressBar.value = 100
-            self.ui.fineTuneStatusLabel.text = f"Fine-tuning finished. The new model is selected: {modelPath}"
+            self.ui.fineTuneStatusLabel.text = f"Fine-tuning finished; new model selected: {session.resultModelPath}"
         else:
             self.ui.fineTuneProgressBar.hide()
-            reason = error or session.lastError or "no model was written"
-            self.ui.fineTuneStatusLabel.text = f"Fine-tuning ended without a new model: {reason}"
+            self.ui.fineTuneStatusLabel.text = f"Fine-tuning ended without a new model: {session.lastError}"
         self.updateButtonStates()
 
-    def _lossPlotNodes(self):
-        """Table, series and chart nodes of the loss curve, created on first use (and again after a scene close)."""
-        if self._lossNodes is not None and all(n.GetScene() is not None for n in self._lossNodes.values()):
-            return self._lossNodes
-        scene = slicer.mrmlScene
-        table = scene.AddNewNodeByClass("vtkMRMLTableNode", "MaskMed fine-tuning loss")
-        series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", "MaskMed training loss")
-        series.SetAndObserveTableNodeID(table.GetID())
-        series.SetXColumnName("epoch")
-        series.SetYColumnName("loss")
-        series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
-        series.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleSolid)
-        series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
-        series.SetColor(0.2, 0.5, 0.9)
-        chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", "MaskMed fine-tuning loss")
-        chart.AddAndObservePlotSeriesNodeID(series.GetID())
-        chart.SetTitle("Fine-tuning loss")
-        chart.SetXAxisTitle("epoch")
-        chart.SetYAxisTitle("training loss")
-        chart.SetLegendVisibility(False)
-        view = scene.AddNewNodeByClass("vtkMRMLPlotViewNode")
-        view.SetPlotChartNodeID(chart.GetID())
-        self.lossPlotView.setMRMLPlotViewNode(view)
-        self._lossNodes = {"table": table, "series": series, "chart": chart, "view": view}
-        return self._lossNodes
-
     def updateLossCurve(self):
-        losses = list(self.fineTuneSession.lossHistory) if self.fineTuneSession is not None else []
-        if not losses:
-            return
-        table = self._lossPlotNodes()["table"]
-        epochs = np.arange(1, len(losses) + 1, dtype=np.float64)
-        slicer.util.updateTableFromArray(table, [epochs, np.asarray(losses, dtype=np.float64)], ["epoch", "loss"])
-        self.ui.lossPlotFrame.show()
+        if self._lossCurve is None:
+            self._lossCurve = _importLogic().LossCurve(slicer.mrmlScene)
+        self._lossCurve.update(self.fineTuneSession.lossHistory)
+        if self._lossCurve.viewNode is not None:
+            self.lossPlotView.setMRMLPlotViewNode(self._lossCurve.viewNode)
+            self.ui.lossPlotFrame.show()
 
     # ------------------------------------------------------------------ dependencies
 
     def setDependencyStatus(self, text):
         self.ui.dependencyStatusLabel.text = text
-        slicer.app.processEvents()
+        # Painted now, before a blocking step (pip, PyTorch) starts; repaint() runs no event loop, so the poll
+        # timer cannot re-enter the installer.
+        self.ui.dependencyStatusLabel.repaint()
 
     def onCheckDependencies(self):
         self.checkDependencies()
@@ -802,124 +651,40 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 
     def checkDependencies(self):
         """Show what is missing; returns the list of missing dependencies (empty when all are there)."""
-        try:
-            dependencies = _importLogic().dependencies
-            missing = list(dependencies.missingDependencies())
-        except Exception as error:
-            logging.exception("MaskMed: checking the dependencies failed")
-            self._missingDependencies = []
-            self.ui.installDependenciesButton.enabled = False
-            self.setDependencyStatus(f"Could not check the dependencies: {error}")
-            self.updateButtonStates()
-            return []
+        Logic = _importLogic()
+        missing = Logic.missingDependencies()
         self._missingDependencies = missing
-        self.ui.installDependenciesButton.enabled = bool(missing)
-        if not missing:
-            self.setDependencyStatus("All dependencies are installed.")
-        else:
-            text = dependencies.describeMissing(missing)
-            if any(m.name == "torch" for m in missing) and not hasattr(slicer.modules, "pytorchutils"):
-                text += ("\n\nPyTorch is installed through the PyTorch extension, which is not installed: install "
-                         "'PyTorch' from View > Extensions Manager and restart Slicer first.")
-            self.setDependencyStatus(text)
+        self.ui.installDependenciesButton.enabled = bool(Logic.installPlan(missing)) and self.installer is None
+        self.setDependencyStatus(Logic.dependencyStatus(missing, hasattr(slicer.modules, "pytorchutils")))
+        if missing:
             self.ui.dependenciesCollapsibleButton.collapsed = False
         self.updateButtonStates()
         return missing
 
     def onInstallDependencies(self):
-        """Run Logic.dependencies.installPlan: torch via the PyTorch extension, pip, then `maskmed build-ops`."""
-        dependencies = _importLogic().dependencies
-        missing = list(dependencies.missingDependencies())
-        plan = list(dependencies.installPlan(missing))
-        if not plan:
-            self.checkDependencies()
-            return
-        steps = "\n".join(f"  {number}. {_stepDescription(step)}" for number, step in enumerate(plan, 1))
-        if not slicer.app.testingEnabled() and not slicer.util.confirmOkCancelDisplay(
-                f"{dependencies.describeMissing(missing)}\n\nThese steps will run:\n{steps}\n\n"
-                "Packages are downloaded from the internet; this can take several minutes. Continue?",
-                windowTitle="Install MaskMed dependencies"):
-            return
-        restartNeeded = False
-        warnings = []
-        self.ui.installDependenciesButton.enabled = False
-        try:
-            with slicer.util.tryWithErrorDisplay("Installing MaskMed's dependencies failed.", waitCursor=True):
-                for number, step in enumerate(plan, 1):
-                    self.setDependencyStatus(f"Step {number}/{len(plan)}: {_stepDescription(step)}...")
-                    try:
-                        restartNeeded = self.runInstallStep(step) or restartNeeded
-                    except Exception as error:
-                        if not getattr(step, "optional", False):
-                            raise
-                        logging.warning(f"MaskMed: optional step failed: {_stepDescription(step)}: {error}")
-                        warnings.append(f"{_stepDescription(step)} failed (optional): {error}")
-        finally:
-            importlib.invalidate_caches()
-            stillMissing = self.checkDependencies()
-        notes = "\n\n".join(warnings)
-        if restartNeeded or stillMissing:
-            message = "MaskMed's dependencies are installed. Restart Slicer to use them."
-            if stillMissing:
-                names = ", ".join(m.name for m in stillMissing)
-                message += f" ({names} is checked again after the restart; see the Python console if it fails.)"
-            self.setDependencyStatus(f"{message}\n\n{notes}".strip())
-            if slicer.util.confirmYesNoDisplay(f"{message}\n\nRestart Slicer now?", windowTitle="Restart Slicer"):
-                slicer.util.restart()
-            return
-        self.populateModels()
-        self.populateDevices()
-        self.setDependencyStatus(f"All dependencies are installed.\n\n{notes}".strip())
-
-    def runInstallStep(self, step):
-        """Run one Logic InstallStep; returns True when Slicer must restart to use what it installed."""
-        requirements = _stepRequirements(step)
-        if step.kind == "torch":
-            return self.installTorch(requirements[0] if requirements else "torch")
-        if step.kind == "pip":
-            wasImported = any(_isImported(requirement) for requirement in requirements)
-            slicer.util.pip_install(list(step.arguments or requirements))
-            return wasImported
-        if step.kind in ("build-ops", "command"):
-            self.runCommand(list(step.arguments) or _importLogic().maskmedCommand("build-ops"))
-            return False
-        raise ValueError(f"Unknown install step {step.kind!r}: {_stepDescription(step)}")
-
-    def installTorch(self, requirement):
-        try:
-            import PyTorchUtils
-        except ImportError:
-            raise RuntimeError(
-                "MaskMed installs PyTorch through the 'PyTorch' extension, which is not installed. Install it from "
-                "View > Extensions Manager, restart Slicer, then press Install dependencies again.") from None
-        wasImported = "torch" in sys.modules
-        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-            askConfirmation=True, torchVersionRequirement=_torchVersionRequirement(requirement))
-        if torch is None:
-            raise RuntimeError("PyTorch was not installed (the installation was cancelled).")
-        return wasImported
-
-    def runCommand(self, command):
-        """Run a command (e.g. `maskmed build-ops`) as a child process; the panel stays responsive meanwhile."""
+        """Run Logic.installPlan (PyTorch extension, pip, then `maskmed build-ops`) step by step on the timer."""
         Logic = _importLogic()
-        lastLines = []
+        missing = Logic.missingDependencies()
+        plan = Logic.installPlan(missing)
+        if not slicer.util.confirmOkCancelDisplay(Logic.installConfirmation(missing, plan),
+                                                  windowTitle="Install MaskMed dependencies"):
+            return
+        actions = Logic.InstallActions(installTorch=_installTorchWithExtension, pipInstall=slicer.util.pip_install)
+        self.installer = Logic.DependencyInstaller(plan, actions, self.setDependencyStatus)
+        self.ui.installDependenciesButton.enabled = False
+        self.pollTimer.start()
 
-        def onEvent(event):
-            text = str(event.get("text") or event.get("message") or "")
-            if text:
-                lastLines.append(text)
-                del lastLines[:-15]
-                logging.info(f"MaskMed: {text}")
-                self.ui.dependencyStatusLabel.text = f"{os.path.basename(str(command[-1]))}: {text}"
-
-        process = Logic.BackgroundProcess(command, env=Logic.childEnvironment(), onEvent=onEvent)
-        process.start()
-        while process.poll():
-            slicer.app.processEvents()
-            time.sleep(0.05)
-        if process.returncode != 0:
-            details = "\n".join(lastLines) or process.stderrText()
-            raise RuntimeError(f"{' '.join(command)} failed (exit code {process.returncode}):\n{details}")
+    def finishInstall(self):
+        installer, self.installer = self.installer, None
+        outcome = installer.outcome(self.checkDependencies())
+        self.setDependencyStatus(outcome.message)
+        if installer.error is not None:
+            slicer.util.errorDisplay(outcome.message, windowTitle="Install MaskMed dependencies")
+        elif outcome.offerRestart:
+            if slicer.util.confirmYesNoDisplay(f"{outcome.message}\n\nRestart Slicer now?", windowTitle="Restart"):
+                slicer.util.restart()
+        else:
+            self.onCheckDependencies()
 
 
 #
@@ -928,7 +693,8 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 
 
 class MaskMedSegmentationTest(ScriptedLoadableModuleTest):
-    """Segments a real CT through the panel, as a user would. Skips (with a message) when no model is available."""
+    """The panel as a user drives it: its state saved and restored with the scene, then a real CT segmented and
+    re-thresholded. The segmentation test skips (with a message) when the dependencies or the model are missing."""
 
     SEGMENTATION_TIMEOUT_S = 3600
 
@@ -937,70 +703,72 @@ class MaskMedSegmentationTest(ScriptedLoadableModuleTest):
 
     def runTest(self):
         self.setUp()
+        self.test_PanelStateIsSavedWithTheScene()
+        self.setUp()
         self.test_SegmentThroughWidget()
 
-    def _processEventsFor(self, seconds, until=None):
-        """Process Qt events (the widget's timers) until `until()` is true or `seconds` pass; returns `until()`."""
+    def _processEventsFor(self, seconds, until=lambda: False):
+        """Process Qt events (the widget's timers) until ``until()`` is true or ``seconds`` pass."""
         deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            if until is not None and until():
-                return True
+        while time.monotonic() < deadline and not until():
             slicer.app.processEvents()
             time.sleep(0.02)
-        return until() if until is not None else True
+        return until()
 
-    def _loadTestVolume(self):
-        coreParent = _maskmedCoreParent()
-        if coreParent is not None:
-            resources = os.path.join(coreParent, "maskmed_core", "resources")
-            for path in (os.path.join(resources, "demo_ct.nii.gz"),
-                         os.path.join(resources, "demo", "abdomen_ct_3mm.nii.gz")):
-                if os.path.isfile(path):
-                    self.delayDisplay(f"Loading the bundled demo CT {path}")
-                    return slicer.util.loadVolume(path)
-        import SampleData
+    def _demoVolume(self):
+        _ensureMaskMedCoreImportable()
+        core = os.path.dirname(importlib.util.find_spec("maskmed_core").origin)
+        return slicer.util.loadVolume(os.path.join(core, "resources", "demo", "abdomen_ct_3mm.nii.gz"))
 
-        for sampleName in ("CTACardio", "CTChest"):
-            self.delayDisplay(f"Loading the {sampleName} sample volume")
-            try:
-                return SampleData.SampleDataLogic().downloadSample(sampleName)
-            except Exception as error:
-                logging.warning(f"Could not load sample data {sampleName}: {error}")
-        return None
+    def test_PanelStateIsSavedWithTheScene(self):
+        self.delayDisplay("MaskMed self-test: the panel's parameter node is saved and restored with the scene")
+        widget = slicer.modules.maskmedsegmentation.widgetRepresentation().self()
+        slicer.util.selectModule("MaskMedSegmentation")
+        volume = self._demoVolume()
+        parameters = widget._parameterNode
+        parameters.inputVolume = volume
+        parameters.queryThreshold, parameters.device, parameters.fineTuneFromScene = 0.4, "cpu", True
+        self.assertEqual(widget.ui.queryConfidenceSlider.value, 0.4)  # parameter node -> widgets
+        self.assertEqual(widget.currentDevice(), "cpu")
+        self.assertTrue(widget.ui.fineTuneSceneRadioButton.checked)
+        widget.ui.classConfidenceSlider.value = 0.7  # widgets -> parameter node
+        widget.ui.fineTuneEpochsSpinBox.value = 3
+        widget.ui.fineTuneFolderRadioButton.checked = True
+        self.assertEqual((parameters.classThreshold, parameters.fineTuneEpochs), (0.7, 3))
+        self.assertFalse(parameters.fineTuneFromScene)
 
-    def _segmentedVoxels(self, segmentationNode, volumeNode):
-        """Number of voxels of the volume's grid that belong to any segment."""
-        segmentIds = vtk.vtkStringArray()
-        segmentationNode.GetSegmentation().GetSegmentIDs(segmentIds)
-        labelmapNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__MaskMedTestLabelmap__")
-        try:
-            exported = slicer.modules.segmentations.logic().ExportSegmentsToLabelmapNode(
-                segmentationNode, segmentIds, labelmapNode, volumeNode)
-            self.assertTrue(exported, "exporting the segments to a label map failed")
-            return int(np.count_nonzero(slicer.util.arrayFromVolume(labelmapNode)))
-        finally:
-            slicer.mrmlScene.RemoveNode(labelmapNode)
+        path = os.path.join(slicer.app.temporaryPath, "MaskMedParameterNodeTest.mrb")
+        self.assertTrue(slicer.util.saveScene(path))
+        slicer.mrmlScene.Clear()
+        self.assertEqual(widget.ui.classConfidenceSlider.value, 0.5)  # a new scene: the defaults
+        slicer.util.loadScene(path)
+        self._processEventsFor(0.2)
+        self.assertEqual(widget.ui.inputVolumeSelector.currentNode().GetName(), volume.GetName())
+        self.assertEqual((widget.ui.queryConfidenceSlider.value, widget.ui.classConfidenceSlider.value), (0.4, 0.7))
+        self.assertEqual((widget.ui.fineTuneEpochsSpinBox.value, widget.currentDevice()), (3, "cpu"))
+        self.assertTrue(widget.ui.fineTuneFolderRadioButton.checked)
+        os.remove(path)
+        self.delayDisplay("MaskMed self-test passed: the scene restored the panel")
+
+    def _segmentedVoxels(self, segmentationNode, volumeNode, classNames):
+        """Number of voxels of the volume's grid that belong to a class segment."""
+        labels, _ = _importLogic().segmentationLabelArray(
+            segmentationNode, volumeNode, {name: number for number, name in enumerate(classNames, 1)})
+        return int(np.count_nonzero(labels))
 
     def test_SegmentThroughWidget(self):
         self.delayDisplay("MaskMed self-test: segment a CT through the module panel")
         widget = slicer.modules.maskmedsegmentation.widgetRepresentation().self()
-
+        slicer.util.selectModule("MaskMedSegmentation")
         missing = widget.checkDependencies()
         if missing:
             self.delayDisplay("MaskMed self-test skipped: dependencies are missing ("
                               + ", ".join(m.name for m in missing) + "). Install them in the Dependencies section.")
             return
-        widget.populateModels()
+        widget.onCheckDependencies()
         modelPath = widget.currentModelPath()
-        if not modelPath:
-            self.delayDisplay("MaskMed self-test skipped: no model is available (no bundled default model was found "
-                              "and no model file was chosen).")
-            return
-        volumeNode = self._loadTestVolume()
-        if volumeNode is None:
-            self.delayDisplay("MaskMed self-test skipped: no test CT could be loaded (no demo CT, no SampleData).")
-            return
-
+        self.assertTrue(modelPath, "the bundled default model was not found")
+        volumeNode = self._demoVolume()
         widget.ui.inputVolumeSelector.setCurrentNode(volumeNode)
         widget.ui.outputSegmentationSelector.setCurrentNode(None)
         widget.ui.queryConfidenceSlider.value = 0.25
@@ -1021,19 +789,39 @@ class MaskMedSegmentationTest(ScriptedLoadableModuleTest):
         self.assertEqual(widget.ui.segmentButton.text, "Segment")
 
         segmentationNode = widget.ui.outputSegmentationSelector.currentNode()
-        self.assertIsNotNone(segmentationNode)
         segmentation = segmentationNode.GetSegmentation()
-        classNames = [_className(c) for c in _importLogic().modelInfo(modelPath)["classes"]]
+        classNames = [c.name for c in _importLogic().modelInfo(modelPath).classes]
         self.assertEqual(segmentation.GetNumberOfSegments(), len(classNames))
         for name in classNames:
             self.assertTrue(segmentation.GetSegmentIdBySegmentName(name), f"no segment named {name!r}")
         self.assertEqual(widget.ui.classTable.rowCount, len(classNames))
+        self.assertGreater(widget.ui.queryTable.rowCount, 0)
 
-        before = self._segmentedVoxels(segmentationNode, volumeNode)
+        before = self._segmentedVoxels(segmentationNode, volumeNode, classNames)
         self.assertGreater(before, 0, "the segmentation is empty")
         self.delayDisplay("Raising the class confidence threshold to 0.95")
         widget.ui.classConfidenceSlider.value = 0.95
         self._processEventsFor(1.0)  # the 50 ms debounce, then the update
-        after = self._segmentedVoxels(segmentationNode, volumeNode)
+        after = self._segmentedVoxels(segmentationNode, volumeNode, classNames)
         self.assertLess(after, before, "raising the class confidence threshold did not shrink the segments")
+
+        self.delayDisplay("The tables: hide a class, show and hide a query's own mask")
+        displayNode = segmentationNode.GetDisplayNode()
+        firstClass = widget.ui.classTable.item(0, widget.CLASS_SHOW)
+        firstClass.setCheckState(qt.Qt.Unchecked)
+        self.assertFalse(displayNode.GetSegmentVisibility(_importLogic().segmentIdForClass(firstClass.data(qt.Qt.UserRole))))
+        segments = segmentation.GetNumberOfSegments()
+        widget.ui.queryTable.item(0, widget.QUERY_SHOW).setCheckState(qt.Qt.Checked)
+        self.assertEqual(segmentation.GetNumberOfSegments(), segments + 1)
+        widget.ui.queryTable.item(0, widget.QUERY_SHOW).setCheckState(qt.Qt.Unchecked)
+        self.assertEqual(segmentation.GetNumberOfSegments(), segments)
+
+        self.delayDisplay("Cancel right after Segment: the scene stays as it was")
+        nodes = slicer.mrmlScene.GetNumberOfNodes()
+        widget.ui.outputSegmentationSelector.setCurrentNode(None)
+        widget.ui.segmentButton.click()
+        widget.ui.segmentButton.click()
+        self.assertEqual(widget.lastSegmentationResult, (False, "Cancelled."))
+        self.assertTrue(widget.ui.statusLabel.text.startswith("Cancelled after"))
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodes)
         self.delayDisplay(f"MaskMed self-test passed ({before} -> {after} segmented voxels)")

@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "ablation.py"
-_SPEC = importlib.util.spec_from_file_location("ablation_benchmark", _PATH)
-assert _SPEC is not None and _SPEC.loader is not None
-ablation = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(ablation)
+from benchmarks import ablation
 
 NAMES = ["liver", "spleen", "aorta", "pancreas"]
 

@@ -32,9 +32,9 @@ def predictor(model_path):
 
 
 @pytest.fixture(scope="module")
-def ct_crop(shared_data):
+def ct_crop(demo_data):
     """A 64 x 60 x 40 voxel crop of the real 3 mm CT (x, y, z), geometry kept."""
-    image = sitk.ReadImage(str(shared_data / "ct" / "abdomen_ct_3mm.nii.gz"))
+    image = sitk.ReadImage(str(demo_data.ct))
     return image[30:94, 20:80, 60:100]
 
 

@@ -14,10 +14,10 @@ ORGANS = (1, 2, 3, 5, 6)
 MAX_STEPS = 60
 
 
-def load_crop(shared_data):
+def load_crop(demo_data):
     sitk = pytest.importorskip("SimpleITK")
-    image = sitk.GetArrayFromImage(sitk.ReadImage(str(shared_data / "ct" / "abdomen_ct_3mm.nii.gz")))
-    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(shared_data / "ct" / "abdomen_ct_3mm_totalseg.nii.gz")))
+    image = sitk.GetArrayFromImage(sitk.ReadImage(str(demo_data.ct)))
+    labels = sitk.GetArrayFromImage(sitk.ReadImage(str(demo_data.labels)))
     crop = (slice(48, 112), slice(18, 82), slice(25, 89))  # upper abdomen, (z, y, x) array order
     intensities = (np.clip(image[crop].astype(np.float32), -200, 300) - 40.0) / 120.0
     target = np.zeros(intensities.shape, dtype=np.int64)
@@ -35,9 +35,9 @@ def mean_dice(prediction: torch.Tensor, target: torch.Tensor, num_classes: int) 
 
 
 @pytest.mark.slow
-def test_small_model_overfits_one_real_crop(shared_data):
+def test_small_model_overfits_one_real_crop(demo_data):
     torch.manual_seed(0)
-    image, target = load_crop(shared_data)
+    image, target = load_crop(demo_data)
     assert all((target == c).any() for c in range(1, len(ORGANS) + 1)), "every organ must be in the crop"
     config = preset("small", num_classes=len(ORGANS))
     model = MaskMed(config)

@@ -202,3 +202,39 @@ def test_unknown_backend_is_refused():
 @pytest.mark.skipif(os.environ.get("CI") != "true", reason="only CI guarantees that setup.sh ran `maskmed build-ops`")
 def test_cpu_backend_is_built_in_ci():
     assert "cpu" in available_backends(), "setup.sh should have built the C++ op; run `maskmed build-ops --verbose`"
+
+
+@pytest.mark.parametrize("backend", COMPILED)
+@pytest.mark.parametrize("broken, message", [
+    ("starts", "level_start_index\\[1\\] = 7 but the levels before it hold 8 voxels"),
+    ("shape", "spatial_shapes\\[0\\] = \\(0, 2, 2\\) must be positive"),
+    ("weights", "attention_weights .* must equal the first five sizes"),
+])
+def test_backends_share_the_input_checks(backend, broken, message):
+    """ms_deform_attn3d_checks.h: both compiled backends refuse the same inconsistent inputs."""
+    value, shapes, starts, locations, weights = make_inputs([(2, 2, 2), (1, 2, 3)], device=_device(backend))
+    if broken == "starts":
+        starts = starts.clone()
+        starts[1] = 7
+    elif broken == "shape":
+        shapes = shapes.clone()
+        shapes[0, 0] = 0
+    else:
+        weights = weights[..., :1]
+    with pytest.raises(RuntimeError, match=f"ms_deform_attn3d \\({backend}\\): {message}"):
+        ms_deform_attn3d(value, shapes, starts, locations, weights, backend=backend)
+
+
+def test_build_ops_exit_code_follows_the_build_status(monkeypatch, capsys):
+    from maskmed_core.cli import main
+    from maskmed_core.ops import build
+
+    def reports(status):
+        return lambda kinds, verbose=False: [build.BuildReport("cpu", status, None, status.value)]
+
+    monkeypatch.setattr(build, "build_ops", reports(build.BuildStatus.SKIPPED))
+    assert main(["build-ops"]) == 0
+    monkeypatch.setattr(build, "build_ops", reports(build.BuildStatus.FAILED))
+    assert main(["build-ops"]) == 1
+    assert "failed to build" in capsys.readouterr().err
+    assert build.BuildReport("cpu", build.BuildStatus.ALREADY_BUILT, None, "").built

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from maskmed_core.cli import main
-from maskmed_core.predict_command import ExitCode
+from maskmed_core.events import PREDICT_STAGES, ExitCode, from_json
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,8 @@ def model_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ct_file(shared_data, tmp_path_factory):
-    image = sitk.ReadImage(str(shared_data / "ct" / "abdomen_ct_3mm.nii.gz"))[30:94, 20:80, 60:100]
+def ct_file(demo_data, tmp_path_factory):
+    image = sitk.ReadImage(str(demo_data.ct))[30:94, 20:80, 60:100]
     path = tmp_path_factory.mktemp("ct") / "crop.nii.gz"
     sitk.WriteImage(image, str(path))
     return path
@@ -50,8 +50,10 @@ def test_predict_writes_outputs_and_json_lines(capsys, model_path, ct_file, tmp_
     )
     assert code == 0
     events = [json.loads(line) for line in out.splitlines()]
+    assert all(from_json(line) is not None for line in out.splitlines()), "a line outside the event schema"
     assert events[-1] == {"event": "done", "exit_code": 0}
     assert any(e["event"] == "progress" and e["stage"] == "inference" for e in events)
+    assert {e["stage"] for e in events if e["event"] == "progress"} == set(PREDICT_STAGES)
     (output,) = [e for e in events if e["event"] == "output"]
     assert sorted(p.name for p in out_dir.iterdir()) == ["crop.maskmed-result", "crop.seg.nrrd"]
     assert [c["name"] for c in output["classes"]] == ["spleen", "right kidney", "left kidney"]

@@ -34,6 +34,15 @@ import MaskMedSegmentationLib as Logic  # noqa: E402
 from factories import tiny_model_file  # noqa: E402
 from MaskMedSegmentationLib.volumeio import orientedImageArray  # noqa: E402
 
+from maskmed_core.events import (  # noqa: E402
+    EpochEvent,
+    LogEvent,
+    MessageEvent,
+    ProgressEvent,
+    StepEvent,
+    SummaryEvent,
+)
+
 FIRST = (0.25, 0.5)  # (query, class) thresholds of the run
 SECOND = (0.1, 0.3)  # after the slider moves
 
@@ -50,9 +59,9 @@ def model_path(work) -> Path:
 
 
 @pytest.fixture(scope="module")
-def ct_crop_file(shared_data, work) -> Path:
+def ct_crop_file(demo_data, work) -> Path:
     """64 x 60 x 32 voxels (x, y, z) of the real 3 mm abdomen CT, stored with its LPS-flipped direction."""
-    image = sitk.ReadImage(str(shared_data / "ct" / "abdomen_ct_3mm.nii.gz"))[30:94, 20:80, 40:72]
+    image = sitk.ReadImage(str(demo_data.ct))[30:94, 20:80, 40:72]
     path = work / "ct_crop.nrrd"
     sitk.WriteImage(image, str(path))
     return path
@@ -245,6 +254,14 @@ def test_class_table_and_query_table(run):
     assert confidences == sorted(confidences, reverse=True)
     assert all(q["kept"] == (q["confidence"] >= FIRST[0]) for q in queries)
     assert {q["className"] for q in queries} <= {c.name for c in session.classes}
+    # the panel's rows: the same numbers as text
+    rows = session.classRows(*FIRST)
+    assert [(r.key, r.texts[0], r.color) for r in rows] == [(t["label"], t["name"], tuple(t["color"])) for t in table]
+    for row, entry in zip(rows, table, strict=True):
+        assert row.texts[1] == f"{entry['volumeMl']:.1f}"
+        assert row.texts[2] == (f"{entry['meanConfidence']:.2f}" if entry["volumeMl"] > 0 else "-")
+    assert [r.texts for r in session.queryRows(FIRST[0])] == [
+        (str(q["index"]), q["className"], f"{q['confidence']:.2f}", "yes" if q["kept"] else "no") for q in queries]
 
 
 def test_show_query_adds_one_segment_and_hide_query_removes_it(run):
@@ -442,6 +459,7 @@ def _box_mask(box, shape) -> np.ndarray:
 def test_background_process_events_and_cancel_of_a_whole_tree():
     script = (
         "import json, subprocess, sys, time\n"
+        "print(json.dumps({'event': 'progress', 'case': 'ct', 'stage': 'reading', 'fraction': 0.5}), flush=True)\n"
         "print(json.dumps({'event': 'progress', 'fraction': 0.5}), flush=True)\n"
         "print('plain text', flush=True)\n"
         "print('to stderr', file=sys.stderr, flush=True)\n"
@@ -452,21 +470,22 @@ def test_background_process_events_and_cancel_of_a_whole_tree():
     process = Logic.BackgroundProcess([sys.executable, "-c", script], env={"X_TEST": "1"}, onEvent=events.append)
     process.start()
     deadline = time.monotonic() + 30
-    while len(events) < 3 or len(psutil.Process(process.pid).children()) < 1:
+    while len(events) < 4 or len(psutil.Process(process.pid).children()) < 1:
         assert process.poll() and time.monotonic() < deadline
         time.sleep(0.02)
     tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
     process.cancel()
     assert not alive(tree)
-    assert {"event": "progress", "fraction": 0.5} in events
-    assert {"event": "log", "text": "plain text"} in events
+    assert ProgressEvent("ct", "reading", 0.5) in events  # a line of the event schema: its typed event
+    assert LogEvent('{"event": "progress", "fraction": 0.5}') in events  # not of the schema: a log line
+    assert LogEvent("plain text") in events and LogEvent("to stderr", "stderr") in events
     assert "to stderr" in process.stderrText()
     assert process.returncode is not None and process.returncode != 0 and not process.poll()
 
     done = Logic.BackgroundProcess([sys.executable, "-c", "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"],
                                    env=Logic.childEnvironment("cpu"), onEvent=events.append)
     done.start()
-    assert done.wait(timeout=30) == 0 and events[-1] == {"event": "log", "text": "-1"}
+    assert done.wait(timeout=30) == 0 and events[-1] == LogEvent("-1")
     command = Logic.maskmedCommand("predict", "x")
     assert command[1:] == ["-m", "maskmed_core.cli", "predict", "x"] and Path(command[0]).is_file()
 
@@ -488,7 +507,7 @@ def test_missing_dependency_is_reported_clearly(monkeypatch):
     assert "Install" in text and "PyTorch extension" in text
     plan = Logic.installPlan(missing)
     assert [(s.kind, s.requirement) for s in plan] == [
-        ("torch", "torch>=2.1"), ("pip", "monai>=1.4"), ("build-ops", "")]
+        (Logic.StepKind.TORCH, "torch>=2.1"), (Logic.StepKind.PIP, "monai>=1.4"), (Logic.StepKind.BUILD_OPS, "")]
     pip_arguments = plan[1].arguments
     assert pip_arguments[0] == "monai>=1.4" and f"numpy=={real_version('numpy')}" in pip_arguments
     assert not any(a.startswith(("SimpleITK>", "vtk>", "numpy>")) for a in pip_arguments)
@@ -528,7 +547,7 @@ def dataset(run, work):
     session = Logic.FineTuneSession()
     classes = run["logic"].thresholdSession.classes
     folder = session.exportScenePairs([(volume, run["logic"].segmentationNode), (volume, node)],
-                                      work / "Dataset001_Scene", classes)
+                                      work / "Dataset001_Scene", {c.name: c.label for c in classes})
     return {"folder": folder, "session": session, "mask": mask, "classes": classes}
 
 
@@ -559,10 +578,13 @@ def test_fine_tune_one_step_yields_a_model(dataset, model_path, work):
     assert code == 0, session.lastError
     assert session.resultModelPath is not None and Path(session.resultModelPath).is_file()
     assert len(session.lossHistory) == 1 and np.isfinite(session.lossHistory[0])
-    assert any(e.get("event") == "summary" for e in events)
+    # maskmed train's JSON lines arrive as the typed events of maskmed_core.events
+    assert [e for e in events if isinstance(e, EpochEvent)][0].loss == session.lossHistory[0]
+    assert isinstance(session.summary, SummaryEvent) and session.summary in events
+    assert session.resultModelPath == session.summary.best_model
     info = Logic.modelInfo(session.resultModelPath)
-    assert [c["name"] for c in info["classes"]] == [c.name for c in dataset["classes"]]
-    assert info["patchSize"] == (32, 48, 48)
+    assert [c.name for c in info.classes] == [c.name for c in dataset["classes"]]
+    assert info.patchSize == (32, 48, 48)
     assert not os.environ.get("CUDA_VISIBLE_DEVICES")  # the child's setting did not leak into this process
 
 
@@ -570,5 +592,130 @@ def test_the_panel_offers_the_bundled_default_model_with_its_fifteen_classes():
     path = Logic.defaultModelPath()
     assert path is not None and Path(path).name == "default.maskmed"
     info = Logic.modelInfo(path)
-    assert len(info["classes"]) == 15 and info["classes"][5]["name"] == "liver"
-    assert info["spacing"] == (3.0, 3.0, 3.0)
+    assert len(info.classes) == 15 and info.classes[5].name == "liver"
+    assert info.spacing == (3.0, 3.0, 3.0)
+    assert info.description().startswith("15 classes: spleen, right kidney,")
+    assert info.description().endswith("Voxel spacing 3 x 3 x 3 mm (z, y, x), patch 64 x 96 x 96 voxels")
+
+
+def test_scene_pairs_and_fine_tune_preparation(run, model_path, work):
+    scene, volume, logic = run["scene"], run["volume"], run["logic"]
+    assert (volume, logic.segmentationNode) in Logic.scenePairs(scene)
+    session = Logic.FineTuneSession()
+    run_folder, dataset = session.prepareDataset(scene, work / "runs", model_path, now=0)
+    assert run_folder.parent == work / "runs" and run_folder.name.startswith("maskmed-finetune-19")
+    assert dataset == run_folder / "dataset" and (dataset / "dataset.json").is_file()
+    labels = json.loads((dataset / "dataset.json").read_text())["labels"]
+    assert labels == {"background": 0, **Logic.modelInfo(model_path).labelsByName()}
+
+    folder = work / "nnunet"
+    folder.mkdir()
+    with pytest.raises(ValueError, match="no dataset.json"):
+        session.prepareDataset(scene, work / "runs", model_path, datasetFolder=folder)
+    (folder / "dataset.json").write_text("{}")
+    assert session.prepareDataset(scene, work / "runs2", model_path, datasetFolder=folder)[1] == folder
+    with pytest.raises(ValueError, match="No segmentation in the scene"):
+        session.prepareDataset(slicer.vtkMRMLScene(), work / "runs3", model_path)
+    assert not (work / "runs3").exists()
+
+
+def _step(kind, requirement="", arguments=(), optional=False):
+    return Logic.InstallStep(kind, requirement, f"{kind.value} {requirement}".strip(), list(arguments), optional)
+
+
+def _python(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def test_dependency_installer_runs_each_step_and_polls_the_build():
+    calls, status = [], []
+    actions = Logic.InstallActions(installTorch=lambda requirement: calls.append(("torch", requirement)),
+                                   pipInstall=lambda arguments: calls.append(("pip", arguments)))
+    build = _python("import time\nfor line in ('cpu: built', 'cuda: skipped'):\n print(line, flush=True)\n"
+                    " time.sleep(0.3)\n")
+    plan = [_step(Logic.StepKind.TORCH, "torch>=2.1"), _step(Logic.StepKind.PIP, "never_imported_pkg>=1", ["x>=1"]),
+            _step(Logic.StepKind.BUILD_OPS, arguments=build, optional=True)]
+    installer = Logic.DependencyInstaller(plan, actions, status.append)
+    polls = 0
+    while installer.poll():
+        polls += 1
+        assert polls < 500, "the installer did not finish"
+        time.sleep(0.01)
+    assert calls == [("torch", ">=2.1"), ("pip", ["x>=1"])]
+    assert polls > 3, "the build must be polled, not waited for"
+    assert status[:3] == ["Step 1/3: torch torch>=2.1...", "Step 2/3: pip never_imported_pkg>=1...",
+                          "Step 3/3: build-ops..."]
+    assert "build-ops: cuda: skipped" in status
+    assert installer.error is None and installer.warnings == []
+    assert installer.restartNeeded == ("torch" in sys.modules)
+    outcome = installer.outcome([])
+    assert outcome.offerRestart == installer.restartNeeded
+    assert installer.outcome([Logic.MissingDependency("monai", "1.4")]).offerRestart
+
+
+def test_dependency_installer_stops_at_a_failed_required_step_and_warns_for_an_optional_one():
+    def refuse(arguments):
+        raise RuntimeError("no network")
+
+    calls = []
+    actions = Logic.InstallActions(installTorch=lambda requirement: calls.append(requirement), pipInstall=refuse)
+    failing_build = _python("print('compiler error', flush=True); raise SystemExit(1)")
+    plan = [_step(Logic.StepKind.BUILD_OPS, arguments=failing_build, optional=True),
+            _step(Logic.StepKind.PIP, "monai>=1.4", ["monai>=1.4"]), _step(Logic.StepKind.TORCH, "torch")]
+    installer = Logic.DependencyInstaller(plan, actions)
+    deadline = time.monotonic() + 60
+    while installer.poll():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert installer.warnings and "exit code 1" in installer.warnings[0] and "compiler error" in installer.warnings[0]
+    assert installer.error == "pip monai>=1.4: no network"
+    assert calls == [], "no step runs after a required one failed"
+    outcome = installer.outcome([])
+    assert not outcome.offerRestart and outcome.message.startswith("Installing MaskMed's dependencies failed")
+
+
+def test_loss_curve_nodes_follow_the_loss_history_and_come_back_after_a_scene_clear():
+    scene = slicer.vtkMRMLScene()
+    curve = Logic.LossCurve(scene)
+    curve.update([])
+    assert curve.tableNode is None and scene.GetNumberOfNodesByClass("vtkMRMLTableNode") == 0
+    curve.update([0.9, 0.5])
+    curve.update([0.9, 0.5, 0.25])
+    table = curve.tableNode.GetTable()
+    assert [table.GetColumn(i).GetName() for i in range(table.GetNumberOfColumns())] == ["epoch", "loss"]
+    assert [table.GetValue(r, 1).ToDouble() for r in range(table.GetNumberOfRows())] == [0.9, 0.5, 0.25]
+    assert [table.GetValue(r, 0).ToDouble() for r in range(table.GetNumberOfRows())] == [1.0, 2.0, 3.0]
+    chart = scene.GetNodeByID(curve.viewNode.GetPlotChartNodeID())
+    series = chart.GetNthPlotSeriesNode(0)
+    assert series.GetTableNodeID() == curve.tableNode.GetID() and series.GetYColumnName() == "loss"
+    scene.Clear(0)
+    curve.update([0.7])
+    assert curve.tableNode.GetScene() is scene and curve.tableNode.GetTable().GetNumberOfRows() == 1
+
+
+def test_panel_texts_for_dependencies_and_training_events():
+    torch_missing = [Logic.MissingDependency("torch", "2.1")]
+    assert Logic.dependencyStatus([], False) == "All dependencies are installed."
+    assert "PyTorch extension, which is not installed" in Logic.dependencyStatus(torch_missing, False)
+    assert "which is not installed" not in Logic.dependencyStatus(torch_missing, True)
+    plan = Logic.installPlan(torch_missing)
+    question = Logic.installConfirmation(torch_missing, plan)
+    assert "torch >= 2.1 (not installed)" in question and f"  {len(plan)}. {plan[-1].description}" in question
+
+    assert Logic.describeTrainingEvent(StepEvent(3, 12, 0.5, 1.0)) == (25, "Step 3/12: loss 0.5000")
+    assert Logic.describeTrainingEvent(EpochEvent(2, 4, 0.25, 1e-3, 5.0)) == (None, "Epoch 2: loss 0.2500")
+    assert Logic.describeTrainingEvent(EpochEvent(2, 4, 0.25, 1e-3, 5.0, mean_dice=0.5))[1].endswith(
+        ", validation Dice 0.500")
+    assert Logic.describeTrainingEvent(MessageEvent("info", "resumed at step 4")) == (None, "resumed at step 4")
+    assert Logic.describeTrainingEvent(LogEvent("compiling")) == (None, None)
+
+
+def test_progress_spans_cover_every_predict_stage():
+    from MaskMedSegmentationLib.maskmedlogic import _STAGE_SPANS
+
+    from maskmed_core.events import PREDICT_STAGES
+
+    assert tuple(_STAGE_SPANS) == PREDICT_STAGES
+    spans = list(_STAGE_SPANS.values())
+    assert all(low < high for low, high in spans)
+    assert all(a[1] == b[0] for a, b in zip(spans[:-1], spans[1:], strict=True)), "the stages leave no gap"

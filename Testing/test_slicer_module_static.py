@@ -194,6 +194,86 @@ def test_module_import_does_nothing_but_define(module_tree):
         assert not top & lazy_only, ast.unparse(node)
 
 
+# ----- the parameter node ----------------------------------------------------------------------------------------
+# slicer.parameterNodeWrapper is not in the slicer-core wheel, so the binding is checked here from the sources; the
+# in-Slicer self-test (test_PanelStateIsSavedWithTheScene) saves and reloads a scene through it.
+
+# The wrapper's GUI connectors (Slicer: Base/Python/slicer/parameterNodeWrapper/guiConnectors.py): widget class ->
+# the parameter type it represents; ctkSliderWidget also needs a bounded range (WithinRange) or it raises.
+CONNECTOR_TYPES = {"qMRMLNodeComboBox": "vtkMRML", "ctkSliderWidget": "float", "QDoubleSpinBox": "float",
+                   "QSpinBox": "int", "QSlider": "int", "ctkDirectoryButton": "Path", "ctkPathLineEdit": "Path",
+                   "QCheckBox": "bool", "QLineEdit": "str"}
+# Kept in step by the widget's own code: their combo boxes list what is found at run time; radio buttons have no
+# connector.
+WIDGET_SYNCED = {"modelPath", "device", "fineTuneFromScene"}
+
+
+def _parameter_node_class(module_tree: ast.Module) -> ast.ClassDef:
+    (cls,) = [node for node in module_tree.body if isinstance(node, ast.ClassDef)
+              and any(ast.unparse(d) == "parameterNodeWrapper" for d in node.decorator_list)]
+    return cls
+
+
+def _parameter_fields(module_tree: ast.Module) -> dict[str, ast.AnnAssign]:
+    return {node.target.id: node for node in _parameter_node_class(module_tree).body
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)}
+
+
+def test_parameter_node_holds_the_panel_state(module_tree):
+    cls = _parameter_node_class(module_tree)
+    assert cls.name == f"{MODULE_NAME}ParameterNode"
+    assert set(_parameter_fields(module_tree)) == {
+        "inputVolume", "outputSegmentation", "modelPath", "device", "queryThreshold", "classThreshold",
+        "fineTuneFromScene", "fineTuneDatasetFolder", "fineTuneOutputFolder", "fineTuneEpochs"}
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    for call in ("connectGui(self.ui)", "disconnectGui(self._parameterNodeGuiTag)",
+                 f"{MODULE_NAME}ParameterNode(super().getParameterNode())"):
+        assert call in source, call
+
+
+def test_every_slicer_parameter_name_in_the_ui_is_a_field_its_widget_can_represent(ui, module_tree):
+    fields = _parameter_fields(module_tree)
+    bound = {}
+    for widget in ui.iter("widget"):
+        name = _property(widget, "SlicerParameterName")
+        if name is None:
+            continue
+        field = fields.get(name.text)
+        assert field is not None, f"{widget.get('name')}: SlicerParameterName {name.text!r} is not a parameter"
+        annotation = ast.unparse(field.annotation)
+        base = annotation.removeprefix("Annotated[").split(",")[0].rstrip("]")
+        expected = CONNECTOR_TYPES.get(widget.get("class"))
+        assert expected is not None, f"no parameterNodeWrapper connector for a {widget.get('class')}"
+        assert base.startswith(expected), f"{widget.get('name')} ({widget.get('class')}) cannot show a {base}"
+        if widget.get("class") == "ctkSliderWidget":
+            assert "WithinRange(" in annotation, f"{name.text}: a slider needs a bounded range"
+        assert name.text not in bound, f"{name.text} is bound twice"
+        bound[name.text] = widget.get("name")
+    assert set(fields) - set(bound) == WIDGET_SYNCED, "every other parameter is bound to its widget in the .ui"
+    source = MODULE_FILE.read_text(encoding="utf-8")
+    for name in WIDGET_SYNCED:
+        assert f"_parameterNode.{name} = " in source, f"the widget never writes {name}"
+        assert f"parameters.{name}" in source, f"the widget never reads {name} into its widgets"
+
+
+def test_parameter_node_defaults_are_the_logic_defaults(module_tree, ui):
+    import sys
+
+    sys.path.insert(0, str(MODULE_DIR))
+    import MaskMedSegmentationLib as Logic
+
+    fields = _parameter_fields(module_tree)
+    defaults = {name: ast.literal_eval(field.value) for name, field in fields.items()
+                if field.value is not None and isinstance(field.value, ast.Constant)}
+    assert defaults["queryThreshold"] == Logic.DEFAULT_QUERY_THRESHOLD
+    assert defaults["classThreshold"] == Logic.DEFAULT_CLASS_THRESHOLD
+    by_name = {w.get("name"): w for w in ui.iter("widget")}
+    assert float(_property(by_name["queryConfidenceSlider"], "value").text) == Logic.DEFAULT_QUERY_THRESHOLD
+    assert float(_property(by_name["classConfidenceSlider"], "value").text) == Logic.DEFAULT_CLASS_THRESHOLD
+    assert int(_property(by_name["fineTuneEpochsSpinBox"], "value").text) == defaults["fineTuneEpochs"]
+    assert defaults["device"] == "auto"
+
+
 # ----- the Logic stays Qt-free ------------------------------------------------------------------------------------
 
 

@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from maskmed_core.cli import main
+from maskmed_core.events import ExitCode
 from maskmed_core.inference import Predictor
-from maskmed_core.train_command import TrainExit
 from maskmed_core.training.state import load_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,11 +32,11 @@ CROPS = {
 
 
 @pytest.fixture(scope="module")
-def dataset(shared_data, tmp_path_factory) -> tuple[Path, Path]:
+def dataset(demo_data, tmp_path_factory) -> tuple[Path, Path]:
     """An nnU-Net v2 raw folder with two 64 x 64 x 48 crops of the real CT, and the label mapping file."""
     root = tmp_path_factory.mktemp("Dataset010_Crops")
-    image = sitk.ReadImage(str(shared_data / "ct" / "abdomen_ct_3mm.nii.gz"))
-    labels = sitk.ReadImage(str(shared_data / "ct" / "abdomen_ct_3mm_totalseg.nii.gz"))
+    image = sitk.ReadImage(str(demo_data.ct))
+    labels = sitk.ReadImage(str(demo_data.labels))
     (root / "imagesTr").mkdir()
     (root / "labelsTr").mkdir()
     for name, (x, y, z) in CROPS.items():
@@ -61,7 +61,7 @@ def train_args(dataset, output, *extra):
 
 def test_train_writes_usable_model_files_log_and_plot(dataset, tmp_path, capsys):
     output = tmp_path / "run"
-    assert main(train_args(dataset, output)) == TrainExit.OK
+    assert main(train_args(dataset, output)) == ExitCode.OK
     summary = capsys.readouterr().out
     assert "best epoch" in summary and "liver" in summary
     for name in ("best.maskmed", "last.maskmed", "training_state.safetensors", "training_log.jsonl",
@@ -81,7 +81,7 @@ def test_time_limit_stops_early_validates_and_saves(dataset, tmp_path, capsys):
     # 1.2 s of training time: well under the 50 planned steps, more than one step.
     argv = train_args(dataset, output, "--time-limit", "0.02")
     argv[argv.index("--epochs") + 1] = "25"
-    assert main(argv) == TrainExit.OK
+    assert main(argv) == ExitCode.OK
     log = [json.loads(line) for line in (output / "training_log.jsonl").read_text().splitlines()]
     last = log[-1]
     assert last["stopped"] == "time limit" and last["step"] < 50 and "dice" in last
@@ -112,7 +112,7 @@ def test_bad_dataset_is_reported_before_training(dataset, tmp_path, capsys):
     output = tmp_path / "run"
     code = main(train_args((broken, mapping), output))
     err = capsys.readouterr().err
-    assert code == TrainExit.BAD_DATA
+    assert code == ExitCode.BAD_INPUT
     assert "abd_001" in err and "--skip-bad-cases" in err
     assert not (output / "best.maskmed").exists()
 
@@ -124,7 +124,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 @pytest.mark.slow
 def test_resume_after_kill_minus_nine_ends_with_the_same_weights(dataset, tmp_path):
     straight = tmp_path / "straight"
-    assert main(train_args(dataset, straight, "--deterministic")) == TrainExit.OK
+    assert main(train_args(dataset, straight, "--deterministic")) == ExitCode.OK
 
     interrupted = tmp_path / "interrupted"
     command = [sys.executable, "-m", "maskmed_core.cli", *train_args(dataset, interrupted, "--deterministic")]
@@ -136,7 +136,7 @@ def test_resume_after_kill_minus_nine_ends_with_the_same_weights(dataset, tmp_pa
     process.send_signal(signal.SIGKILL)  # in the middle of epoch 2 (or wherever it is now)
     process.wait()
     assert load_state(state).step in (2, 4)
-    assert main(train_args(dataset, interrupted, "--deterministic", "--resume")) == TrainExit.OK
+    assert main(train_args(dataset, interrupted, "--deterministic", "--resume")) == ExitCode.OK
     expected, resumed = _weights(straight / "last.maskmed"), _weights(interrupted / "last.maskmed")
     for key, value in expected.items():
         assert torch.equal(resumed[key], value), key
@@ -165,7 +165,7 @@ def test_nan_loss_stops_naming_step_and_cases(dataset, tmp_path, capsys, monkeyp
     output = tmp_path / "run"
     code = main(train_args(dataset, output))
     err = capsys.readouterr().err
-    assert code == TrainExit.DIVERGED
+    assert code == ExitCode.DIVERGED
     assert "at step 3" in err and "abd_00" in err
     assert (output / "last.maskmed").is_file() and load_state(output / "training_state.safetensors").step == 2
 
@@ -176,7 +176,7 @@ def test_fine_tune_from_a_model_file_extends_the_class_head(dataset, tmp_path, c
     init = tiny_model_file(tmp_path / "init.maskmed", num_classes=3, patch_size=(32, 32, 32))  # spleen, kidneys
     output = tmp_path / "run"
     code = main(train_args(dataset, output, "--init", str(init), "--keep-absent-classes", "--freeze-encoder"))
-    assert code == TrainExit.OK, capsys.readouterr().err
+    assert code == ExitCode.OK, capsys.readouterr().err
     predictor = Predictor.from_file(output / "last.maskmed", "cpu")
     assert [c.name for c in predictor.classes] == ["spleen", "right kidney", "left kidney", "liver", "stomach"]
     before, after = _weights(init), _weights(output / "last.maskmed")

@@ -70,9 +70,9 @@ CPU budget, measured on a 2-core Intel Xeon shared with other jobs (2 torch thre
   (250 steps, --jobs 6, 154 s wall) gave 0.001 / 0.000 / 0.000: with two cases, one a 13-slice slab, neither scale
   separates the heads.
 
-    python benchmarks/ablation.py                                    # CPU defaults, both folds, three variants
-    python benchmarks/ablation.py --steps 2 --patch-size 32 48 48 --batch-size 1 --workers 0 --jobs 2   # smoke test
-    python benchmarks/ablation.py --device cuda --jobs 6 --output ablation.json                       # on a GPU
+    python3 -m benchmarks.ablation                                    # CPU defaults, both folds, three variants
+    python3 -m benchmarks.ablation --steps 2 --patch-size 32 48 48 --batch-size 1 --workers 0 --jobs 2   # smoke test
+    python3 -m benchmarks.ablation --device cuda --jobs 6 --output ablation.json                       # on a GPU
 """
 
 from __future__ import annotations
@@ -95,13 +95,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from benchmarks._common import LABEL_MAPPING, REPO
 
-SHARED_DATA = REPO.parent / "shared" / "data"
 DEFAULT_DATASET = REPO / "recipes" / "default_model" / "dataset.json"
-DEFAULT_LABEL_MAPPING = SHARED_DATA / "amos15_from_totalseg_v2.json"
+DEFAULT_LABEL_MAPPING = Path(LABEL_MAPPING)
 
 # variant -> (TrainConfig.head, TrainConfig.transformer)
 VARIANTS: dict[str, tuple[str, bool]] = {
@@ -386,7 +383,7 @@ class _Runner:
         started = time.perf_counter()
         with open(log_path, "w", encoding="utf-8") as log:
             process = subprocess.Popen(
-                [sys.executable, str(Path(__file__).resolve()), "--worker", str(job_path)],
+                [sys.executable, "-m", "benchmarks.ablation", "--worker", str(job_path)],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(REPO), start_new_session=True,
             )
             with self.lock:

@@ -5,27 +5,23 @@ left/right pair), patch (64, 96, 96), default augmentation, batch size 2. Also s
 sample into drawing + cropping the (larger) region and augmenting it. Compare with the train step time: the
 loader keeps up when samples/s >= batch size / step time.
 
-    python benchmarks/data_loading.py
-    python benchmarks/data_loading.py --samples 80 --workers 0 1 2 --augmentation strong
+    python3 -m benchmarks.data_loading
+    python3 -m benchmarks.data_loading --samples 80 --workers 0 1 2 --augmentation strong
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
 import torch
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from maskmed_core.training.augmentation import Augmenter, augmentation_preset  # noqa: E402
-from maskmed_core.training.cache import PreprocessedCase  # noqa: E402
-from maskmed_core.training.loader import PatchDataset, make_loader  # noqa: E402
-from maskmed_core.training.sampling import PatchSampler  # noqa: E402
+from maskmed_core.training.augmentation import Augmenter, augmentation_preset
+from maskmed_core.training.cache import PreprocessedCase
+from maskmed_core.training.loader import PatchDataset, make_loader
+from maskmed_core.training.sampling import PatchSampler
 
 
 def synthetic_case(shape: tuple[int, int, int], seed: int = 0) -> PreprocessedCase:

@@ -26,8 +26,8 @@ reset through /proc/self/clear_refs where Linux allows it, else getrusage's ru_m
 
 Usage::
 
-    python benchmarks/deform_attn.py --sizes small
-    python benchmarks/deform_attn.py --sizes both --device cuda --repeats 10
+    python3 -m benchmarks.deform_attn --sizes small
+    python3 -m benchmarks.deform_attn --sizes both --device cuda --repeats 10
 """
 
 from __future__ import annotations
@@ -42,13 +42,10 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from maskmed_core.ops import available_backends, ms_deform_attn3d  # noqa: E402
+from maskmed_core.ops import available_backends, ms_deform_attn3d
 
 DTYPES = {
     "float32": torch.float32,

@@ -59,9 +59,9 @@ for report in build_ops(('cuda',)): print(report)" 2>&1 | tee "$LOGS/build.txt"
   timeout 120 python3 -m pytest -q -ra -p no:cacheprovider Testing/test_ops_deform_attn.py 2>&1 | tail -25 \
     | tee "$LOGS/op_tests.txt"
   stamp "op benchmark"
-  timeout 100 python3 benchmarks/deform_attn.py --device "$DEVICE" --sizes both --repeats 10 2>&1 \
+  timeout 100 python3 -m benchmarks.deform_attn --device "$DEVICE" --sizes both --repeats 10 2>&1 \
     | tee "$LOGS/op_benchmark.txt"
-  timeout 45 python3 benchmarks/deform_attn.py --device "$DEVICE" --sizes small --dtype bfloat16 --repeats 10 \
+  timeout 45 python3 -m benchmarks.deform_attn --device "$DEVICE" --sizes small --dtype bfloat16 --repeats 10 \
     --no-memory 2>&1 | tee "$LOGS/op_benchmark_bf16.txt"
 fi
 
@@ -83,7 +83,7 @@ for preset in small base; do
   esac
 done
 case " $RUNS " in *" ablation "*)
-timeout "$HARD_LIMIT" python3 benchmarks/ablation.py --device "$DEVICE" --jobs 6 --steps "$ABLATION_STEPS" \
+timeout "$HARD_LIMIT" python3 -m benchmarks.ablation --device "$DEVICE" --jobs 6 --steps "$ABLATION_STEPS" \
   --work-dir "$WORK/ablation" --output "$LOGS/ablation.json" >"$LOGS/ablation.txt" 2>"$LOGS/ablation.err" &
 esac
 wait

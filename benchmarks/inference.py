@@ -34,36 +34,32 @@ missing non-torch ones:
     pip install threadpoolctl blosc2 pandas scikit-image nibabel connected-components-3d matplotlib seaborn \
         scikit-learn
 
-    python benchmarks/inference.py                  # both volumes, both tools (about 4 min on 2 idle cores)
-    python benchmarks/inference.py --skip-large --skip-nnunet
-    python benchmarks/inference.py --tta --workdir /tmp/maskmed-bench   # keeps and reuses the inputs there
+    python3 -m benchmarks.inference                  # both volumes, both tools (about 4 min on 2 idle cores)
+    python3 -m benchmarks.inference --skip-large --skip-nnunet
+    python3 -m benchmarks.inference --tta --workdir /tmp/maskmed-bench   # keeps and reuses the inputs there
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.metadata
-import multiprocessing as mp
 import os
-import queue as queue_module
-import resource
-import shutil
 import statistics
-import sys
-import tempfile
 import time
-import traceback
-import warnings
-from collections.abc import Callable
 from pathlib import Path
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))  # nnunet_peer
+from benchmarks._common import (
+    GIB,
+    REAL_CT,
+    SPACING_ZYX,
+    cpu_seconds,
+    measure,
+    peak_rss_bytes,
+    print_machine,
+    run_child,
+    run_in_workdir,
+)
 
-REAL_CT = os.path.join(os.path.dirname(REPO), "shared", "data", "ct", "abdomen_ct_3mm.nii.gz")
-SPACING_ZYX = (3.0, 3.0, 3.0)
 PATCH_ZYX = (64, 96, 96)
 OVERLAP = 0.5
 LARGE_SIZE_XYZ = (512, 512, 300)
@@ -74,74 +70,6 @@ CLASS_THRESHOLDS = (0.5, 0.4, 0.3, 0.2, 0.1)
 RSS_GOAL_BYTES = 4e9
 RETHRESHOLD_GOAL_S = 0.3
 TIME_GOAL_RATIO = 1.0
-GIB = 2**30
-
-
-# ----- child processes -----------------------------------------------------------------------------------------
-def cpu_seconds() -> float:
-    """User + system CPU time of this process, all its threads."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident set of this process's memory map (VmHWM); ru_maxrss where /proc is missing."""
-    from maskmed_core.inference.checks import proc_field_bytes
-
-    peak = proc_field_bytes("/proc/self/status", "VmHWM")
-    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-def busy_cpu_seconds() -> float:
-    """CPU time (all processes, all cores) spent busy since boot, from /proc/stat; NaN where it is missing."""
-    try:
-        with open("/proc/stat", encoding="ascii") as stat:
-            fields = [int(v) for v in stat.readline().split()[1:]]
-    except (OSError, ValueError):
-        return float("nan")
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
-
-
-def measure(target, *args) -> dict:
-    """``run_child(target, *args)`` (a dict) plus ``others``: the cores other processes kept busy meanwhile, on
-    average (the machine's busy CPU time minus the child's own, over the wall time)."""
-    busy, start = busy_cpu_seconds(), time.perf_counter()
-    result = run_child(target, *args)
-    elapsed = time.perf_counter() - start
-    result["others"] = max(0.0, busy_cpu_seconds() - busy - result["cpu_total"]) / elapsed
-    return result
-
-
-def _child_main(target, args, results) -> None:
-    warnings.filterwarnings("ignore")
-    try:
-        results.put(("ok", target(*args)))
-    except BaseException:  # noqa: BLE001 - everything goes back to the parent, which reports it
-        results.put(("error", traceback.format_exc()))
-
-
-def run_child(target, *args):
-    """``target(*args)`` in a fresh spawned process; its return value, or RuntimeError with the child's traceback."""
-    context = mp.get_context("spawn")
-    results = context.Queue()
-    process = context.Process(target=_child_main, args=(target, args, results))
-    process.start()
-    while True:
-        try:
-            status, value = results.get(timeout=1.0)
-            break
-        except queue_module.Empty:
-            if not process.is_alive():
-                process.join()
-                raise RuntimeError(
-                    f"{target.__name__} died with exit code {process.exitcode} (a negative code is a signal: "
-                    "-9 is usually the out-of-memory killer)"
-                ) from None
-    process.join()
-    if status == "error":
-        raise RuntimeError(f"{target.__name__} failed in its child process:\n{value}")
-    return value
 
 
 # ----- inputs ----------------------------------------------------------------------------------------------------
@@ -356,44 +284,6 @@ def measure_nnunet(folder: str, image_path: str, output_path: str, tta: bool, th
 
 
 # ----- report ----------------------------------------------------------------------------------------------------
-def _version(package: str) -> str:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
-
-
-def _memory_gib() -> float:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            return int(meminfo.readline().split()[1]) / 2**20
-    except (OSError, ValueError, IndexError):
-        return float("nan")
-
-
-def print_machine(*packages: str) -> None:
-    """The machine line every comparison starts with (CPU, cores, RAM, versions) and the load average."""
-    from maskmed_core.cli import _cpu_name
-
-    versions = "".join(f"{name} {_version(name)}, " for name in ("torch", *packages))
-    print(
-        f"machine: {_cpu_name()}, {os.cpu_count()} cores, {_memory_gib():.0f} GiB RAM, "
-        f"{versions}Python {sys.version.split()[0]}"
-    )
-    print(f"load average (1, 5, 15 min) at the start: {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
-
-
-def run_in_workdir(workdir_option: str | None, prefix: str, run: Callable[[Path], None]) -> None:
-    """run(folder): in --workdir (kept, reused) or in a temporary folder removed afterwards."""
-    workdir = Path(workdir_option) if workdir_option else Path(tempfile.mkdtemp(prefix=prefix))
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        run(workdir)
-    finally:
-        if not workdir_option:
-            shutil.rmtree(workdir, ignore_errors=True)
-
-
 def _mark(ok: bool) -> str:
     return "met" if ok else "NOT met"
 

@@ -12,8 +12,8 @@ Goal: `small` forward at most 1.0x the nnU-Net time on CPU.
 The peer needs `pip install --no-deps dynamic_network_architectures einops` (with its dependencies
 pip would replace the CPU torch by a CUDA build through timm/torchvision).
 
-    python benchmarks/model.py                      # CPU, 128^3, 15 classes
-    python benchmarks/model.py --device cuda --batch 2
+    python3 -m benchmarks.model                      # CPU, 128^3, 15 classes
+    python3 -m benchmarks.model --device cuda --batch 2
 """
 
 from __future__ import annotations
@@ -23,14 +23,10 @@ import multiprocessing as mp
 import os
 import resource
 import statistics
-import sys
 import time
 import warnings
 
 import torch
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 
 def _current_rss_mib() -> float:

@@ -20,43 +20,32 @@ Model: MaskMed `small` (15 AMOS classes, 32 queries) with random weights, plans 
 64 x 96 x 96, as in benchmarks/inference.py. Goal: slider update under 0.5 s on 2 cores (max of the pairs).
 The load average is printed: on a shared machine other processes inflate every figure.
 
-    python benchmarks/slicer_logic.py                 # both volumes (a few minutes on 2 cores)
-    python benchmarks/slicer_logic.py --skip-large
+    python3 -m benchmarks.slicer_logic                 # both volumes (a few minutes on 2 cores)
+    python3 -m benchmarks.slicer_logic --skip-large
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "MaskMedSegmentation"))  # as inside Slicer: `import MaskMedSegmentationLib`
+from benchmarks import inference as bench
+from benchmarks._common import REAL_CT
 
-REAL_CT = REPO.parent / "shared" / "data" / "ct" / "abdomen_ct_3mm.nii.gz"
 SLIDER_GOAL_S = 0.5
 KEPT_FRACTIONS = (1.0, 0.75, 0.5, 0.25, 0.1, 0.5)
 CLASS_THRESHOLDS = (0.5, 0.4, 0.3, 0.2, 0.1, 0.5)
 
 
-def _inference_benchmark():
-    """benchmarks/inference.py as a module (its model factory and CT phantom)."""
-    spec = importlib.util.spec_from_file_location("maskmed_inference_benchmark", REPO / "benchmarks" / "inference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def measure(volume_path: Path, model_path: Path, label: str) -> dict:
-    import MaskMedSegmentationLib as Logic
     import numpy as np
     import slicer
+
+    from MaskMedSegmentation import MaskMedSegmentationLib as Logic  # the module folder as a namespace package
 
     scene = slicer.vtkMRMLScene()
     volume = Logic.readVolumeFile(volume_path, scene, name=label)
@@ -98,7 +87,6 @@ def main() -> None:
     parser.add_argument("--skip-large", action="store_true", help="only the real CT")
     parser.add_argument("--workdir", help="keep the model and the synthetic CT here (reused when present)")
     args = parser.parse_args()
-    bench = _inference_benchmark()
     with tempfile.TemporaryDirectory(prefix="maskmed-slicer-bench-") as scratch:
         work = Path(args.workdir or scratch)
         work.mkdir(parents=True, exist_ok=True)

@@ -43,9 +43,9 @@ missing non-torch ones:
     pip install threadpoolctl blosc2 pandas scikit-image nibabel connected-components-3d matplotlib seaborn \
         scikit-learn
 
-    python benchmarks/training.py                        # both tools, loader with 0, 1, 2 workers
-    python benchmarks/training.py --steps 3 --skip-nnunet
-    python benchmarks/training.py --patch 64 128 128 --batch 2 --workers 0 2
+    python3 -m benchmarks.training                        # both tools, loader with 0, 1, 2 workers
+    python3 -m benchmarks.training --steps 3 --skip-nnunet
+    python3 -m benchmarks.training --patch 64 128 128 --batch 2 --workers 0 2
 """
 
 from __future__ import annotations
@@ -56,16 +56,15 @@ import io
 import json
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))  # inference, nnunet_peer
-
-from inference import (  # noqa: E402
+from benchmarks import nnunet_peer
+from benchmarks._common import (
+    GIB,
+    LABEL_MAPPING,
     REAL_CT,
+    REAL_LABELS,
     SPACING_ZYX,
     busy_cpu_seconds,
     cpu_seconds,
@@ -75,16 +74,12 @@ from inference import (  # noqa: E402
     run_in_workdir,
 )
 
-SHARED_DATA = os.path.join(os.path.dirname(REPO), "shared", "data")
-REAL_LABELS = os.path.join(SHARED_DATA, "ct", "abdomen_ct_3mm_totalseg.nii.gz")
-LABEL_MAPPING = os.path.join(SHARED_DATA, "amos15_from_totalseg_v2.json")
 PATCH_ZYX = (64, 96, 96)
 BATCH = 2
 WARMUP_STEPS = 2
 AUGMENTATION = "default"
 GRAD_CLIP = 12.0  # both trainers
 SEED = 0
-GIB = 2**30
 
 
 # ----- CPU accounting ----------------------------------------------------------------------------------------------
@@ -191,8 +186,6 @@ def prepare_batches(
 
 def make_nnunet_plans(folder: str, env_root: str, patch, threads: int) -> dict:
     """nnunet_peer's trained-model folder (plans.json, dataset.json) for this patch; its architecture."""
-    import nnunet_peer
-
     nnunet_peer.set_environment(env_root, threads)
     from maskmed_core.classes import AMOS15_CLASSES
     from maskmed_core.plans import Plans
@@ -280,8 +273,6 @@ def measure_maskmed(batches_path: str, patch, steps: int, threads: int) -> dict:
 
 
 def measure_nnunet(batches_path: str, folder: str, env_root: str, batch: int, steps: int, threads: int) -> dict:
-    import nnunet_peer
-
     nnunet_peer.set_environment(env_root, threads)
     import torch
 

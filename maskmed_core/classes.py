@@ -64,6 +64,7 @@ class SegmentClass:
         return cls(
             label=int(data["label"]),
             name=str(data["name"]),
+            # tuple[int, ...] is not the (r, g, b) triple mypy wants; validate_classes checks the length.
             color=tuple(int(c) for c in data["color"]),  # type: ignore[arg-type]
             terminology=terminology,
         )

@@ -61,14 +61,14 @@ def _cmd_info(_: argparse.Namespace) -> int:
 
 
 def _cmd_build_ops(args: argparse.Namespace) -> int:
-    from maskmed_core.ops.build import build_ops
+    from maskmed_core.ops.build import BuildStatus, build_ops
 
     kinds = ("cpu",) if args.cpu_only else ("cpu", "cuda")
     reports = build_ops(kinds, verbose=args.verbose)
     failed = False
     for report in reports:
         print(f"{report.kind}: {report.message}" + (f" -> {report.path}" if report.path else ""))
-        failed |= report.message.startswith("build failed")
+        failed |= report.status is BuildStatus.FAILED
     if failed:
         print(
             "maskmed: a backend failed to build; MaskMed still runs with the PyTorch reference op "

@@ -32,12 +32,14 @@ class Plans:
     intensity: IntensityNormalization = field(default_factory=IntensityNormalization)
 
     def __post_init__(self) -> None:
-        self.spacing = tuple(float(s) for s in self.spacing)  # type: ignore[assignment]
-        self.patch_size = tuple(int(s) for s in self.patch_size)  # type: ignore[assignment]
-        if len(self.spacing) != 3 or any(s <= 0 for s in self.spacing):
-            raise ValueError(f"plans.spacing must be three positive millimetre values, got {self.spacing}")
-        if len(self.patch_size) != 3 or any(s < 1 for s in self.patch_size):
-            raise ValueError(f"plans.patch_size must be three positive voxel counts, got {self.patch_size}")
+        spacing = tuple(float(s) for s in self.spacing)
+        patch_size = tuple(int(s) for s in self.patch_size)
+        if len(spacing) != 3 or any(s <= 0 for s in spacing):
+            raise ValueError(f"plans.spacing must be three positive millimetre values, got {spacing}")
+        if len(patch_size) != 3 or any(s < 1 for s in patch_size):
+            raise ValueError(f"plans.patch_size must be three positive voxel counts, got {patch_size}")
+        self.spacing = (spacing[0], spacing[1], spacing[2])
+        self.patch_size = (patch_size[0], patch_size[1], patch_size[2])
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"plans.overlap must be in [0, 1), got {self.overlap}")
         if isinstance(self.intensity, dict):

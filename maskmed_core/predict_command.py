@@ -2,38 +2,36 @@
 
 Outputs go to the folder given by ``-o``: ``<case>.<format>`` for each input, plus
 ``<case>.maskmed-result`` with ``--save-result`` (the re-thresholdable result the Slicer module reads).
-With ``--json`` every line on stdout is one JSON object: {"event": "progress", "case", "stage",
-"fraction"}, {"event": "message", "level", "text"}, {"event": "output", "case", "files", "seconds",
-"classes"} and finally {"event": "done", "exit_code"}.
+With ``--json`` every line on stdout is one JSON object (``maskmed_core.events``): progress, message and
+output events, and finally a done event with the exit code.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import asdict
-from enum import IntEnum
 from pathlib import Path
+
+from maskmed_core.events import (
+    DoneEvent,
+    Event,
+    ExitCode,
+    MessageEvent,
+    OutputEvent,
+    ProgressEvent,
+    exit_codes_help,
+    to_json,
+)
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 RESULT_SUFFIX = ".maskmed-result"
 DEFAULT_MODEL = Path(__file__).resolve().parent / "resources" / "default.maskmed"
 
 
-class ExitCode(IntEnum):
-    """Exit codes of ``maskmed predict`` (also listed in ``maskmed predict --help``)."""
-
-    OK = 0
-    ERROR = 1  # an unexpected failure (a bug: please report it with the message)
-    USAGE = 2  # bad command-line arguments
-    BAD_INPUT = 3  # an input image cannot be segmented (missing, unreadable, not 3D, ...)
-    BAD_MODEL = 4  # the model file is missing, damaged, foreign or too new
-    CANCELLED = 5  # interrupted (Ctrl+C or SIGTERM); no partial output is left
-
-
-EXIT_CODES_HELP = "exit codes: " + ", ".join(f"{code.value} {code.name.lower()}" for code in ExitCode)
+# ExitCode (maskmed_core.events) is shared with `maskmed train`; predict never diverges.
+EXIT_CODES_HELP = exit_codes_help(*(code for code in ExitCode if code != ExitCode.DIVERGED))
 
 
 class Reporter:
@@ -43,13 +41,13 @@ class Reporter:
         self.json_lines = json_lines
         self._last_bar = ""
 
-    def emit(self, **event) -> None:
+    def emit(self, event: Event) -> None:
         if self.json_lines:
-            print(json.dumps(event), flush=True)
+            print(to_json(event), flush=True)
 
     def progress(self, case: str, stage: str, fraction: float) -> None:
         if self.json_lines:
-            self.emit(event="progress", case=case, stage=stage, fraction=round(fraction, 4))
+            self.emit(ProgressEvent(case, stage, round(fraction, 4)))
             return
         filled = int(fraction * 30)
         bar = f"\r{case}: [{'#' * filled}{'.' * (30 - filled)}] {fraction * 100:5.1f}% {stage:10s}"
@@ -60,7 +58,7 @@ class Reporter:
 
     def message(self, level: str, text: str) -> None:
         if self.json_lines:
-            self.emit(event="message", level=level, text=text)
+            self.emit(MessageEvent(level, text))
         else:
             if self._last_bar:
                 sys.stderr.write("\n")
@@ -122,7 +120,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     reporter = Reporter(args.json)
     code = _run(args, reporter)
-    reporter.emit(event="done", exit_code=int(code))
+    reporter.emit(DoneEvent(int(code)))
     return int(code)
 
 
@@ -210,7 +208,6 @@ def _predict_case(predictor, case: Path, output_folder: Path, args: argparse.Nam
         files.extend(str(p) for p in _write_probabilities(result, args.query_threshold, folder))
     seconds = time.perf_counter() - start
     statistics = result.statistics(args.query_threshold, args.class_threshold)
-    reporter.emit(event="output", case=name, files=files, seconds=round(seconds, 2),
-                  classes=[asdict(s) for s in statistics])
+    reporter.emit(OutputEvent(name, files, round(seconds, 2), [asdict(s) for s in statistics]))
     if not args.json:
         reporter.message("info", f"{name}: {seconds:.1f} s -> {', '.join(files)}")

@@ -16,21 +16,23 @@ import subprocess
 import sys
 import time
 from dataclasses import fields
-from enum import IntEnum
 from pathlib import Path
 
+from maskmed_core.events import (
+    EpochEvent,
+    ExitCode,
+    MessageEvent,
+    StepEvent,
+    SummaryEvent,
+    exit_codes_help,
+    from_dict,
+    to_dict,
+)
 
-class TrainExit(IntEnum):
-    OK = 0
-    ERROR = 1
-    USAGE = 2
-    BAD_DATA = 3  # the dataset check found problems (report printed), or an input cannot be read
-    BAD_MODEL = 4  # --init model file missing, damaged or too new
-    INTERRUPTED = 5  # Ctrl+C / SIGTERM: the last completed epoch's files are kept, --resume continues
-    DIVERGED = 6  # the loss became NaN or infinite: the last good files are kept
-
-
-EXIT_HELP = "exit codes: " + ", ".join(f"{code.value} {code.name.lower()}" for code in TrainExit)
+# ExitCode (maskmed_core.events) is shared with `maskmed predict`. Here BAD_INPUT: the dataset check found problems
+# (report printed) or an input cannot be read; CANCELLED: the last completed epoch's files are kept, --resume
+# continues; DIVERGED: the loss became NaN or infinite, the last good files are kept.
+EXIT_HELP = exit_codes_help()
 
 
 def read_label_mapping(path: str) -> dict[int, int]:
@@ -125,18 +127,20 @@ class _Progress:
         if self.json_lines:
             print(json.dumps(event), flush=True)
             return
-        kind = event.get("event")
-        if kind == "step":
-            done, total = event["step"], event["total"]
-            eta = event["elapsed"] / max(1, done) * (total - done)
+        typed = from_dict(event)
+        if isinstance(typed, StepEvent):
+            eta = typed.elapsed / max(1, typed.step) * (typed.total - typed.step)
             clock = time.strftime("%H:%M:%S", time.gmtime(eta))
-            sys.stderr.write(f"\rstep {done}/{total}  loss {event['loss']:.4f}  ETA {clock}")
+            sys.stderr.write(f"\rstep {typed.step}/{typed.total}  loss {typed.loss:.4f}  ETA {clock}")
             sys.stderr.flush()
-        elif kind == "epoch":
-            dice = f"  mean Dice {event['mean_dice']:.3f}" if "mean_dice" in event else ""
-            sys.stderr.write(f"\repoch {event['epoch']}: loss {event['loss']:.4f}{dice}{' ' * 20}\n")
-        elif kind == "message":
-            sys.stderr.write(f"\nmaskmed: {event['level']}: {event['text']}\n")
+        elif isinstance(typed, EpochEvent):
+            dice = f"  mean Dice {typed.mean_dice:.3f}" if typed.mean_dice is not None else ""
+            sys.stderr.write(f"\repoch {typed.epoch}: loss {typed.loss:.4f}{dice}{' ' * 20}\n")
+        elif isinstance(typed, MessageEvent):
+            sys.stderr.write(f"\nmaskmed: {typed.level}: {typed.text}\n")
+
+    def error(self, text: str) -> None:
+        self(to_dict(MessageEvent("error", text)))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         return _relaunch_with_torchrun(args)
     from maskmed_core.checkpoint import ModelFileError
     from maskmed_core.io.errors import InputError
-    from maskmed_core.training.trainer import TrainingError, run_training
+    from maskmed_core.training.trainer import DivergedError, TrainingError, run_training
 
     is_main = int(os.environ.get("RANK", "0")) == 0
     progress = _Progress(args.json, is_main)
@@ -152,26 +156,25 @@ def run(args: argparse.Namespace) -> int:
         config = _config_from_args(args)
         summary = run_training(config, progress)
     except ModelFileError as error:
-        progress({"event": "message", "level": "error", "text": str(error)})
-        return TrainExit.BAD_MODEL
-    except TrainingError as error:
-        progress({"event": "message", "level": "error", "text": str(error)})
-        return TrainExit.DIVERGED if "the loss became" in str(error) else TrainExit.BAD_DATA
-    except InputError as error:
-        progress({"event": "message", "level": "error", "text": str(error)})
-        return TrainExit.BAD_DATA
+        progress.error(str(error))
+        return ExitCode.BAD_MODEL
+    except DivergedError as error:
+        progress.error(str(error))
+        return ExitCode.DIVERGED
+    except (TrainingError, InputError) as error:
+        progress.error(str(error))
+        return ExitCode.BAD_INPUT
     except (ValueError, OSError) as error:
-        progress({"event": "message", "level": "error", "text": str(error)})
-        return TrainExit.USAGE if isinstance(error, ValueError) else TrainExit.ERROR
+        progress.error(str(error))
+        return ExitCode.USAGE if isinstance(error, ValueError) else ExitCode.ERROR
     except KeyboardInterrupt:
-        progress({"event": "message", "level": "error",
-                  "text": "interrupted; the files of the last completed epoch are kept: add --resume to continue"})
-        return TrainExit.INTERRUPTED
+        progress.error("interrupted; the files of the last completed epoch are kept: add --resume to continue")
+        return ExitCode.CANCELLED
     if is_main and args.export:
         summary["exported"] = str(_export(Path(summary["best_model"]), Path(args.export)))
     if is_main:
         if args.json:
-            print(json.dumps({"event": "summary", **summary}), flush=True)
+            print(json.dumps({"event": SummaryEvent.KIND, **summary}), flush=True)
         else:
             lines = [f"best epoch {summary['best_epoch']} (mean Dice {summary['best_mean_dice']:.3f}):"]
             lines += [f"  {name:24s} {score:.3f}" for name, score in summary["dice"].items()]
@@ -179,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
             if "exported" in summary:
                 lines.append(f"best model copied to {summary['exported']}")
             print("\n".join(lines))
-    return TrainExit.OK
+    return ExitCode.OK
 
 
 def _export(source: Path, target: Path) -> Path:

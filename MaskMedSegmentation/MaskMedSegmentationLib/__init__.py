@@ -9,25 +9,35 @@ Imported as ``MaskMedSegmentationLib`` (the module folder is on sys.path inside 
 module: hence the module-specific name); all imports inside are relative.
 """
 
+from .childrun import ChildRun
 from .dependencies import (
     OPTIONAL_REQUIREMENTS,
     REQUIREMENTS,
     SLICER_PACKAGES,
     InstallStep,
     MissingDependency,
+    StepKind,
+    dependencyStatus,
     describeMissing,
+    detectGpu,
+    installConfirmation,
     installedVersion,
     installPlan,
     missingDependencies,
     versionAtLeast,
 )
-from .finetunesession import FineTuneSession, segmentationLabelArray
+from .finetunesession import FineTuneSession, LossCurve, describeTrainingEvent, scenePairs, segmentationLabelArray
+from .installer import DependencyInstaller, InstallActions, InstallOutcome
 from .maskmedlogic import (
     DEFAULT_CLASS_THRESHOLD,
     DEFAULT_QUERY_THRESHOLD,
     MaskMedLogic,
+    ModelClass,
+    ModelInfo,
     defaultModelPath,
+    formatDuration,
     modelInfo,
+    modelLabel,
 )
 from .process import BackgroundProcess, childEnvironment, maskmedCommand, pythonExecutable
 from .segmentationwriter import (
@@ -38,7 +48,7 @@ from .segmentationwriter import (
     terminologyTagName,
     updateSegmentationFromLabelImage,
 )
-from .thresholdsession import ThresholdSession
+from .thresholdsession import TableRow, ThresholdSession
 from .volumeio import (
     exportVolumeToFile,
     ijkToLpsMatrix,
@@ -60,28 +70,44 @@ __all__ = [
     "SEGMENT_ID_PREFIX",
     "SLICER_PACKAGES",
     "BackgroundProcess",
+    "ChildRun",
+    "DependencyInstaller",
     "FineTuneSession",
+    "InstallActions",
+    "InstallOutcome",
     "InstallStep",
+    "LossCurve",
     "MaskMedLogic",
     "MissingDependency",
+    "ModelClass",
+    "ModelInfo",
+    "StepKind",
+    "TableRow",
     "ThresholdSession",
     "childEnvironment",
     "defaultModelPath",
+    "dependencyStatus",
     "describeMissing",
+    "describeTrainingEvent",
+    "detectGpu",
     "exportVolumeToFile",
+    "formatDuration",
     "ijkToLpsMatrix",
     "ijkToRasMatrix",
     "imageToVolumeNode",
     "importLabelImage",
+    "installConfirmation",
     "installPlan",
     "installedVersion",
     "labelArrayOnVolumeGrid",
     "maskmedCommand",
     "missingDependencies",
     "modelInfo",
+    "modelLabel",
     "placeUnderVolumeStudy",
     "pythonExecutable",
     "readVolumeFile",
+    "scenePairs",
     "segmentIdForClass",
     "segmentationLabelArray",
     "terminologyTagName",

@@ -4,7 +4,8 @@
 Checking never imports torch (slow, and possibly broken): versions come from ``importlib.metadata``. Only the
 packages Slicer itself ships (numpy, SimpleITK, vtk), which may lack pip metadata in a Slicer build, and
 maskmed_core (which may be bundled with the module rather than pip-installed) fall back to their module's
-``__version__``. Installing is planned here and executed by the widget (it needs slicer.util / PyTorchUtils):
+``__version__``. Installing is planned here (``installPlan``) and run step by step by ``installer.DependencyInstaller``
+with the Slicer-only actions (slicer.util.pip_install, PyTorchUtils) passed in by the widget:
 
 - torch through the PyTorch extension (``PyTorchUtils.PyTorchUtilsLogic().installTorch(...)``), which picks the
   CUDA or CPU build that fits the computer: a plain ``pip install torch`` gets that wrong on Windows and Linux;
@@ -20,7 +21,12 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
+import re
+import sys
 from dataclasses import dataclass, field
+from enum import Enum
+
+from .process import maskmedCommand
 
 # distribution name -> minimum version. Order = install order (torch first: monai and maskmed_core need it).
 REQUIREMENTS: dict[str, str] = {
@@ -59,20 +65,23 @@ class MissingDependency:
         return f"{self.name} >= {self.required} ({state})"
 
 
+class StepKind(str, Enum):
+    TORCH = "torch"  # PyTorchUtils: PyTorchUtilsLogic().installTorch(askConfirmation=True, torchVersionRequirement=...)
+    PIP = "pip"  # slicer.util.pip_install(arguments)
+    BUILD_OPS = "build-ops"  # run arguments (the `maskmed build-ops` command line) as a child process
+
+
 @dataclass
 class InstallStep:
-    """One step of the installation, executed by the widget.
+    """One step of the installation (run by ``installer.DependencyInstaller``).
 
-    kind: "torch" (PyTorchUtils: ``PyTorchUtilsLogic().installTorch(askConfirmation=True,
-    torchVersionRequirement=">=" + minimum)``), "pip" (``slicer.util.pip_install(arguments)``) or "build-ops"
-    (run ``arguments``, the ``maskmed build-ops`` command line, as a process).
     requirement: the requirement string this step handles, e.g. "monai>=1.4" ("" for build-ops).
-    arguments: "pip": the complete pip-install argument list: the requirement, then ``name==version`` pins of
-    Slicer's own numpy/SimpleITK/vtk (so pip cannot upgrade them) or ``--no-deps``; "build-ops": the command line.
+    arguments: PIP: the complete pip-install argument list: the requirement, then ``name==version`` pins of
+    Slicer's own numpy/SimpleITK/vtk (so pip cannot upgrade them) or ``--no-deps``; BUILD_OPS: the command line.
     optional: MaskMed still works if this step fails.
     """
 
-    kind: str
+    kind: StepKind
     requirement: str
     description: str = ""
     arguments: list[str] = field(default_factory=list)
@@ -159,6 +168,25 @@ def describeMissing(missing: list[MissingDependency]) -> str:
     return "\n".join(lines)
 
 
+def dependencyStatus(missing: list[MissingDependency], pytorchExtensionInstalled: bool) -> str:
+    """The Dependencies section's text: what is missing (describeMissing), and that PyTorch needs the PyTorch
+    extension first where it is missing and the extension is not installed."""
+    if not missing:
+        return "All dependencies are installed."
+    text = describeMissing(missing)
+    if any(m.name == "torch" for m in missing) and not pytorchExtensionInstalled:
+        text += ("\n\nPyTorch is installed through the PyTorch extension, which is not installed: install "
+                 "'PyTorch' from View > Extensions Manager and restart Slicer first.")
+    return text
+
+
+def installConfirmation(missing: list[MissingDependency], plan: list[InstallStep]) -> str:
+    """The question asked before the plan runs: what is missing and the numbered steps."""
+    steps = "\n".join(f"  {number}. {step.description}" for number, step in enumerate(plan, 1))
+    return (f"{describeMissing(missing)}\n\nThese steps will run:\n{steps}\n\n"
+            "Packages are downloaded from the internet; this can take several minutes. Continue?")
+
+
 def _protectedPins() -> list[str]:
     """``name==version`` for Slicer's own packages that pip can see, so no dependency upgrades them."""
     pins = []
@@ -186,36 +214,62 @@ def installPlan(missing: list[MissingDependency], includeOptional: bool = False)
         requirement = f"{item.name}>={item.required}"
         if item.name == "torch":
             steps.append(InstallStep(
-                "torch", requirement,
+                StepKind.TORCH, requirement,
                 "PyTorch through the PyTorch extension (CUDA build if this computer has a usable NVIDIA GPU, "
                 "else the CPU build)",
             ))
         elif item.name == "maskmed_core":
             # --no-deps: its SimpleITK/numpy requirements must never pull wheels over Slicer's own; its other
             # dependencies are steps of this plan.
-            steps.append(InstallStep("pip", requirement, f"pip install {requirement}", [requirement, "--no-deps"]))
+            steps.append(InstallStep(StepKind.PIP, requirement, f"pip install {requirement}",
+                                     [requirement, "--no-deps"]))
         else:
             steps.append(InstallStep(
-                "pip", requirement, f"pip install {requirement}",
+                StepKind.PIP, requirement, f"pip install {requirement}",
                 # The pins keep Slicer's numpy/SimpleITK/vtk: pip sees them satisfied and touches nothing.
                 [requirement, *_protectedPins(), "--upgrade-strategy", "only-if-needed"],
                 optional=item.name in OPTIONAL_REQUIREMENTS,
             ))
     steps.append(InstallStep(
-        "build-ops", "",
+        StepKind.BUILD_OPS, "",
         "compile MaskMed's deformable-attention op (optional: the PyTorch reference is used without it)",
-        _buildOpsCommand(),
+        maskmedCommand("build-ops"),
         optional=True,
     ))
     return steps
 
 
-def _buildOpsCommand() -> list[str]:
-    # The widget may load this file on its own (before the Logic package can be imported): no relative import.
-    try:
-        from .process import maskmedCommand
-    except ImportError:
-        import sys
+def detectGpu() -> tuple[str | None, str]:
+    """(description of the CUDA GPU MaskMed would use, or None; a note for the device box's tooltip).
 
-        return [sys.executable, "-m", "maskmed_core.cli", "build-ops"]
-    return maskmedCommand("build-ops")
+    Imports torch, only if it is installed, and only when called (the panel asks once it is shown).
+    """
+    if importlib.util.find_spec("torch") is None:
+        return None, "PyTorch is not installed yet; the GPU is detected once it is (Dependencies section)."
+    try:
+        import torch
+    except Exception as error:
+        return None, f"PyTorch could not be imported: {error}"
+    if torch.cuda.is_available():
+        name = f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
+        return name, f"PyTorch {torch.__version__} sees {torch.cuda.device_count()} CUDA GPU(s); the first is used."
+    build = " (a CPU-only build)" if torch.version.cuda is None else ""
+    return None, f"PyTorch {torch.__version__}{build} found no CUDA GPU: MaskMed runs on the CPU."
+
+
+def requirementName(requirement: str) -> str:
+    """'monai[itk]>=1.4' -> 'monai'."""
+    return re.split(r"[\s<>=!~;\[(@]", requirement.strip(), maxsplit=1)[0]
+
+
+def isImported(requirement: str) -> bool:
+    """Whether the package a requirement names is imported already (then only a restart picks up a new one)."""
+    name = requirementName(requirement).lower().replace("-", "_")
+    return any(module.split(".", 1)[0].lower() == name for module in list(sys.modules))
+
+
+def torchVersionRequirement(requirement: str) -> str | None:
+    """'torch>=2.1' -> '>=2.1' (the form PyTorchUtils' installTorch takes), 'torch' -> None."""
+    match = re.match(r"\s*torch\s*(.*)$", requirement, re.IGNORECASE)
+    rest = match.group(1).strip() if match else ""
+    return rest or None

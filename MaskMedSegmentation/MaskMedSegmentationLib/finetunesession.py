@@ -4,8 +4,10 @@
 1. ``exportScenePairs`` writes (volume, segmentation) node pairs as an nnU-Net v2 raw dataset
    (``imagesTr/CASE_0000.nii.gz``, ``labelsTr/CASE.nii.gz``, ``dataset.json``); segments become label values by
    name, on the volume's own voxel grid.
+   ``prepareDataset`` is what the panel's Fine-tune button needs before that: the scene's pairs
+   (``scenePairs``) exported into a new run folder, or a dataset folder checked.
 2. ``start`` runs ``maskmed train DATASET -o OUT --init MODEL --epochs N --json`` as a child process
-   (BackgroundProcess); ``poll`` forwards its events, collects the loss per epoch and, on success, sets
+   (ChildRun); ``poll`` forwards its events, collects the loss per epoch and, on success, sets
    ``resultModelPath``; ``stop`` kills the child's whole process tree (the last completed epoch's files stay:
    ``maskmed train --resume`` continues).
 """
@@ -14,37 +16,43 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import SimpleITK as sitk  # noqa: N813
 import slicer
 import vtk
 
-from .process import BackgroundProcess, childEnvironment, maskmedCommand
+from .childrun import ChildRun
+from .maskmedlogic import modelInfo
 from .volumeio import emptyOrientedImageLike, exportVolumeToFile, orientedImageArray, volumeShapeKji
 
+if TYPE_CHECKING:
+    from maskmed_core.events import Event, SummaryEvent
+
 IMAGE_ENDING = ".nii.gz"
+RUN_FOLDER_FORMAT = "maskmed-finetune-%Y%m%d-%H%M%S"
 
 
 def _normalizedName(name: str) -> str:
     return " ".join(str(name).strip().lower().split())
 
 
-def _labelsFromClasses(classes) -> dict[str, int]:
-    """name -> label value from SegmentClass objects, a {name: value} mapping or a list of names (1, 2, ...)."""
-    if classes is None:
-        return {}
-    if isinstance(classes, dict):
-        return {str(k): int(v) for k, v in classes.items() if int(v) != 0}
-    labels: dict[str, int] = {}
-    for index, item in enumerate(classes):
-        if isinstance(item, str):
-            labels[item] = index + 1
-        else:
-            labels[str(item.name)] = int(item.label)
-    return labels
+def scenePairs(scene) -> list[tuple]:
+    """(volume, segmentation) for every non-empty segmentation node whose reference geometry is a scalar volume
+    (what Segment and Segment Editor leave behind), in scene order."""
+    role = slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+    pairs = []
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")):
+        segmentationNode = scene.GetNthNodeByClass(index, "vtkMRMLSegmentationNode")
+        volumeNode = segmentationNode.GetNodeReference(role)
+        if (volumeNode is not None and volumeNode.IsA("vtkMRMLScalarVolumeNode")
+                and segmentationNode.GetSegmentation().GetNumberOfSegments() > 0):
+            pairs.append((volumeNode, segmentationNode))
+    return pairs
 
 
 def _caseName(name: str, used: set[str]) -> str:
@@ -104,40 +112,59 @@ def segmentationLabelArray(segmentationNode, volumeNode, nameToLabel: dict[str, 
     return labels, skipped
 
 
-class FineTuneSession:
+class FineTuneSession(ChildRun):
     """Export scene cases, run ``maskmed train`` on them, report progress, give the new model file.
 
     Attributes: ``lossHistory`` (mean training loss per epoch), ``diceHistory`` (mean validation Dice per
     validated epoch: (epoch, dice)), ``resultModelPath`` (best.maskmed after a successful run, else None),
-    ``returncode``, ``lastError``, ``warnings`` (from the export), ``summary`` (the child's final summary event).
+    ``returncode``, ``lastError``, ``warnings`` (from the export), ``summary`` (the child's final SummaryEvent).
     """
 
     def __init__(self):
+        super().__init__()
         self.lossHistory: list[float] = []
         self.diceHistory: list[tuple[int, float]] = []
         self.resultModelPath: str | None = None
-        self.returncode: int | None = None
         self.lastError = ""
         self.warnings: list[str] = []
-        self.summary: dict = {}
+        self.summary: SummaryEvent | None = None
         self.outputFolder: Path | None = None
-        self._process: BackgroundProcess | None = None
-        self._onEvent: Callable[[dict], None] | None = None
-        self._errors: list[str] = []
+        self._onEvent: Callable[[Event], None] | None = None
 
     # ----- dataset -------------------------------------------------------------------------------------
-    def exportScenePairs(self, pairs: Iterable[tuple], folder: str | Path, classes) -> Path:
+    def prepareDataset(self, scene, outputFolder: str | Path, initModel: str | Path,
+                       datasetFolder: str | Path | None = None, now: float | None = None) -> tuple[Path, Path]:
+        """A new run folder under ``outputFolder`` and the dataset to train on; returns (runFolder, dataset).
+
+        datasetFolder: an nnU-Net v2 raw folder (must hold dataset.json), or None for the scene's pairs
+        (:func:`scenePairs`), exported into ``runFolder/dataset`` with the classes of ``initModel``.
+        Raises ValueError with a message for the user when there is nothing to train on.
+        """
+        if datasetFolder is not None and not (Path(datasetFolder) / "dataset.json").is_file():
+            raise ValueError(f"{datasetFolder} is not an nnU-Net v2 raw dataset folder (it has no dataset.json).")
+        pairs = scenePairs(scene) if datasetFolder is None else []
+        if datasetFolder is None and not pairs:
+            raise ValueError("No segmentation in the scene has a volume as its reference geometry. Segment a "
+                             "volume (and correct the result in Segment Editor), or choose a dataset folder.")
+        runFolder = Path(outputFolder) / time.strftime(RUN_FOLDER_FORMAT, time.localtime(now))
+        runFolder.mkdir(parents=True, exist_ok=True)
+        if datasetFolder is not None:
+            return runFolder, Path(datasetFolder)
+        labels = modelInfo(initModel).labelsByName()
+        return runFolder, self.exportScenePairs(pairs, runFolder / "dataset", labels)
+
+    def exportScenePairs(self, pairs: Iterable[tuple], folder: str | Path, nameToLabel: dict[str, int] | None) -> Path:
         """Write (volumeNode, segmentationNode) pairs as an nnU-Net v2 raw dataset in ``folder``; returns it.
 
-        classes: the model's classes (list of SegmentClass), a {name: label value} mapping, a list of names
-        (labels 1, 2, ... in order), or None for the segment names found in the pairs (in order of appearance).
-        Segments are matched to classes by name, case-insensitively; others are skipped and listed in
-        ``self.warnings``. Images keep their voxels and exact geometry; label maps are on the same grid.
+        nameToLabel: class name -> label value (``ModelInfo.labelsByName()`` of the model to fine-tune), or None
+        for the segment names found in the pairs (labels 1, 2, ... in order of appearance). Segments are matched
+        to classes by name, case-insensitively; others are skipped and listed in ``self.warnings``. Images keep
+        their voxels and exact geometry; label maps are on the same grid.
         """
         pairs = list(pairs)
         if not pairs:
             raise ValueError("no (volume, segmentation) pairs to export")
-        nameToLabel = _labelsFromClasses(classes)
+        nameToLabel = {name: int(value) for name, value in (nameToLabel or {}).items() if int(value) != 0}
         if not nameToLabel:
             for _, segmentationNode in pairs:
                 segmentation = segmentationNode.GetSegmentation()
@@ -191,18 +218,18 @@ class FineTuneSession:
         initModel: str | Path | None,
         epochs: int,
         device: str,
-        onEvent: Callable[[dict], None] | None = None,
+        onEvent: Callable[[Event], None] | None = None,
         extraArgs: list[str] | None = None,
     ) -> None:
         """Start ``maskmed train`` (fine-tuning from ``initModel``; None trains from scratch).
 
-        onEvent receives every event of the child (step, epoch, message, summary, log), from poll().
-        extraArgs: further ``maskmed train`` options, e.g. ["--steps-per-epoch", "10", "--freeze-encoder"].
+        onEvent receives every event of the child (StepEvent, EpochEvent, MessageEvent, SummaryEvent, LogEvent),
+        from poll(). extraArgs: further ``maskmed train`` options, e.g. ["--steps-per-epoch", "10"].
         """
         if self.isRunning():
             raise RuntimeError("a fine-tuning run is already going; stop it first")
-        self.lossHistory, self.diceHistory, self.summary = [], [], {}
-        self.resultModelPath, self.returncode, self.lastError, self._errors = None, None, "", []
+        self.lossHistory, self.diceHistory, self.summary = [], [], None
+        self.resultModelPath, self.lastError = None, ""
         self.outputFolder = Path(outputFolder)
         arguments = ["train", str(datasetPath), "-o", str(outputFolder), "--epochs", str(int(epochs)),
                      "--device", device, "--json"]
@@ -210,60 +237,99 @@ class FineTuneSession:
             arguments += ["--init", str(initModel)]
         arguments += [str(a) for a in extraArgs or ()]
         self._onEvent = onEvent
-        self._process = BackgroundProcess(maskmedCommand(*arguments), env=childEnvironment(device),
-                                          onEvent=self._handle)
-        self._process.start()
+        self.startChild(arguments, device)
 
-    def isRunning(self) -> bool:
-        return self._process is not None
+    # poll() and wait() come from ChildRun; at the end they set returncode and resultModelPath or lastError.
 
-    def poll(self) -> bool:
-        """Forward events; True while training runs. At the end sets returncode and resultModelPath/lastError."""
-        if self._process is None:
-            return False
-        if self._process.poll():
-            return True
-        process, self._process = self._process, None
-        self.returncode = process.returncode
-        if self.returncode == 0:
-            best = Path(self.summary.get("best_model") or self.outputFolder / "best.maskmed")
-            last = Path(self.summary.get("last_model") or self.outputFolder / "last.maskmed")
+    def stop(self) -> None:
+        """Cancel: kill the child's whole process tree (training workers included)."""
+        self.cancel()
+
+    def onChildCancelled(self) -> None:
+        self.lastError = "Stopped."
+
+    def onChildExit(self, code: int | None, details: str) -> None:
+        if code == 0:
+            assert self.outputFolder is not None
+            best = Path(self.summary.best_model if self.summary else self.outputFolder / "best.maskmed")
+            last = Path(self.summary.last_model if self.summary else self.outputFolder / "last.maskmed")
             chosen = best if best.is_file() else last if last.is_file() else None
             self.resultModelPath = str(chosen) if chosen else None
             if chosen is None:
                 self.lastError = "training finished but wrote no model file"
         else:
-            details = "; ".join(self._errors) or " | ".join(process.stderrText().strip().splitlines()[-5:])
-            self.lastError = f"maskmed train stopped with exit code {self.returncode}" + (
-                f": {details}" if details else ""
-            )
-        return False
+            self.lastError = f"maskmed train stopped with exit code {code}" + (f": {details}" if details else "")
 
-    def wait(self, timeout: float | None = None) -> int | None:
-        """Block until training ends (tests, scripts); returns the exit code."""
-        if self._process is not None:
-            self._process.wait(timeout)
-        self.poll()
-        return self.returncode
+    def onChildEvent(self, event: Event) -> None:
+        from maskmed_core.events import EpochEvent, SummaryEvent
 
-    def stop(self) -> None:
-        """Cancel: kill the child's whole process tree (training workers included)."""
-        if self._process is None:
-            return
-        process, self._process = self._process, None
-        process.cancel()
-        self.returncode = process.returncode
-        self.lastError = "Stopped."
-
-    def _handle(self, event: dict) -> None:
-        kind = event.get("event")
-        if kind == "epoch":
-            self.lossHistory.append(float(event.get("loss", float("nan"))))
-            if "mean_dice" in event:
-                self.diceHistory.append((int(event.get("epoch", len(self.lossHistory))), float(event["mean_dice"])))
-        elif kind == "summary":
-            self.summary = dict(event)
-        elif kind == "message" and event.get("level") == "error":
-            self._errors.append(str(event.get("text", "")))
+        if isinstance(event, EpochEvent):
+            self.lossHistory.append(event.loss)
+            if event.mean_dice is not None:
+                self.diceHistory.append((event.epoch, event.mean_dice))
+        elif isinstance(event, SummaryEvent):
+            self.summary = event
         if self._onEvent is not None:
             self._onEvent(event)
+
+
+def describeTrainingEvent(event: Event) -> tuple[int | None, str | None]:
+    """What the panel shows for one event of ``maskmed train``: (progress bar percent, status text), each None
+    when the event does not change it."""
+    from maskmed_core.events import EpochEvent, MessageEvent, StepEvent
+
+    if isinstance(event, StepEvent):
+        return int(100 * event.step / max(1, event.total)), f"Step {event.step}/{event.total}: loss {event.loss:.4f}"
+    if isinstance(event, EpochEvent):
+        dice = f", validation Dice {event.mean_dice:.3f}" if event.mean_dice is not None else ""
+        return None, f"Epoch {event.epoch}: loss {event.loss:.4f}{dice}"
+    if isinstance(event, MessageEvent):
+        return None, event.text
+    return None, None
+
+
+class LossCurve:
+    """The training loss per epoch as MRML nodes for the panel's plot view: a table (epoch, loss), a scatter
+    series, a chart and a plot view node (``viewNode``). Created in ``scene`` by the first ``update`` with
+    losses, and again if a scene close removed them."""
+
+    def __init__(self, scene):
+        self.scene = scene
+        self.tableNode = None
+        self.viewNode = None
+
+    def update(self, losses: list[float]) -> None:
+        if not losses:
+            return
+        if self.tableNode is None or self.tableNode.GetScene() is None:
+            self._createNodes()
+        assert self.tableNode is not None
+        columns = []
+        for name, values in (("epoch", range(1, len(losses) + 1)), ("loss", losses)):
+            column = vtk.vtkDoubleArray()
+            column.SetName(name)
+            for value in values:
+                column.InsertNextValue(float(value))
+            columns.append(column)
+        table = self.tableNode.GetTable()
+        table.RemoveAllColumns()
+        for column in columns:
+            table.AddColumn(column)
+        self.tableNode.Modified()
+
+    def _createNodes(self) -> None:
+        scene = self.scene
+        self.tableNode = scene.AddNewNodeByClass("vtkMRMLTableNode", "MaskMed fine-tuning loss")
+        series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", "MaskMed training loss")
+        series.SetAndObserveTableNodeID(self.tableNode.GetID())
+        series.SetXColumnName("epoch")
+        series.SetYColumnName("loss")
+        series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
+        series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
+        chart = scene.AddNewNodeByClass("vtkMRMLPlotChartNode", "MaskMed fine-tuning loss")
+        chart.AddAndObservePlotSeriesNodeID(series.GetID())
+        chart.SetXAxisTitle("epoch")
+        chart.SetYAxisTitle("training loss")
+        chart.SetLegendVisibility(False)
+        self.viewNode = scene.AddNewNodeByClass("vtkMRMLPlotViewNode")
+        self.viewNode.SetPlotChartNodeID(chart.GetID())

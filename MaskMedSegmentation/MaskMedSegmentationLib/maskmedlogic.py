@@ -1,8 +1,8 @@
-# ruff: noqa: N802, N803, N999  (Slicer code style: camelCase names; the package is "MaskMedSegmentationLib")
+# ruff: noqa: N802, N803, N815, N999  (Slicer code style: camelCase names; the package is "MaskMedSegmentationLib")
 """MaskMedLogic: one Segment click, from a volume node to segments in a segmentation node.
 
 Flow: the volume is written (exact geometry) to a temporary folder; ``maskmed predict --json --save-result``
-runs as a child process (BackgroundProcess); ``poll()`` (a QTimer in the widget, a loop in tests) forwards
+runs as a child process (ChildRun); ``poll()`` (a QTimer in the widget, a loop in tests) forwards
 progress; when the child succeeds the saved result is loaded into a ThresholdSession, which writes the class
 segments; the temporary folder is deleted.
 
@@ -19,14 +19,19 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import slicer
 
-from .process import BackgroundProcess, childEnvironment, maskmedCommand
+from .childrun import ChildRun
 from .segmentationwriter import placeUnderVolumeStudy
 from .thresholdsession import ThresholdSession
 from .volumeio import exportVolumeToFile
+
+if TYPE_CHECKING:
+    from maskmed_core.events import Event
 
 DEFAULT_QUERY_THRESHOLD = 0.25
 DEFAULT_CLASS_THRESHOLD = 0.5
@@ -41,13 +46,13 @@ _STAGE_SPANS = {
     "writing": (0.93, 0.95),
 }
 
-# maskmed predict exit codes -> what the user is told first.
+# maskmed predict exit codes (maskmed_core.events.ExitCode names) -> what the user is told first.
 _EXIT_EXPLANATIONS = {
-    1: "MaskMed failed unexpectedly",
-    2: "MaskMed was called with invalid options",
-    3: "This volume cannot be segmented",
-    4: "The model file cannot be used",
-    5: "MaskMed was interrupted",
+    "ERROR": "MaskMed failed unexpectedly",
+    "USAGE": "MaskMed was called with invalid options",
+    "BAD_INPUT": "This volume cannot be segmented",
+    "BAD_MODEL": "The model file cannot be used",
+    "CANCELLED": "MaskMed was interrupted",
 }
 
 
@@ -62,21 +67,78 @@ def defaultModelPath() -> str | None:
     return str(path) if path.is_file() else None
 
 
-def modelInfo(path: str | Path) -> dict:
-    """What a model file holds, for the panel: classes (list of dicts label/name/color), spacing (z, y, x mm),
-    patchSize (z, y, x voxels). Raises maskmed_core.checkpoint.ModelFileError (a ValueError) with a clear
-    message for a file that is not a usable model."""
+def modelLabel(path: str) -> str:
+    """Combo box text for a model file: fine-tuned runs all write best.maskmed, so show the run folder too."""
+    name = Path(path).name
+    return f"{Path(path).parent.name}/{name}" if name in ("best.maskmed", "last.maskmed") else name
+
+
+def formatDuration(seconds: float) -> str:
+    """42 s, 3 min 05 s, 1 h 02 min."""
+    minutes, seconds = divmod(max(0, int(round(seconds))), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {seconds:02d} s" if minutes else f"{seconds} s"
+
+
+@dataclass(frozen=True)
+class ModelClass:
+    label: int
+    name: str
+    color: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model file holds, for the panel: its classes, voxel spacing (z, y, x mm), patch (z, y, x voxels)."""
+
+    classes: list[ModelClass]
+    spacing: tuple[float, ...]
+    patchSize: tuple[int, ...]
+
+    def labelsByName(self) -> dict[str, int]:
+        return {c.name: c.label for c in self.classes}
+
+    def description(self) -> str:
+        """Two lines for the panel: the classes, then spacing and patch."""
+        spacing = " x ".join(f"{value:g}" for value in self.spacing)
+        patch = " x ".join(str(value) for value in self.patchSize)
+        return (f"{len(self.classes)} classes: {', '.join(c.name for c in self.classes)}\n"
+                f"Voxel spacing {spacing} mm (z, y, x), patch {patch} voxels")
+
+
+def modelInfo(path: str | Path) -> ModelInfo:
+    """What the model file at ``path`` holds. Raises maskmed_core.checkpoint.ModelFileError (a ValueError) with a
+    clear message for a file that is not a usable model."""
     from maskmed_core.checkpoint import load_model_file
 
     model = load_model_file(path)
-    return {
-        "classes": [{"label": c.label, "name": c.name, "color": tuple(c.color)} for c in model.classes],
-        "spacing": tuple(float(v) for v in model.plans.spacing),
-        "patchSize": tuple(int(v) for v in model.plans.patch_size),
-    }
+    return ModelInfo(
+        [ModelClass(int(c.label), c.name, (int(c.color[0]), int(c.color[1]), int(c.color[2]))) for c in model.classes],
+        tuple(float(v) for v in model.plans.spacing),
+        tuple(int(v) for v in model.plans.patch_size),
+    )
 
 
-class MaskMedLogic:
+@dataclass
+class SegmentationRunState:
+    """One Segment click, from start to commit or failure."""
+
+    volumeNode: Any
+    segmentationNode: Any  # the node to update in place, or None for a new one
+    queryThreshold: float
+    classThreshold: float
+    onProgress: Callable[[float, str], None] | None
+    onFinished: Callable[[bool, str], None] | None
+    start: float = field(default_factory=time.perf_counter)
+    resultPath: Path | None = None
+    childStart: float | None = None
+    firstProgress: float | None = None
+    outputFiles: list[str] = field(default_factory=list)
+
+
+class MaskMedLogic(ChildRun):
     """Segment a volume with MaskMed and keep the result re-thresholdable.
 
     Attributes after a run: ``segmentationNode`` (the node written), ``thresholdSession`` (ThresholdSession
@@ -87,6 +149,7 @@ class MaskMedLogic:
     """
 
     def __init__(self, scene):
+        super().__init__()
         self.scene = scene
         self.thresholdSession: ThresholdSession | None = None
         self.segmentationNode = None
@@ -97,9 +160,8 @@ class MaskMedLogic:
         self.messages: list[str] = []
         self.queryThreshold = DEFAULT_QUERY_THRESHOLD
         self.classThreshold = DEFAULT_CLASS_THRESHOLD
-        self._process: BackgroundProcess | None = None
         self._tempDir: Path | None = None
-        self._run: dict | None = None
+        self._run: SegmentationRunState | None = None
 
     # ----- Segment -------------------------------------------------------------------------------------
     def startSegmentation(
@@ -134,18 +196,8 @@ class MaskMedLogic:
         self.classStatistics = []
         self.timings = {}
         self.elapsedSeconds = 0.0
-        self._run = {
-            "volumeNode": volumeNode,
-            "segmentationNode": segmentationNode,
-            "queryThreshold": float(queryThreshold),
-            "classThreshold": float(classThreshold),
-            "onProgress": onProgress,
-            "onFinished": onFinished,
-            "start": time.perf_counter(),
-            "errors": [],
-            "outputFiles": [],
-            "firstProgress": None,
-        }
+        run = self._run = SegmentationRunState(
+            volumeNode, segmentationNode, float(queryThreshold), float(classThreshold), onProgress, onFinished)
         model = modelPath or defaultModelPath()
         if model is None:
             self._fail(
@@ -163,60 +215,41 @@ class MaskMedLogic:
         except Exception as error:  # disk full, unwritable temp folder, ...
             self._fail(f"The volume could not be written to a temporary file: {error}")
             return False
-        self.timings["export"] = time.perf_counter() - self._run["start"]
-        self._run["resultPath"] = self._tempDir / "out" / f"{INPUT_CASE_NAME}.maskmed-result"
-        command = maskmedCommand(
+        self.timings["export"] = time.perf_counter() - run.start
+        run.resultPath = self._tempDir / "out" / f"{INPUT_CASE_NAME}.maskmed-result"
+        arguments = [
             "predict", str(inputPath), "-o", str(self._tempDir / "out"), "--model", str(model),
             "--device", device, "--format", "nii.gz", "--save-result", "--json",
             "--query-threshold", repr(float(queryThreshold)), "--class-threshold", repr(float(classThreshold)),
-        )
-        self._process = BackgroundProcess(command, env=childEnvironment(device), onEvent=self._onEvent)
+        ]
         try:
-            self._process.start()
-        except OSError as error:
-            self._process = None
-            self._fail(f"MaskMed could not be started ({command[0]}): {error}")
+            self.startChild(arguments, device)
+        except (OSError, ImportError) as error:  # no interpreter; maskmed_core not installed
+            self._fail(f"MaskMed could not be started: {error}")
             return False
-        self._run["childStart"] = time.perf_counter()
+        run.childStart = time.perf_counter()
         self._report(0.02, "Starting MaskMed (loading the model)")
         return True
-
-    def isRunning(self) -> bool:
-        return self._process is not None
 
     @property
     def temporaryFolder(self) -> Path | None:
         """The run's temporary folder (input volume, child outputs); None when no run holds one."""
         return self._tempDir
 
-    def poll(self) -> bool:
-        """Forward the child's events; when it has ended, import the result (or report the failure).
+    # poll() (ChildRun) forwards the child's events and, when it has ended, imports the result (onChildExit).
 
-        Returns True while the run goes on; call it every ~100 ms.
-        """
-        if self._process is None:
-            return False
-        if self._process.poll():
-            return True
-        process, self._process = self._process, None
-        self.timings["child"] = time.perf_counter() - self._run["childStart"]
-        code = process.returncode
-        if code == 0 and self._run["resultPath"].is_file():
-            self._commit()
+    def onChildExit(self, code: int | None, details: str) -> None:
+        run = self._run
+        assert run is not None and run.childStart is not None and run.resultPath is not None
+        self.timings["child"] = time.perf_counter() - run.childStart
+        if code == 0 and run.resultPath.is_file():
+            self._commit(run)
         else:
-            self._fail(self._describeFailure(code, process))
-        return False
+            self._fail(self._describeFailure(code, details))
 
-    def cancel(self) -> None:
-        """Stop the run: kill the child's whole process tree, delete the temporary files, leave the scene as is.
-
-        onFinished(False, "Cancelled.") is called; lastError becomes "Cancelled.".
-        """
-        if self._process is None:
-            return
-        process, self._process = self._process, None
-        process.onEvent = None  # nothing more reaches the panel from this run
-        process.cancel()
+    def onChildCancelled(self) -> None:
+        """cancel(): the child's tree is killed, the temporary files deleted, the scene left as it is;
+        onFinished(False, "Cancelled.") is called and lastError becomes "Cancelled."."""
         self._fail("Cancelled.")
 
     # ----- sliders -------------------------------------------------------------------------------------
@@ -229,45 +262,43 @@ class MaskMedLogic:
 
     # ----- internals -----------------------------------------------------------------------------------
     def _report(self, fraction: float, text: str) -> None:
-        callback = self._run.get("onProgress") if self._run else None
+        callback = self._run.onProgress if self._run else None
         if callback is not None:
             callback(max(0.0, min(1.0, fraction)), text)
 
-    def _onEvent(self, event: dict) -> None:
-        kind = event.get("event")
-        if kind == "progress":
-            if self._run["firstProgress"] is None:
-                self._run["firstProgress"] = time.perf_counter()
-            stage = str(event.get("stage", ""))
-            low, high = _STAGE_SPANS.get(stage, (0.03, 0.95))
-            fraction = float(event.get("fraction", 0.0))
-            label = f"MaskMed: {stage}" + (f" {fraction * 100:.0f}%" if stage == "inference" else "")
-            self._report(low + (high - low) * fraction, label)
-        elif kind == "message":
-            text = str(event.get("text", ""))
-            if event.get("level") == "error":
-                self._run["errors"].append(text)
-            else:
-                self.messages.append(text)
-        elif kind == "output":
-            self._run["outputFiles"] = list(event.get("files", []))
-            self.classStatistics = list(event.get("classes", []))
+    def onChildEvent(self, event: Event) -> None:
+        from maskmed_core.events import MessageEvent, OutputEvent, ProgressEvent
 
-    def _describeFailure(self, code: int | None, process: BackgroundProcess) -> str:
-        explanation = _EXIT_EXPLANATIONS.get(code, f"MaskMed stopped with exit code {code}")
+        run = self._run
+        assert run is not None
+        if isinstance(event, ProgressEvent):
+            if run.firstProgress is None:
+                run.firstProgress = time.perf_counter()
+            low, high = _STAGE_SPANS.get(event.stage, (0.03, 0.95))
+            label = f"MaskMed: {event.stage}" + (f" {event.fraction * 100:.0f}%" if event.stage == "inference" else "")
+            self._report(low + (high - low) * event.fraction, label)
+        elif isinstance(event, MessageEvent) and event.level != "error":  # errors: ChildRun.childErrors
+            self.messages.append(event.text)
+        elif isinstance(event, OutputEvent):
+            run.outputFiles = list(event.files)
+            self.classStatistics = list(event.classes)
+
+    def _describeFailure(self, code: int | None, details: str) -> str:
+        from maskmed_core.events import ExitCode
+
         if code == 0:
             explanation = "MaskMed finished but wrote no result"
-        details = "; ".join(self._run["errors"])
-        if not details:
-            tail = process.stderrText().strip().splitlines()[-5:]
-            details = " | ".join(tail)
+        elif code in set(ExitCode) and ExitCode(code).name in _EXIT_EXPLANATIONS:
+            explanation = _EXIT_EXPLANATIONS[ExitCode(code).name]
+        else:
+            explanation = f"MaskMed stopped with exit code {code}"
         return f"{explanation}: {details}" if details else f"{explanation}."
 
-    def _commit(self) -> None:
+    def _commit(self, run: SegmentationRunState) -> None:
         """Load the result and write the segments; on any error undo every scene change."""
-        run = self._run
-        volumeNode = run["volumeNode"]
-        existing = run["segmentationNode"]
+        assert run.resultPath is not None
+        volumeNode = run.volumeNode
+        existing = run.segmentationNode
         importStart = time.perf_counter()
         self._report(0.96, "Importing the segments")
         created = None
@@ -281,9 +312,9 @@ class MaskMedLogic:
                 backup = slicer.vtkSegmentation()
                 backup.DeepCopy(existing.GetSegmentation())
                 target = existing
-            session = ThresholdSession(run["resultPath"], target, volumeNode)
+            session = ThresholdSession(run.resultPath, target, volumeNode)
             # Segments first, then the node into the scene: one round of scene events instead of one per segment.
-            session.update(run["queryThreshold"], run["classThreshold"])
+            session.update(run.queryThreshold, run.classThreshold)
             if created is not None:
                 self.scene.AddNode(created)
                 # Same frame as the volume: the segments are defined on its voxel grid.
@@ -301,12 +332,12 @@ class MaskMedLogic:
             self.thresholdSession.hideAllQueries()  # previews of the old result would be stale
         self.thresholdSession = session
         self.segmentationNode = target
-        self.queryThreshold, self.classThreshold = run["queryThreshold"], run["classThreshold"]
+        self.queryThreshold, self.classThreshold = run.queryThreshold, run.classThreshold
         now = time.perf_counter()
         self.timings["import"] = now - importStart
-        self.timings["total"] = now - run["start"]
-        if run["firstProgress"] is not None:
-            self.timings["childStartup"] = run["firstProgress"] - run["childStart"]
+        self.timings["total"] = now - run.start
+        if run.firstProgress is not None and run.childStart is not None:
+            self.timings["childStartup"] = run.firstProgress - run.childStart
         self.elapsedSeconds = self.timings["total"]
         self._cleanup()
         self._report(1.0, "Done")
@@ -316,12 +347,12 @@ class MaskMedLogic:
     def _fail(self, message: str) -> None:
         self.lastError = message
         if self._run is not None:
-            self.elapsedSeconds = time.perf_counter() - self._run["start"]
+            self.elapsedSeconds = time.perf_counter() - self._run.start
         self._cleanup()
         self._finished(False, message)
 
     def _finished(self, success: bool, message: str) -> None:
-        callback = self._run.get("onFinished") if self._run else None
+        callback = self._run.onFinished if self._run else None
         self._run = None
         if callback is not None:
             callback(success, message)

@@ -3,16 +3,15 @@
 
 Inference and training run in a separate process so that Slicer's GUI stays responsive and so that a
 cancel can stop the work at once (a thread running a PyTorch call cannot be interrupted). Two reader
-threads turn the child's stdout (JSON lines) and stderr (plain text) into events in a queue;
-``BackgroundProcess.poll`` drains that queue on the caller's thread (a QTimer in the widget, a loop in
-tests), so ``onEvent`` never runs on a reader thread and may touch the MRML scene.
+threads turn the child's stdout (JSON lines of ``maskmed_core.events``) and stderr (plain text) into typed
+events in a queue; ``BackgroundProcess.poll`` drains that queue on the caller's thread (a QTimer in the widget,
+a loop in tests), so ``onEvent`` never runs on a reader thread and may touch the MRML scene.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import os
 import queue
 import shutil
@@ -24,8 +23,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-EventCallback = Callable[[dict], None]
+if TYPE_CHECKING:
+    from maskmed_core.events import Event
+
+EventCallback = Callable[["Event"], None]
 
 # How long cancel() lets the child handle SIGTERM (delete its partial outputs, exit with code 5) before the
 # whole tree is killed. Short, because the GUI thread waits for it.
@@ -92,15 +95,16 @@ class BackgroundProcess:
 
     command: the argument list (see :func:`maskmedCommand`). env: variables added to (or overriding) this
     process's environment. onEvent: called from :meth:`poll` / :meth:`wait` (the caller's thread) with each
-    event: every stdout line that is a JSON object as is; other stdout lines as {"event": "log", "text": line};
-    stderr lines as {"event": "log", "stream": "stderr", "text": line}.
+    event (``maskmed_core.events``): a stdout line of the schema as its event, any other stdout line as
+    ``LogEvent(line)``, a stderr line as ``LogEvent(line, "stderr")``. maskmed_core is imported by
+    :meth:`start` (not before: the Lib imports before the dependencies are installed).
     """
 
     def __init__(
         self,
         command: list[str],
         env: dict | None = None,
-        onEvent: Callable[[dict], None] | None = None,
+        onEvent: EventCallback | None = None,
     ):
         self.command = [str(c) for c in command]
         self.env = dict(env or {})
@@ -110,7 +114,7 @@ class BackgroundProcess:
         self.startTime: float | None = None
         self.endTime: float | None = None
         self._process: subprocess.Popen | None = None
-        self._queue: queue.Queue[dict] = queue.Queue()
+        self._queue: queue.Queue[Event] = queue.Queue()
         self._readers: list[threading.Thread] = []
         self._stderr: deque[str] = deque(maxlen=_STDERR_KEEP_LINES)
         self._lock = threading.Lock()
@@ -120,10 +124,13 @@ class BackgroundProcess:
         """Start the child in its own process group (POSIX: a new session) so cancel can kill the group."""
         if self._process is not None:
             raise RuntimeError("this BackgroundProcess was already started")
+        from maskmed_core import events
+
+        self._events = events
         environment = os.environ.copy()
         environment.update({str(k): str(v) for k, v in self.env.items()})
         options: dict = {}
-        if os.name == "nt":
+        if sys.platform == "win32":
             options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(
                 subprocess, "CREATE_NO_WINDOW", 0
             )
@@ -154,17 +161,13 @@ class BackgroundProcess:
                 line = raw.rstrip("\r\n")
                 if not line:
                     continue
+                event: Event
                 if parseJson:
-                    event = None
-                    if line.startswith("{"):
-                        with contextlib.suppress(ValueError):
-                            event = json.loads(line)
-                    if not isinstance(event, dict):
-                        event = {"event": "log", "text": line}
+                    event = self._events.from_json(line) or self._events.LogEvent(line)
                 else:
                     with self._lock:
                         self._stderr.append(line)
-                    event = {"event": "log", "stream": "stderr", "text": line}
+                    event = self._events.LogEvent(line, "stderr")
                 self._queue.put(event)
         except (OSError, ValueError):  # the pipe was closed under us (cancel)
             pass
@@ -210,7 +213,7 @@ class BackgroundProcess:
             raise RuntimeError("the process was not started")
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.poll():
-            if deadline is not None and time.monotonic() > deadline:
+            if timeout is not None and deadline is not None and time.monotonic() > deadline:
                 raise subprocess.TimeoutExpired(self.command, timeout)
             time.sleep(0.02)
         assert self.returncode is not None

@@ -186,7 +186,8 @@ def updateSegmentationFromLabelImage(
             layer = emptyOrientedImageLike(referenceVolumeNode, scalarType)
         layerArray = orientedImageArray(layer)
         writeAll = rebuilt or onlyClasses is None
-        _writeLabels(layerArray, labels, classLabels, None if writeAll else {int(v) for v in onlyClasses})
+        _writeLabels(layerArray, labels, classLabels, None if writeAll or onlyClasses is None
+                     else {int(v) for v in onlyClasses})
 
         existing = set(_segmentIds(segmentation))
         for segmentClass, segmentId in zip(classes, segmentIds, strict=True):

@@ -9,6 +9,7 @@ only those, in place, in the segmentation's MaskMed layer.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,16 @@ from .segmentationwriter import (
     updateSegmentationFromLabelImage,
 )
 from .volumeio import gridMatchesVolume, labelArrayOnVolumeGrid
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One row of a table in the panel: ``key`` (what the row's check box stands for), the texts of the cells after
+    the check box, and a colour swatch (RGB 0..255) between the two, or None."""
+
+    key: int
+    texts: tuple[str, ...]
+    color: tuple[int, ...] | None = None
 
 
 class ThresholdSession:
@@ -179,6 +190,21 @@ class ThresholdSession:
             for q in order
         ]
 
+    def classRows(self, queryThreshold: float, classThreshold: float) -> list[TableRow]:
+        """The panel's class table: key = label value; texts: name, volume (mL, 1 decimal), mean confidence (2
+        decimals; "-" for an empty class, whose mean is undefined)."""
+        return [TableRow(int(row["label"]), (str(row["name"]), f"{row['volumeMl']:.1f}",
+                                             f"{row['meanConfidence']:.2f}" if row["volumeMl"] > 0 else "-"),
+                         tuple(int(v) for v in row["color"]))
+                for row in self.classTable(queryThreshold, classThreshold)]
+
+    def queryRows(self, queryThreshold: float) -> list[TableRow]:
+        """The panel's query table, most confident first: key = query index; texts: index, class, confidence,
+        kept ("yes"/"no")."""
+        return [TableRow(row["index"], (str(row["index"]), row["className"], f"{row['confidence']:.2f}",
+                                        "yes" if row["kept"] else "no"))
+                for row in self.queryTable(queryThreshold)]
+
     # ----- single queries ----------------------------------------------------------------------------------
     def queryMaskImage(self, index: int):
         """SimpleITK 0/1 uint8 image on the input grid: query ``index``'s own mask, thresholded at 0.5.
@@ -203,7 +229,8 @@ class ThresholdSession:
         segmentClass = self.classes[classIndex]
         image = self.queryMaskImage(index)  # kept alive while ``mask`` (possibly a view of it) is used
         mask = labelArrayOnVolumeGrid(image, self.volumeNode)
-        color = tuple(min(1.0, c / 255.0 * 0.6 + 0.4) for c in segmentClass.color)  # lighter than the class
+        red, green, blue = (min(1.0, c / 255.0 * 0.6 + 0.4) for c in segmentClass.color)  # lighter than the class
+        color = (red, green, blue)
         segmentId = setBinarySegment(
             node, self.querySegmentId(index), mask, self.volumeNode, f"query {index}: {segmentClass.name}", color
         )

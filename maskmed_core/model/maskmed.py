@@ -111,7 +111,7 @@ class MaskMed(nn.Module):
         """Per-class foreground probabilities at input resolution, (B, C, D, H, W), in [0, 1] (conv head)
         or [0, Q] (decoupled head, a sum over queries; see ``semantic_probabilities_from_queries``)."""
         if not self.decoupled:
-            return outputs["seg_logits"].softmax(1)[:, 1:]  # type: ignore[union-attr]
+            return outputs["seg_logits"].softmax(1)[:, 1:]  # type: ignore[attr-defined]  # Outputs values are typed object
         mask_features: torch.Tensor = outputs["mask_features"]  # type: ignore[assignment]
         size = self._input_size(mask_features)
         return semantic_probabilities_from_queries(

@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from types import ModuleType
 
@@ -28,17 +29,34 @@ EXTENSION_SOURCES: dict[str, tuple[str, tuple[str, ...]]] = {
     "cuda": ("maskmed_deform_attn3d_cuda", ("ms_deform_attn3d_cuda.cu",)),
 }
 
+# Headers that both kinds include (part of each build's source hash, so editing one rebuilds both).
+SHARED_HEADERS: tuple[str, ...] = ("ms_deform_attn3d_checks.h",)
+
 _loaded: dict[str, ModuleType | None] = {}
+
+
+class BuildStatus(Enum):
+    """The outcome of one extension kind in ``build_ops``."""
+
+    BUILT = "built"
+    ALREADY_BUILT = "already built"
+    SKIPPED = "skipped"  # this machine cannot build it (e.g. CUDA on a CPU-only torch); not an error
+    FAILED = "build failed"
 
 
 @dataclass
 class BuildReport:
-    """What happened to one extension during ``build_ops``."""
+    """What happened to one extension during ``build_ops``: the status, the library (when there is one) and
+    a message for the user (the reason, for SKIPPED and FAILED)."""
 
     kind: str
-    built: bool
+    status: BuildStatus
     path: Path | None
     message: str
+
+    @property
+    def built(self) -> bool:
+        return self.status in (BuildStatus.BUILT, BuildStatus.ALREADY_BUILT)
 
 
 def cache_root() -> Path:
@@ -52,7 +70,7 @@ def cache_root() -> Path:
 def _sources_hash(kind: str) -> str:
     _, files = EXTENSION_SOURCES[kind]
     digest = hashlib.sha256()
-    for name in files:
+    for name in (*files, *SHARED_HEADERS):
         digest.update(name.encode())
         digest.update((CSRC_DIR / name).read_bytes())
     return digest.hexdigest()[:12]
@@ -69,7 +87,7 @@ def build_dir(kind: str) -> Path:
 def built_library(kind: str) -> Path | None:
     """Path of the built library of one kind for the current torch and sources, or None."""
     module_name, files = EXTENSION_SOURCES[kind]
-    if not all((CSRC_DIR / name).is_file() for name in files):
+    if not all((CSRC_DIR / name).is_file() for name in (*files, *SHARED_HEADERS)):
         return None  # a package installed without its sources has nothing to match a build against
     folder = build_dir(kind)
     if not folder.is_dir():
@@ -160,18 +178,18 @@ def build_ops(kinds: tuple[str, ...] = ("cpu", "cuda"), verbose: bool = False) -
         if kind == "cuda":
             possible, why = cuda_build_possible()
             if not possible:
-                reports.append(BuildReport(kind, False, None, f"skipped: {why}"))
+                reports.append(BuildReport(kind, BuildStatus.SKIPPED, None, f"skipped: {why}"))
                 continue
         existing = built_library(kind)
         if existing is not None:
-            reports.append(BuildReport(kind, True, existing, "already built"))
+            reports.append(BuildReport(kind, BuildStatus.ALREADY_BUILT, existing, "already built"))
             continue
         try:
             path = _compile(kind, verbose)
         except Exception as error:  # a compiler failure must not stop the other kind from building
-            reports.append(BuildReport(kind, False, None, f"build failed: {error}"))
+            reports.append(BuildReport(kind, BuildStatus.FAILED, None, f"build failed: {error}"))
             continue
-        reports.append(BuildReport(kind, True, path, "built"))
+        reports.append(BuildReport(kind, BuildStatus.BUILT, path, "built"))
     return reports
 
 

@@ -40,6 +40,10 @@ class TrainingError(RuntimeError):
     """Training cannot go on; the message says why and what to do. The last good files are kept."""
 
 
+class DivergedError(TrainingError):
+    """The loss became NaN or infinite (``maskmed train`` exits with ExitCode.DIVERGED)."""
+
+
 @dataclass
 class TrainConfig:
     """What ``maskmed train`` was asked to do. Spacing (mm) and patch size (voxels) are (z, y, x)."""
@@ -260,7 +264,7 @@ def _run(config: TrainConfig, context, report: Reporter) -> dict[str, Any]:
         loss = losses["loss"]
         if not torch.isfinite(loss):
             names = batch.get("case", ["?"] * image.shape[0])
-            raise TrainingError(
+            raise DivergedError(
                 f"the loss became {loss.item()} at step {step + 1} (cases in the batch: {', '.join(map(str, names))}); "
                 f"the last good model files in {output} are kept. Lower --learning-rate or check those cases"
             )

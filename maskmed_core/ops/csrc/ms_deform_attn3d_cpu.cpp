@@ -35,6 +35,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "ms_deform_attn3d_checks.h"
+
 // Prefetch one cache line into all cache levels; RW = 1 announces a write.
 #if defined(__GNUC__) || defined(__clang__)
 #define MASKMED_PREFETCH(address, RW) __builtin_prefetch((address), (RW), 3)
@@ -136,9 +138,7 @@ inline void atomic_add(scalar_t* address, scalar_t increment) {
 #endif
 }
 
-struct Sizes {
-  int64_t N, S, M, Dh, Lq, L, P;
-};
+using maskmed::Sizes;
 
 // Software prefetch: samples are prepared (footprint computed, corner cache lines requested) this many
 // samples ahead of the one being accumulated, so that the random accesses of several samples overlap.
@@ -364,9 +364,12 @@ void dispatch_head_width(int64_t dh, Fn&& fn) {
 }
 
 // ------------------------------------------------------------------------------------------------------
-// Input checks shared by forward and backward; returns the sizes.
+// Input checks shared by forward and backward (the shapes and level table in ms_deform_attn3d_checks.h, shared
+// with the CUDA backend); returns the sizes.
 Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
                    const at::Tensor& sampling_locations, const at::Tensor& attention_weights) {
+  const Sizes s = maskmed::check_shapes("cpu", value, spatial_shapes, level_start_index, sampling_locations,
+                                        attention_weights);
   const std::vector<std::pair<const char*, const at::Tensor*>> all = {
       {"value", &value},
       {"spatial_shapes", &spatial_shapes},
@@ -374,54 +377,16 @@ Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes, co
       {"sampling_locations", &sampling_locations},
       {"attention_weights", &attention_weights}};
   for (const auto& [name, tensor] : all) {
-    TORCH_CHECK(tensor->defined(), "ms_deform_attn3d (cpu): ", name, " is undefined");
     TORCH_CHECK(tensor->device().is_cpu(), "ms_deform_attn3d (cpu): ", name, " must be a CPU tensor, got one on ",
                 tensor->device());
   }
-  TORCH_CHECK(value.dim() == 4, "ms_deform_attn3d (cpu): value must be (N, S, M, Dh), got ", value.sizes());
   TORCH_CHECK(value.scalar_type() == at::kFloat || value.scalar_type() == at::kDouble,
               "ms_deform_attn3d (cpu): value must be float32 or float64, got ", value.scalar_type());
   TORCH_CHECK(sampling_locations.scalar_type() == value.scalar_type() &&
                   attention_weights.scalar_type() == value.scalar_type(),
               "ms_deform_attn3d (cpu): value, sampling_locations and attention_weights must share a dtype, got ",
               value.scalar_type(), ", ", sampling_locations.scalar_type(), " and ", attention_weights.scalar_type());
-  TORCH_CHECK(spatial_shapes.scalar_type() == at::kLong && level_start_index.scalar_type() == at::kLong,
-              "ms_deform_attn3d (cpu): spatial_shapes and level_start_index must be int64, got ",
-              spatial_shapes.scalar_type(), " and ", level_start_index.scalar_type());
-  TORCH_CHECK(spatial_shapes.dim() == 2 && spatial_shapes.size(1) == 3 && spatial_shapes.size(0) >= 1,
-              "ms_deform_attn3d (cpu): spatial_shapes must be (L, 3) with L >= 1, got ", spatial_shapes.sizes());
-  const int64_t L = spatial_shapes.size(0);
-  TORCH_CHECK(level_start_index.dim() == 1 && level_start_index.size(0) == L,
-              "ms_deform_attn3d (cpu): level_start_index must be (L,) = (", L, ",), got ", level_start_index.sizes());
-  TORCH_CHECK(sampling_locations.dim() == 6 && sampling_locations.size(5) == 3,
-              "ms_deform_attn3d (cpu): sampling_locations must be (N, Lq, M, L, P, 3), got ",
-              sampling_locations.sizes());
-  TORCH_CHECK(attention_weights.dim() == 5, "ms_deform_attn3d (cpu): attention_weights must be (N, Lq, M, L, P), got ",
-              attention_weights.sizes());
-  Sizes s{value.size(0), value.size(1), value.size(2), value.size(3),
-          sampling_locations.size(1), L, sampling_locations.size(4)};
-  TORCH_CHECK(sampling_locations.size(0) == s.N && sampling_locations.size(2) == s.M &&
-                  sampling_locations.size(3) == L,
-              "ms_deform_attn3d (cpu): sampling_locations ", sampling_locations.sizes(),
-              " does not match (N, Lq, M, L, P, 3) with N=", s.N, ", M=", s.M, ", L=", L);
-  TORCH_CHECK(attention_weights.sizes() == sampling_locations.sizes().slice(0, 5),
-              "ms_deform_attn3d (cpu): attention_weights ", attention_weights.sizes(),
-              " must equal the first five sizes of sampling_locations ", sampling_locations.sizes());
-  const auto shapes = spatial_shapes.contiguous();
-  const auto starts = level_start_index.contiguous();
-  const int64_t* shape = shapes.data_ptr<int64_t>();
-  const int64_t* start = starts.data_ptr<int64_t>();
-  int64_t total = 0;
-  for (int64_t l = 0; l < L; ++l) {
-    const int64_t D = shape[3 * l], H = shape[3 * l + 1], W = shape[3 * l + 2];
-    TORCH_CHECK(D > 0 && H > 0 && W > 0, "ms_deform_attn3d (cpu): spatial_shapes[", l, "] = (", D, ", ", H, ", ",
-                W, ") must be positive");
-    TORCH_CHECK(start[l] == total, "ms_deform_attn3d (cpu): level_start_index[", l, "] = ", start[l],
-                " but the levels before it hold ", total, " voxels");
-    total += D * H * W;
-  }
-  TORCH_CHECK(total == s.S, "ms_deform_attn3d (cpu): value.size(1) = ", s.S,
-              " must equal the sum of D*H*W over spatial_shapes = ", total);
+  maskmed::check_levels("cpu", spatial_shapes, level_start_index, s.S);
   return s;
 }
 
@@ -456,14 +421,10 @@ std::vector<at::Tensor> ms_deform_attn3d_backward(const at::Tensor& value_in, co
                                                   const at::Tensor& grad_output_in) {
   const Sizes s = check_inputs(value_in, spatial_shapes_in, level_start_index_in, sampling_locations_in,
                                attention_weights_in);
-  TORCH_CHECK(grad_output_in.defined() && grad_output_in.device().is_cpu(),
-              "ms_deform_attn3d (cpu): grad_output must be a CPU tensor");
+  maskmed::check_grad_output("cpu", grad_output_in, s);
+  TORCH_CHECK(grad_output_in.device().is_cpu(), "ms_deform_attn3d (cpu): grad_output must be a CPU tensor");
   TORCH_CHECK(grad_output_in.scalar_type() == value_in.scalar_type(), "ms_deform_attn3d (cpu): grad_output must be ",
               value_in.scalar_type(), ", got ", grad_output_in.scalar_type());
-  TORCH_CHECK(grad_output_in.dim() == 3 && grad_output_in.size(0) == s.N && grad_output_in.size(1) == s.Lq &&
-                  grad_output_in.size(2) == s.M * s.Dh,
-              "ms_deform_attn3d (cpu): grad_output must be (N, Lq, M*Dh) = (", s.N, ", ", s.Lq, ", ", s.M * s.Dh,
-              "), got ", grad_output_in.sizes());
   const auto value = value_in.contiguous();
   const auto shapes = spatial_shapes_in.contiguous();
   const auto starts = level_start_index_in.contiguous();

@@ -43,6 +43,8 @@
 #include <limits>
 #include <tuple>
 
+#include "ms_deform_attn3d_checks.h"
+
 namespace {
 
 constexpr int kThreadsPerBlock = 256;  // a multiple of 32: groups never straddle warps
@@ -338,16 +340,18 @@ __global__ void __launch_bounds__(kThreadsPerBlock) ms_deform_attn3d_backward_ke
 
 // ------------------------------------------------------------------------------------------------- host
 
-struct Sizes {
-  int64_t N, S, M, Dh, Lq, L, P;
-};
+using maskmed::Sizes;
 
 at::ScalarType accumulate_type(at::ScalarType value_type) {
   return value_type == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+// Input checks shared by forward and backward (the shapes and level table in ms_deform_attn3d_checks.h, shared
+// with the CPU backend); returns the sizes.
 Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
                    const at::Tensor& sampling_locations, const at::Tensor& attention_weights) {
+  const Sizes s = maskmed::check_shapes("cuda", value, spatial_shapes, level_start_index, sampling_locations,
+                                        attention_weights);
   TORCH_CHECK(value.is_cuda(), "ms_deform_attn3d (cuda): value must be a CUDA tensor, got ", value.device());
   const auto device = value.device();
   const std::pair<const char*, const at::Tensor*> others[] = {{"spatial_shapes", &spatial_shapes},
@@ -366,33 +370,11 @@ Sizes check_inputs(const at::Tensor& value, const at::Tensor& spatial_shapes, co
               atype, " for ", vtype, " values, got ", sampling_locations.scalar_type());
   TORCH_CHECK(attention_weights.scalar_type() == atype, "ms_deform_attn3d (cuda): attention_weights must be ",
               atype, " for ", vtype, " values, got ", attention_weights.scalar_type());
-  TORCH_CHECK(spatial_shapes.scalar_type() == at::kLong && level_start_index.scalar_type() == at::kLong,
-              "ms_deform_attn3d (cuda): spatial_shapes and level_start_index must be int64, got ",
-              spatial_shapes.scalar_type(), " and ", level_start_index.scalar_type());
-
-  TORCH_CHECK(value.dim() == 4, "ms_deform_attn3d (cuda): value must be (N, S, M, Dh), got shape ", value.sizes());
-  TORCH_CHECK(spatial_shapes.dim() == 2 && spatial_shapes.size(1) == 3,
-              "ms_deform_attn3d (cuda): spatial_shapes must be (L, 3), got shape ", spatial_shapes.sizes());
-  const int64_t L = spatial_shapes.size(0);
-  TORCH_CHECK(L <= kMaxLevels, "ms_deform_attn3d (cuda): at most ", kMaxLevels, " levels, got ", L);
-  TORCH_CHECK(level_start_index.dim() == 1 && level_start_index.size(0) == L,
-              "ms_deform_attn3d (cuda): level_start_index must be (L,) = (", L, ",), got shape ",
-              level_start_index.sizes());
-  const int64_t N = value.size(0), S = value.size(1), M = value.size(2), Dh = value.size(3);
-  TORCH_CHECK(sampling_locations.dim() == 6, "ms_deform_attn3d (cuda): sampling_locations must be ",
-              "(N, Lq, M, L, P, 3), got shape ", sampling_locations.sizes());
-  const int64_t Lq = sampling_locations.size(1), P = sampling_locations.size(4);
-  TORCH_CHECK(sampling_locations.size(0) == N && sampling_locations.size(2) == M &&
-                  sampling_locations.size(3) == L && sampling_locations.size(5) == 3,
-              "ms_deform_attn3d (cuda): sampling_locations must be (N, Lq, M, L, P, 3) = (", N, ", Lq, ", M, ", ",
-              L, ", P, 3), got shape ", sampling_locations.sizes());
-  TORCH_CHECK(attention_weights.dim() == 5 && attention_weights.size(0) == N && attention_weights.size(1) == Lq &&
-                  attention_weights.size(2) == M && attention_weights.size(3) == L && attention_weights.size(4) == P,
-              "ms_deform_attn3d (cuda): attention_weights must be (N, Lq, M, L, P) = (", N, ", ", Lq, ", ", M, ", ",
-              L, ", ", P, "), got shape ", attention_weights.sizes());
-  TORCH_CHECK(L * P * 3 <= std::numeric_limits<int>::max(), "ms_deform_attn3d (cuda): too many points per query: L=",
-              L, ", P=", P);
-  return Sizes{N, S, M, Dh, Lq, L, P};
+  TORCH_CHECK(s.L <= kMaxLevels, "ms_deform_attn3d (cuda): at most ", kMaxLevels, " levels, got ", s.L);
+  TORCH_CHECK(s.L * s.P * 3 <= std::numeric_limits<int>::max(),
+              "ms_deform_attn3d (cuda): too many points per query: L=", s.L, ", P=", s.P);
+  maskmed::check_levels("cuda", spatial_shapes, level_start_index, s.S);
+  return s;
 }
 
 // log2 of the group size: the smallest power of two >= Dh, at most 32 (one warp).
@@ -447,13 +429,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ms_deform_attn3d_backward(
     const at::Tensor& grad_output_in) {
   const Sizes s = check_inputs(value_in, spatial_shapes_in, level_start_index_in, sampling_locations_in,
                                attention_weights_in);
+  maskmed::check_grad_output("cuda", grad_output_in, s);
   TORCH_CHECK(grad_output_in.device() == value_in.device(),
               "ms_deform_attn3d (cuda): grad_output must be on the device of value (", value_in.device(), "), got ",
               grad_output_in.device());
-  TORCH_CHECK(grad_output_in.dim() == 3 && grad_output_in.size(0) == s.N && grad_output_in.size(1) == s.Lq &&
-                  grad_output_in.size(2) == s.M * s.Dh,
-              "ms_deform_attn3d (cuda): grad_output must be (N, Lq, M*Dh) = (", s.N, ", ", s.Lq, ", ", s.M * s.Dh,
-              "), got shape ", grad_output_in.sizes());
   TORCH_CHECK(grad_output_in.is_floating_point(), "ms_deform_attn3d (cuda): grad_output must be floating point, got ",
               grad_output_in.scalar_type());
   const at::cuda::OptionalCUDAGuard device_guard(value_in.device());
