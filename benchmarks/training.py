@@ -227,10 +227,13 @@ def _timed_steps(step, prepare, steps: int, images, labels) -> dict:
     }
 
 
-def measure_maskmed(batches_path: str, patch, steps: int, threads: int) -> dict:
+def measure_maskmed(batches_path: str, patch, steps: int, threads: int, fast: bool = True) -> dict:
+    """MaskMed's train step; ``fast`` False is the former step (``maskmed train --reference-step``): the same
+    function, computed the slower way (see TrainConfig.fast_step)."""
     import torch
 
     torch.set_num_threads(threads)
+    from maskmed_core.allocator import retain_freed_memory
     from maskmed_core.classes import AMOS15_CLASSES
     from maskmed_core.model import MaskMed, preset
     from maskmed_core.model.criterion import build_criterion
@@ -240,7 +243,10 @@ def measure_maskmed(batches_path: str, patch, steps: int, threads: int) -> dict:
     config = preset("small", len(AMOS15_CLASSES), patch_size=tuple(patch), spacing=SPACING_ZYX)
     torch.manual_seed(SEED)
     model = MaskMed(config).train()
-    criterion = build_criterion(config)
+    criterion = build_criterion(config, logits_first=fast)
+    model.transformer.fused_value_projection = fast
+    if fast:
+        retain_freed_memory()
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=defaults.learning_rate, weight_decay=defaults.weight_decay)
 
@@ -270,6 +276,82 @@ def measure_maskmed(batches_path: str, patch, steps: int, threads: int) -> dict:
         cpu_total=cpu_seconds(),
     )
     return result
+
+
+def profile_maskmed(batches_path: str, patch, threads: int, fast: bool = True) -> dict:
+    """Where one MaskMed train step spends its time: wall time per part (forward of each network part, the
+    criterion with its Hungarian matching, backward, clipping + optimizer) over 3 steps after a warm-up, and
+    torch.profiler's most expensive operators (self CPU time) of one step."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(threads)
+    from maskmed_core.allocator import retain_freed_memory
+    from maskmed_core.classes import AMOS15_CLASSES
+    from maskmed_core.model import MaskMed, preset
+    from maskmed_core.model import criterion as criterion_module
+    from maskmed_core.model.criterion import build_criterion
+
+    config = preset("small", len(AMOS15_CLASSES), patch_size=tuple(patch), spacing=SPACING_ZYX)
+    torch.manual_seed(SEED)
+    model = MaskMed(config).train()
+    criterion = build_criterion(config, logits_first=fast)
+    model.transformer.fused_value_projection = fast
+    if fast:
+        retain_freed_memory()
+    parameters = list(model.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=3e-4, weight_decay=0.05)
+    parts: dict[str, float] = {}
+
+    def add(name: str, seconds: float) -> None:
+        parts[name] = parts.get(name, 0.0) + seconds
+
+    for name in ("encoder", "transformer", "pixel_decoder", "query_decoder"):
+        module = getattr(model, name)
+        module.register_forward_pre_hook(lambda _m, _i, n=name: parts.__setitem__(f"_{n}", time.perf_counter()))
+        module.register_forward_hook(
+            lambda _m, _i, _o, n=name: add(f"forward: {n}", time.perf_counter() - parts[f"_{n}"])
+        )
+    match = criterion_module.hungarian_match
+
+    def timed_match(*args, **kwargs):
+        tick = time.perf_counter()
+        result = match(*args, **kwargs)
+        add("criterion: Hungarian matching", time.perf_counter() - tick)
+        return result
+
+    criterion_module.hungarian_match = timed_match
+    images, labels = _load_batches(batches_path)
+
+    def step(index: int) -> None:
+        image, label_map = torch.from_numpy(images[index]), torch.from_numpy(labels[index]).long()
+        tick = time.perf_counter()
+        outputs = model(image)
+        add("forward: total", time.perf_counter() - tick)
+        tick = time.perf_counter()
+        loss = criterion(outputs, label_map)["loss"]
+        add("criterion: total (matching, point sampling, losses on 4 layers)", time.perf_counter() - tick)
+        tick = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        add("backward", time.perf_counter() - tick)
+        tick = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(parameters, GRAD_CLIP)
+        optimizer.step()
+        add("clip + optimizer", time.perf_counter() - tick)
+
+    step(0)
+    parts.clear()
+    for index in range(1, 4):
+        step(index)
+    timed = {k: v / 3 for k, v in parts.items() if not k.startswith("_")}
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        step(4)
+    operators = [
+        (event.key, event.self_cpu_time_total / 1e6, event.count)
+        for event in sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
+    ]
+    return {"parts": timed, "operators": operators}
 
 
 def measure_nnunet(batches_path: str, folder: str, env_root: str, batch: int, steps: int, threads: int) -> dict:
@@ -447,7 +529,9 @@ def _run(args: argparse.Namespace, workdir: Path) -> None:
         peer = run_child(
             measure_nnunet, batches_path, str(nnunet_folder), str(env_root), batch, args.steps, args.threads
         )
-    ours = run_child(measure_maskmed, batches_path, patch, args.steps, args.threads)
+    former = run_child(measure_maskmed, batches_path, patch, args.steps, args.threads, False)
+    ours = run_child(measure_maskmed, batches_path, patch, args.steps, args.threads, True)
+    single = run_child(measure_maskmed, batches_path, patch, args.steps, 1, True) if args.threads != 1 else None
     print(
         f"  MaskMed small: {ours['queries']} queries, strides {ours['strides']}; build_criterion (set criterion); "
         f"{ours['optimizer']}; clip {GRAD_CLIP:g}"
@@ -471,7 +555,11 @@ def _run(args: argparse.Namespace, workdir: Path) -> None:
     )
     print(header)
     print("-" * len(header))
-    rows = [("nnU-Net 3d_fullres", peer), ("MaskMed small", ours)] if peer is not None else [("MaskMed small", ours)]
+    rows = [("MaskMed former step", former), ("MaskMed small", ours)]
+    if single is not None:
+        rows.append(("MaskMed, 1 thread", single))
+    if peer is not None:
+        rows.insert(0, ("nnU-Net 3d_fullres", peer))
     for name, r in rows:
         median = statistics.median(r["times"])
         spread = f"{min(r['times']):.2f}-{max(r['times']):.2f}"
@@ -491,6 +579,27 @@ def _run(args: argparse.Namespace, workdir: Path) -> None:
     for name, r in rows:
         losses = ", ".join(f"{v:.3f}" for v in r["losses"])
         print(f"  {name}: RSS before the first step {r['rss_before'] / GIB:.2f} GiB; losses {losses}")
+    speedup = statistics.median(former["times"]) / statistics.median(ours["times"])
+    print(
+        f"  MaskMed training step, this version vs the former step (same function, same batches, {args.threads} "
+        f"threads): {speedup:.2f}x steps per second ({statistics.median(former['times']):.2f} s -> "
+        f"{statistics.median(ours['times']):.2f} s); peak RSS {ours['peak'] / former['peak']:.2f}x"
+    )
+    if single is not None:
+        print(
+            f"  1 torch thread instead of {args.threads}: {statistics.median(single['times']):.2f} s per step "
+            f"({statistics.median(ours['times']) / statistics.median(single['times']):.2f}x the speed); on a busy "
+            "2-core machine one thread is the robust choice (OpenMP threads wait for each other when one is "
+            "descheduled)"
+        )
+    profile_result = run_child(profile_maskmed, batches_path, patch, args.threads, True)
+    print()
+    print(f"profile of one MaskMed train step (this version, {args.threads} threads; wall seconds, mean of 3 steps):")
+    for name, seconds in sorted(profile_result["parts"].items(), key=lambda item: -item[1]):
+        print(f"  {name:66s} {seconds:7.2f}")
+    print("  most expensive operators of one step (torch.profiler, self CPU seconds summed over threads, calls):")
+    for key, seconds, count in profile_result["operators"]:
+        print(f"    {key[:60]:60s} {seconds:7.2f} {count:6d}")
     if peer is not None:
         ratio = statistics.median(ours["times"]) / statistics.median(peer["times"])
         print(

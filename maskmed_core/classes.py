@@ -111,3 +111,16 @@ AMOS15_CLASSES: tuple[SegmentClass, ...] = (
     SegmentClass(14, "urinary bladder", (222, 154, 132), _anatomy("89837001", "Urinary bladder")),
     SegmentClass(15, "prostate/uterus", (230, 158, 140), _anatomy("41216001", "Prostate")),
 )
+
+
+def lateral_pairs(classes: list[SegmentClass]) -> list[tuple[int, int]]:
+    """Index pairs of classes that are the left and right of one structure (same SNOMED type code)."""
+    by_type: dict[str, dict[str, int]] = {}
+    for index, segment_class in enumerate(classes):
+        terminology = segment_class.terminology
+        if terminology is None or terminology.type_modifier is None:
+            continue
+        side = terminology.type_modifier.code
+        if side in (LEFT[1], RIGHT[1]):
+            by_type.setdefault(terminology.type.code, {})[side] = index
+    return [(sides[LEFT[1]], sides[RIGHT[1]]) for sides in by_type.values() if len(sides) == 2]

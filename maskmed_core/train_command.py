@@ -88,6 +88,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--contrast-prob", type=float, default=0.0,
                         help="probability that a real CT patch is shown in another contrast phase (enhancing "
                         "classes shifted by class; TotalSegmentator v2 label maps)")
+    parser.add_argument("--holdout", nargs=2, metavar=("IMAGE", "LABELS"),
+                        help="a held-out labelled case: preprocessed into the cache, never trained on, scored (Dice, "
+                        "HD95 on the model grid) with the best model at the end (holdout_evaluation.json)")
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="check and preprocess the data into the cache (--cache-dir) with its manifest.json, then "
+                        "stop; `maskmed train CACHE/manifest.json` later trains from the cache alone, without "
+                        "SimpleITK or the images (e.g. on a bare GPU machine)")
     parser.add_argument("--reference-step", action="store_true",
                         help="the former, slower training step (for benchmarks; learns the same)")
     parser.add_argument("--nproc", type=int, default=1, help="start K processes through torchrun (DDP)")
@@ -111,6 +118,7 @@ def _config_from_args(args: argparse.Namespace):
         "time_limit_minutes": args.time_limit, "synthetic_labels": list(args.synthetic_labels),
         "synthetic_ratio": args.synthetic_ratio, "synthetic_prob": args.synthetic_prob,
         "contrast_prob": args.contrast_prob, "fast_step": not args.reference_step,
+        "holdout": tuple(args.holdout) if args.holdout else None, "prepare_only": args.prepare_only,
     }
     known = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in values.items() if k in known})
@@ -170,6 +178,12 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         progress.error("interrupted; the files of the last completed epoch are kept: add --resume to continue")
         return ExitCode.CANCELLED
+    if "manifest" in summary:  # --prepare-only
+        if is_main:
+            text = (f"prepared {summary['cases']} real and {summary['label_only_cases']} label-only cases"
+                    f"{' and a held-out case' if summary['holdout'] else ''}: {summary['manifest']}")
+            print(json.dumps({"event": SummaryEvent.KIND, **summary}) if args.json else text, flush=True)
+        return ExitCode.OK
     if is_main and args.export:
         summary["exported"] = str(_export(Path(summary["best_model"]), Path(args.export)))
     if is_main:
@@ -181,6 +195,11 @@ def run(args: argparse.Namespace) -> int:
             lines.append(f"model files: {summary['best_model']} (best), {summary['last_model']} (last)")
             if "exported" in summary:
                 lines.append(f"best model copied to {summary['exported']}")
+            if "holdout" in summary:
+                from maskmed_core.evaluation import format_scores
+
+                lines.append(f"held-out case ({summary['holdout']['grid']}):")
+                lines += format_scores(summary["holdout"]["classes"], list(summary["holdout"]["classes"]))
             print("\n".join(lines))
     return ExitCode.OK
 

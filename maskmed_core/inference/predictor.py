@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from maskmed_core.checkpoint import ModelFile, load_model_file
-from maskmed_core.classes import LEFT, RIGHT, SegmentClass
+from maskmed_core.classes import SegmentClass, lateral_pairs
 from maskmed_core.inference.checks import check_memory, check_spacing
 from maskmed_core.inference.preprocessing import normalize_ct, prepare
 from maskmed_core.inference.result import Grid, SegmentationResult
@@ -28,19 +28,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but no CUDA GPU is usable here; use --device cpu or auto")
     return torch.device(name)
-
-
-def lateral_pairs(classes: list[SegmentClass]) -> list[tuple[int, int]]:
-    """Index pairs of classes that are the left and right of one structure (same SNOMED type code)."""
-    by_type: dict[str, dict[str, int]] = {}
-    for index, segment_class in enumerate(classes):
-        terminology = segment_class.terminology
-        if terminology is None or terminology.type_modifier is None:
-            continue
-        side = terminology.type_modifier.code
-        if side in (LEFT[1], RIGHT[1]):
-            by_type.setdefault(terminology.type.code, {})[side] = index
-    return [(sides[LEFT[1]], sides[RIGHT[1]]) for sides in by_type.values() if len(sides) == 2]
 
 
 class Predictor:

@@ -26,14 +26,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 import shutil
 import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,38 +41,15 @@ import maskmed_core
 from maskmed_core.inference.preprocessing import prepare
 from maskmed_core.io import InputError
 from maskmed_core.plans import Plans
+from maskmed_core.training.cache_entries import PreprocessedCase, foreground_samples, load_entry, write_entry
 from maskmed_core.training.dataset import Case, DatasetSpec, LabelMapping, apply_label_mapping, read_case
 
 # Bump when what is written changes (preprocessing, file layout), so that old entries are not trusted.
 CACHE_FORMAT_VERSION = 2
-# nnU-Net's foreground sampling: up to this many voxel coordinates per class, but at least 1% of the class's voxels.
-FOREGROUND_SAMPLES = 10000
-FOREGROUND_MIN_FRACTION = 0.01
 # A temporary folder older than this belongs to a process that died (preprocessing one case takes seconds).
 _STALE_TEMPORARY_S = 3600.0
 # Source label values up to this are kept as the tissue map (253..255 mark the body; see synthesis.py).
 MAX_TISSUE_VALUE = 252
-
-
-@dataclass
-class PreprocessedCase:
-    """One case on the model grid.
-
-    image: (z, y, x) float32 normalised intensities (memory-mapped, read-only); None for a label-only case.
-    labels: (z, y, x) uint8 class indices 0..C (memory-mapped, read-only): 0 background, i the i-th class of the
-        ``class_values`` given to :func:`preprocess_cases`.
-    foreground: class index -> (K, 3) int32 (z, y, x) voxel coordinates of that class, a random sample (for
-        foreground oversampling); only classes present in the case have an entry.
-    spacing_zyx: the grid's spacing (mm), the plans' spacing.
-    tissue: (z, y, x) uint8 source labels with the body marked (see the module docstring), or None.
-    """
-
-    name: str
-    image: np.ndarray | None
-    labels: np.ndarray
-    foreground: dict[int, np.ndarray]
-    spacing_zyx: tuple[float, float, float]
-    tissue: np.ndarray | None = None
 
 
 def preprocess_cases(
@@ -121,7 +95,7 @@ def preprocess_case(
     key = cache_key(case, plans, class_values, label_mapping)
     entry = cache_dir / f"{_safe_name(case.name)}-{key}"
     if entry.is_dir():
-        loaded = _load_entry(entry, case.name, key)
+        loaded = load_entry(entry, case.name, key)
         if loaded is not None:
             return loaded
         shutil.rmtree(entry, ignore_errors=True)  # damaged by hand or by the disk: rebuild it
@@ -135,8 +109,8 @@ def preprocess_case(
         "image_file": str(case.image),
         "label_file": str(case.label),
     }
-    _write_entry(entry, image, labels, tissue, foreground, meta)
-    loaded = _load_entry(entry, case.name, key)
+    write_entry(entry, image, labels, tissue, foreground, meta)
+    loaded = load_entry(entry, case.name, key)
     if loaded is None:
         raise OSError(f"The cache entry {entry} could not be read back right after writing it; check the disk.")
     return loaded
@@ -168,7 +142,7 @@ def preprocess_label_only(
     key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]
     entry = cache / f"{_safe_name(name)}-{key}"
     if entry.is_dir():
-        loaded = _load_entry(entry, name, key)
+        loaded = load_entry(entry, name, key)
         if loaded is not None:
             return loaded
         shutil.rmtree(entry, ignore_errors=True)
@@ -191,8 +165,8 @@ def preprocess_label_only(
         "name": name, "key": key, "spacing_zyx": list(plans.spacing), "shape_zyx": list(labels.shape),
         "class_values": list(class_values), "image_file": None, "label_file": str(label_path),
     }
-    _write_entry(entry, None, labels, tissue, foreground, meta)
-    loaded = _load_entry(entry, name, key)
+    write_entry(entry, None, labels, tissue, foreground, meta)
+    loaded = load_entry(entry, name, key)
     if loaded is None:
         raise OSError(f"The cache entry {entry} could not be read back right after writing it; check the disk.")
     return loaded
@@ -277,94 +251,8 @@ def _preprocess(
     return image_array, labels, tissue, foreground_samples(labels, len(class_values), np.random.default_rng(seed))
 
 
-def foreground_samples(labels: np.ndarray, num_classes: int, rng: np.random.Generator) -> dict[int, np.ndarray]:
-    """Class index -> (K, 3) int32 (z, y, x) coordinates, K = min(voxels, max(10000, 1% of voxels)), no repeats."""
-    flat = labels.reshape(-1)
-    where = np.flatnonzero(flat)
-    classes = flat[where]
-    # One sort groups the voxels of all classes (rather than one full pass over the volume per class).
-    order = np.argsort(classes, kind="stable")
-    where, classes = where[order], classes[order]
-    bounds = np.searchsorted(classes, np.arange(1, num_classes + 2))
-    samples = {}
-    for index in range(1, num_classes + 1):
-        voxels = where[bounds[index - 1] : bounds[index]]
-        if voxels.size == 0:
-            continue
-        count = min(voxels.size, max(FOREGROUND_SAMPLES, math.ceil(voxels.size * FOREGROUND_MIN_FRACTION)))
-        chosen = np.sort(rng.choice(voxels, count, replace=False))
-        samples[index] = np.stack(np.unravel_index(chosen, labels.shape), axis=1).astype(np.int32)
-    return samples
-
-
 # --------------------------------------------------------------------------------------------------------------
 # the cache entry
-
-
-def _write_entry(
-    entry: Path,
-    image: np.ndarray | None,
-    labels: np.ndarray,
-    tissue: np.ndarray | None,
-    foreground: dict[int, np.ndarray],
-    meta: dict[str, Any],
-) -> None:
-    temporary = entry.with_name(f".tmp-{entry.name}-{uuid.uuid4().hex[:8]}")
-    temporary.mkdir()
-    try:
-        if image is not None:
-            _write_file(temporary / "image.npy", lambda f: np.save(f, image))
-        _write_file(temporary / "labels.npy", lambda f: np.save(f, labels))
-        if tissue is not None:
-            _write_file(temporary / "tissue.npy", lambda f: np.save(f, tissue))
-        arrays = {f"class_{index}": coords for index, coords in foreground.items()}
-        _write_file(temporary / "foreground.npz", lambda f: np.savez(f, **arrays))
-        # meta.json last: an entry is only ever renamed into place complete, but a reader still checks it.
-        _write_file(temporary / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode("utf-8")))
-        try:
-            os.rename(temporary, entry)
-        except OSError:
-            # Another process finished the same entry first (the target folder exists and is not empty): use its.
-            if not (entry / "meta.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
-
-
-def _write_file(path: Path, write: Callable[[Any], Any]) -> None:
-    with open(path, "wb") as file:
-        write(file)
-        file.flush()
-        # On disk before the rename makes the entry visible: after a power cut the entry is complete or absent.
-        os.fsync(file.fileno())
-
-
-def _load_entry(entry: Path, name: str, key: str) -> PreprocessedCase | None:
-    """The cached case, or None when the entry is incomplete or damaged."""
-    try:
-        with open(entry / "meta.json", encoding="utf-8") as file:
-            meta = json.load(file)
-        if meta.get("key") != key:
-            return None
-        label_only = meta.get("image_file") is None
-        image = None if label_only else np.load(entry / "image.npy", mmap_mode="r")
-        labels = np.load(entry / "labels.npy", mmap_mode="r")
-        tissue = np.load(entry / "tissue.npy", mmap_mode="r") if (entry / "tissue.npy").is_file() else None
-        with np.load(entry / "foreground.npz") as archive:
-            foreground = {int(k.removeprefix("class_")): archive[k] for k in archive.files}
-    except (OSError, ValueError, KeyError, json.JSONDecodeError):
-        return None
-    shape = tuple(meta.get("shape_zyx", ()))
-    if labels.shape != shape or labels.dtype != np.uint8:
-        return None
-    if image is not None and (image.shape != shape or image.dtype != np.float32):
-        return None
-    if (tissue is not None and (tissue.shape != shape or tissue.dtype != np.uint8)) or (label_only and tissue is None):
-        return None
-    spacing = tuple(float(s) for s in meta["spacing_zyx"])
-    return PreprocessedCase(
-        name=name, image=image, labels=labels, foreground=foreground, spacing_zyx=spacing, tissue=tissue
-    )
 
 
 def _remove_stale_temporaries(cache: Path) -> None:

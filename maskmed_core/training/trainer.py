@@ -22,7 +22,7 @@ import torch
 
 from maskmed_core.allocator import retain_freed_memory
 from maskmed_core.checkpoint import load_model_file, save_model_file
-from maskmed_core.classes import AMOS15_CLASSES, SegmentClass
+from maskmed_core.classes import AMOS15_CLASSES, SegmentClass, lateral_pairs
 from maskmed_core.model import MaskMed, preset
 from maskmed_core.model.criterion import build_criterion
 from maskmed_core.plans import Plans
@@ -85,6 +85,9 @@ class TrainConfig:
     synthetic_prob: float = 0.0  # a real case's patch gets a synthesised image from its own label map
     contrast_prob: float = 0.0  # otherwise its real image is shown in another contrast phase
     fast_step: bool = True  # False: the former training step (benchmarks/training.py compares both)
+    # (image, labels) of a held-out case: preprocessed with the others, never trained on, scored at the end
+    holdout: tuple[str, str] | None = None
+    prepare_only: bool = False  # preprocess, write the cache and its manifest, then stop
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -125,16 +128,51 @@ def _set_determinism(config: TrainConfig, rank: int) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def _prepare_data(config: TrainConfig, context, report: Reporter):
-    from maskmed_core.training.cache import preprocess_cases
+@dataclass
+class TrainingData:
+    """What the loop trains on: the plans, the classes, the model to start from and the preprocessed cases."""
+
+    plans: Plans
+    classes: list[SegmentClass]
+    model_config: Any
+    init_file: Any
+    class_plan: Any
+    cases: list
+    label_only_cases: list
+    holdout: Any
+    manifest_path: Path | None
+
+
+def _check_options(config: TrainConfig) -> None:
+    for name in ("synthetic_ratio", "synthetic_prob", "contrast_prob"):
+        if not 0.0 <= getattr(config, name) <= 1.0:
+            raise ValueError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(config, name)}")
+
+
+def _start_model(config: TrainConfig, data_classes: list[SegmentClass], make_plans) -> tuple:
+    """(plans, classes, model config, init file, class plan): from ``--init`` or a new preset."""
+    init_file = load_model_file(config.init) if config.init else None
+    if init_file is not None:
+        plan = plan_classes(init_file.classes, [c.name for c in data_classes], data_classes, config.keep_absent_classes)
+        model_config = init_file.config
+        model_config.num_classes = len(plan.classes)
+        return init_file.plans, plan.classes, model_config, init_file, plan
+    plans = make_plans()
+    model_config = preset(config.preset, len(data_classes), patch_size=plans.patch_size, spacing=plans.spacing)
+    model_config.head.kind = config.head
+    model_config.transformer.enabled = config.transformer
+    return plans, data_classes, model_config, None, None
+
+
+def _data_from_files(config: TrainConfig, context, report: Reporter, cache_dir: Path) -> TrainingData:
+    """Check the dataset, plan, preprocess every case into ``cache_dir`` (rank 0 first) and write its manifest."""
+    from maskmed_core.training.cache import preprocess_case, preprocess_cases, preprocess_label_only
+    from maskmed_core.training.cache_entries import CacheManifest, write_manifest
     from maskmed_core.training.checks import check_dataset, format_report, without_bad_cases
-    from maskmed_core.training.dataset import load_dataset
+    from maskmed_core.training.dataset import Case, load_dataset
     from maskmed_core.training.fingerprint import compute_fingerprint, plans_from_fingerprint
 
     spec = load_dataset(config.dataset, label_mapping=config.label_mapping)
-    if not 0.0 <= config.synthetic_ratio <= 1.0 or not 0.0 <= config.synthetic_prob <= 1.0 \
-            or not 0.0 <= config.contrast_prob <= 1.0:
-        raise ValueError("--synthetic-ratio, --synthetic-prob and --contrast-prob must be between 0 and 1")
     problems = check_dataset(spec, label_mapping=config.label_mapping)
     if problems:
         text = format_report(problems)
@@ -144,7 +182,60 @@ def _prepare_data(config: TrainConfig, context, report: Reporter):
         report({"event": "message", "level": "warning", "text": text + "\n--skip-bad-cases: training without them"})
         if not spec.cases:
             raise TrainingError("no usable case is left after skipping the bad ones")
-    return spec, compute_fingerprint, plans_from_fingerprint, preprocess_cases
+    plans, classes, model_config, init_file, class_plan = _start_model(
+        config, _dataset_classes(spec.labels),
+        lambda: plans_from_fingerprint(compute_fingerprint(spec, label_mapping=config.label_mapping),
+                                       patch_size=config.patch_size, spacing=config.spacing),
+    )
+    class_values = [c.label for c in classes]
+    label_only_files = _label_only_files(config.synthetic_labels)
+
+    def preprocess_all():
+        real = preprocess_cases(spec, plans, class_values, cache_dir, label_mapping=config.label_mapping)
+        label_only = [preprocess_label_only(path, plans, class_values, cache_dir, config.label_mapping)
+                      for path in label_only_files]
+        holdout = None
+        if config.holdout:
+            image, label = config.holdout
+            holdout = preprocess_case(Case("holdout", Path(image), Path(label)), plans, class_values, cache_dir,
+                                      config.label_mapping)
+        return real, label_only, holdout
+
+    manifest_path = None
+    if context.is_main:  # rank 0 fills the cache first; the other ranks then read it
+        cases, label_only_cases, holdout = preprocess_all()
+        manifest_path = write_manifest(cache_dir, CacheManifest(
+            plans, classes, [c.entry for c in cases], [c.entry for c in label_only_cases],
+            holdout.entry if holdout is not None else None,
+            source={"dataset": str(config.dataset), "synthetic_labels": [str(f) for f in label_only_files],
+                    "holdout": list(config.holdout) if config.holdout else None,
+                    "label_mapping": {str(k): v for k, v in (config.label_mapping or {}).items()}},
+        ))
+    distributed.barrier(context)
+    if not context.is_main:
+        cases, label_only_cases, holdout = preprocess_all()
+    return TrainingData(plans, classes, model_config, init_file, class_plan, cases, label_only_cases, holdout,
+                        manifest_path)
+
+
+def _data_from_manifest(config: TrainConfig) -> TrainingData:
+    """The cases of a prepared cache (numpy and JSON only: no SimpleITK, no image reading)."""
+    from maskmed_core.training.cache_entries import load_cached, read_manifest
+
+    manifest, cache_root = read_manifest(config.dataset)
+    plans, classes, model_config, init_file, class_plan = _start_model(config, manifest.classes, lambda: manifest.plans)
+    if plans.to_dict() != manifest.plans.to_dict():
+        raise TrainingError(f"--init {config.init} has other preprocessing plans than the cache {cache_root} was "
+                            "prepared with: prepare the cache with the same --init")
+    if [c.name for c in classes] != [c.name for c in manifest.classes]:
+        raise TrainingError(f"--init {config.init}: its classes differ from the cache's; prepare the cache with it")
+    return TrainingData(
+        plans, classes, model_config, init_file, class_plan,
+        [load_cached(cache_root, name) for name in manifest.cases],
+        [load_cached(cache_root, name) for name in manifest.label_only],
+        load_cached(cache_root, manifest.holdout) if manifest.holdout else None,
+        Path(config.dataset) if Path(config.dataset).is_file() else Path(config.dataset) / "manifest.json",
+    )
 
 
 def run_training(config: TrainConfig, report: Reporter | None = None) -> dict[str, Any]:
@@ -162,45 +253,24 @@ def _run(config: TrainConfig, context, report: Reporter) -> dict[str, Any]:
     if context.is_main:
         output.mkdir(parents=True, exist_ok=True)
     _set_determinism(config, context.rank)
-    spec, compute_fingerprint, plans_from_fingerprint, preprocess_cases = _prepare_data(config, context, report)
-    from maskmed_core.training.cache import preprocess_label_only
+    _check_options(config)
+    from maskmed_core.training.cache_entries import is_manifest
 
-    data_classes = _dataset_classes(spec.labels)
-    init_file = load_model_file(config.init) if config.init else None
-    if init_file is not None:
-        plan = plan_classes(init_file.classes, [c.name for c in data_classes], data_classes, config.keep_absent_classes)
-        classes = plan.classes
-        plans = init_file.plans
-        model_config = init_file.config
-        model_config.num_classes = len(classes)
-    else:
-        plan = None
-        classes = data_classes
-        fingerprint = compute_fingerprint(spec, label_mapping=config.label_mapping)
-        plans = plans_from_fingerprint(fingerprint, patch_size=config.patch_size, spacing=config.spacing)
-        model_config = preset(config.preset, len(classes), patch_size=plans.patch_size, spacing=plans.spacing)
-        model_config.head.kind = config.head
-        model_config.transformer.enabled = config.transformer
-
-    # Rank 0 fills the preprocessing cache first; the other ranks then read it.
     cache_dir = Path(config.cache_dir) if config.cache_dir else output / "cache"
-    class_values = [c.label for c in classes]
-    label_only_files = _label_only_files(config.synthetic_labels)
-
-    def preprocess_all():
-        real = preprocess_cases(spec, plans, class_values, cache_dir, label_mapping=config.label_mapping)
-        label_only = [preprocess_label_only(path, plans, class_values, cache_dir, config.label_mapping)
-                      for path in label_only_files]
-        return real, label_only
-
-    if context.is_main:
-        cases, label_only_cases = preprocess_all()
-    distributed.barrier(context)
-    if not context.is_main:
-        cases, label_only_cases = preprocess_all()
+    if is_manifest(config.dataset):
+        data = _data_from_manifest(config)
+    else:
+        data = _data_from_files(config, context, report, cache_dir)
+    plans, classes, model_config, init_file, plan = (
+        data.plans, data.classes, data.model_config, data.init_file, data.class_plan
+    )
+    cases, label_only_cases = data.cases, data.label_only_cases
     if label_only_cases:
         report({"event": "message", "level": "info",
                 "text": f"{len(cases)} real cases and {len(label_only_cases)} label-only cases (synthesised CT)"})
+    if config.prepare_only:
+        return {"manifest": str(data.manifest_path), "cases": len(cases), "label_only_cases": len(label_only_cases),
+                "holdout": data.holdout is not None}
 
     model = MaskMed(model_config)
     if init_file is not None and plan is not None:
@@ -323,11 +393,36 @@ def _run(config: TrainConfig, context, report: Reporter) -> dict[str, Any]:
             break
 
     best = next((r for r in history if r["step"] == best_step), history[-1] if history else {})
-    return {
+    summary = {
         "best_epoch": best.get("epoch"), "best_mean_dice": best_metric, "dice": best.get("dice", {}),
         "best_model": str(output / "best.maskmed"), "last_model": str(output / "last.maskmed"),
         "steps": step, "seconds": clock.elapsed(),
     }
+    if data.holdout is not None and context.is_main:
+        summary["holdout"] = _score_holdout(output, data.holdout, plans, classes, context.device)
+    return summary
+
+
+def _score_holdout(output: Path, holdout, plans: Plans, classes: list[SegmentClass], device) -> dict[str, Any]:
+    """Dice and HD95 of the best model file on the held-out case, on the model grid; also written to
+    ``holdout_evaluation.json``. The held-out case played no part in training or in choosing the best model."""
+    from maskmed_core.evaluation import class_scores, summarize
+    from maskmed_core.training.validation import predict_case_indices
+
+    model_file = load_model_file(output / "best.maskmed")
+    model = MaskMed(model_file.config)
+    model.load_state_dict(model_file.state_dict)
+    model.to(device).eval()
+    prediction = predict_case_indices(model, holdout.image, plans, device)
+    scores = class_scores(prediction, np.asarray(holdout.labels), {c.name: i + 1 for i, c in enumerate(classes)},
+                          plans.spacing)
+    result = {"grid": f"model grid, {' x '.join(f'{s:g}' for s in plans.spacing)} mm", "classes": scores,
+              **summarize(scores)}
+    path = output / "holdout_evaluation.json"
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    temporary.replace(path)
+    return result
 
 
 class _TrainingClock:
@@ -401,8 +496,6 @@ def _label_only_files(entries: list[str]) -> list[Path]:
 
 def _lateral_pairs_by_index(classes: list[SegmentClass]) -> list[tuple[int, int]] | None:
     """Left/right partner classes as 1-based class indices of the training labels, or None if unknown."""
-    from maskmed_core.inference.predictor import lateral_pairs
-
     if not any(c.terminology is not None for c in classes):
         return None
     return [(a + 1, b + 1) for a, b in lateral_pairs(classes)]
