@@ -27,7 +27,7 @@ def test_default_model_is_bundled_small_enough_with_amos_classes_colours_and_ter
 
 def test_demo_on_a_crop_writes_the_three_files_and_reports_agreement_with_totalsegmentator(tmp_path, capsys):
     output = tmp_path / "demo"
-    assert main(["demo", "-o", str(output), "--device", "cpu", "--crop", *KIDNEY_CROP]) == 0
+    assert main(["demo", "-o", str(output), "--device", "cpu", "--case", "abdomen", "--crop", *KIDNEY_CROP]) == 0
     printed = capsys.readouterr().out
     assert "agreement with TotalSegmentator" in printed and "trained on" in printed
     for name in ("demo_ct.nii.gz", "demo_ct.seg.nrrd", "demo_ct.png"):
@@ -39,9 +39,20 @@ def test_demo_on_a_crop_writes_the_three_files_and_reports_agreement_with_totals
     assert re.search(r"^time: \d+\.\d s", printed, re.M)
 
 
+@pytest.mark.slow
+def test_demo_on_the_held_out_ct_says_the_model_never_saw_it(tmp_path, capsys):
+    output = tmp_path / "demo"
+    assert main(["demo", "-o", str(output), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "s0009_ct.nii.gz" in printed and "corrected by hand" in printed
+    assert "held out: the default model never saw it" in printed
+    assert re.search(r"^  mean \(classes present\)\s+\d\.\d{3}$", printed, re.M)
+    assert (output / "demo_ct.seg.nrrd").stat().st_size > 0
+
+
 @pytest.mark.parametrize("crop", [["0", "200", "0", "50", "0", "50"], ["40", "20", "0", "50", "0", "50"]])
 def test_demo_refuses_a_crop_outside_the_ct(tmp_path, capsys, crop):
-    assert main(["demo", "-o", str(tmp_path / "demo"), "--crop", *crop]) == 2
+    assert main(["demo", "-o", str(tmp_path / "demo"), "--case", "abdomen", "--crop", *crop]) == 2
     assert "not a box inside the demo CT" in capsys.readouterr().err
     assert not (tmp_path / "demo").exists()
 

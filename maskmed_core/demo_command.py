@@ -1,9 +1,11 @@
-"""``maskmed demo``: segment the bundled real CT with the default model and show what came out.
+"""``maskmed demo``: segment a bundled real CT with the default model and show what came out.
 
+Two bundled CTs (``--case``): ``s0009`` (default), a lumbar-spine/abdomen CT of the TotalSegmentator dataset that
+the default model never saw in training, with the dataset's labels (made with TotalSegmentator, corrected by hand);
+and ``abdomen``, a native abdomen-pelvis CT the default model was trained on, with TotalSegmentator's predictions.
 Writes ``<out>/demo_ct.nii.gz``, ``<out>/demo_ct.seg.nrrd`` (opens in 3D Slicer) and ``<out>/demo_ct.png``
 (axial, coronal and sagittal views with the segments overlaid), and prints the per-class Dice against the
-bundled reference labels. Those labels are TotalSegmentator predictions, so the score is agreement with
-TotalSegmentator, not accuracy against manual annotation.
+bundled reference labels.
 """
 
 from __future__ import annotations
@@ -20,22 +22,43 @@ RESOURCES = Path(__file__).resolve().parent / "resources"
 DEMO_CT = RESOURCES / "demo" / "abdomen_ct_3mm.nii.gz"
 DEMO_LABELS = RESOURCES / "demo" / "abdomen_ct_3mm_totalseg.nii.gz"
 DEMO_MAPPING = RESOURCES / "demo" / "amos15_from_totalseg_v2.json"
+HELD_OUT_CT = RESOURCES / "demo" / "s0009_ct.nii.gz"
+HELD_OUT_LABELS = RESOURCES / "demo" / "s0009_totalseg.nii.gz"
+# case -> (CT, labels, what the Dice means, whether the default model was trained on it)
+CASES = {
+    "s0009": (HELD_OUT_CT, HELD_OUT_LABELS,
+              "agreement with the TotalSegmentator dataset's labels (made with TotalSegmentator, corrected by hand)",
+              False),
+    "abdomen": (DEMO_CT, DEMO_LABELS, "agreement with TotalSegmentator (the reference labels are its predictions)",
+                True),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", default="maskmed_demo", help="output folder (default ./maskmed_demo)")
     parser.add_argument("--model", help="model file (default: the bundled default model)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--case", default="s0009", choices=tuple(CASES),
+                        help="s0009: a CT the default model never saw (default); abdomen: one it was trained on")
     parser.add_argument("--crop", type=int, nargs=6, metavar=("X0", "X1", "Y0", "Y1", "Z0", "Z1"),
                         help="segment only this voxel box of the demo CT (a quick check)")
 
 
-def reference_labels(image_shape_source, classes) -> np.ndarray:
+def held_out_note(case: str, default_model: bool) -> str:
+    """What the printed Dice is worth: measured on a CT the model never saw, or on one of its training cases."""
+    if not default_model:
+        return "  (a model file of your own: whether it saw this CT in training, only you know)"
+    if CASES[case][3]:
+        return "  (this CT is one of the cases the default model was trained on: seen data, not a test set)"
+    return "  (this CT was held out: the default model never saw it, nor its labels, in training)"
+
+
+def reference_labels(image_shape_source, classes, labels_file: Path = DEMO_LABELS) -> np.ndarray:
     """The bundled TotalSegmentator labels mapped to the model's class label values, (z, y, x)."""
     import SimpleITK as sitk  # noqa: N813
 
     mapping = {c["totalseg_v2_id"]: c["amos_id"] for c in json.loads(DEMO_MAPPING.read_text())["classes"]}
-    labels = sitk.Resample(sitk.ReadImage(str(DEMO_LABELS)), image_shape_source, sitk.Transform(),
+    labels = sitk.Resample(sitk.ReadImage(str(labels_file)), image_shape_source, sitk.Transform(),
                            sitk.sitkNearestNeighbor, 0)
     source = sitk.GetArrayFromImage(labels)
     mapped = np.zeros(source.shape, dtype=np.uint16)
@@ -125,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
     except ModelFileError as error:
         print(f"maskmed: error: {error}", file=sys.stderr)
         return 4
-    image = sitk.ReadImage(str(DEMO_CT))
+    ct_file, labels_file, agreement, _ = CASES[args.case]
+    image = sitk.ReadImage(str(ct_file))
     if args.crop:
         x0, x1, y0, y1, z0, z1 = args.crop
         size = image.GetSize()
@@ -152,16 +176,15 @@ def run(args: argparse.Namespace) -> int:
     labels = sitk.GetArrayFromImage(label_image)
     files.append(overlay_png(image, labels, result.classes, output / "demo_ct.png"))
     seconds = time.perf_counter() - start
-    reference = reference_labels(image, result.classes)
+    reference = reference_labels(image, result.classes, labels_file)
     rows = dice_table(labels, reference, result.classes)
-    print("Per-class Dice: agreement with TotalSegmentator (the reference labels are its predictions)")
+    print(f"Per-class Dice on {ct_file.name}: {agreement}")
     scored = [score for _, score in rows if score is not None]
     for name, score in rows:
         print(f"  {name:22s} {'   -' if score is None else f'{score:.3f}'}")
     if scored:
         print(f"  {'mean (classes present)':22s} {np.mean(scored):.3f}")
-    if model_path == DEFAULT_MODEL:
-        print("  (this CT is one of the two cases the default model was trained on: seen data, not a test set)")
+    print(held_out_note(args.case, model_path == DEFAULT_MODEL))
     print(f"time: {seconds:.1f} s (model loading, inference and writing) on {predictor.device}")
     print("files: " + ", ".join(str(f) for f in files))
     return 0
