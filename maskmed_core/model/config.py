@@ -187,11 +187,17 @@ def preset(
     in_channels: int = 1,
     patch_size: Triple | None = None,
     spacing: tuple[float, float, float] | None = None,
+    head_kind: str = "decoupled",
+    transformer_enabled: bool = True,
 ) -> ModelConfig:
     """``small`` (CPU, under 10 M parameters) or ``base`` (paper scale) with strides planned for the data.
 
-    Without ``patch_size`` and ``spacing`` the strides are isotropic 2 (stem stride 1).
+    Without ``patch_size`` and ``spacing`` the strides are isotropic 2 (stem stride 1). ``head_kind``: "decoupled"
+    (MaskMed) or "conv" (the point-wise conv head baseline); ``transformer_enabled=False`` removes the FSA
+    transformer (the ablations), so that a config is complete when built.
     """
+    if head_kind not in ("decoupled", "conv"):
+        raise ValueError(f"unknown head kind {head_kind!r}; choose 'decoupled' or 'conv'")
     if name == "small":
         features: tuple[int, ...] = (16, 32, 64, 128, 192)
         blocks: tuple[int, ...] = (1, 2, 2, 2, 2)
@@ -217,6 +223,8 @@ def preset(
     encoder = EncoderConfig(
         in_channels=in_channels, features=features, strides=strides, kernel_sizes=kernels, blocks_per_stage=blocks
     )
+    head.kind = head_kind
+    transformer.enabled = transformer_enabled
     return ModelConfig(
         num_classes=num_classes, encoder=encoder, transformer=transformer, pixel_decoder=pixel, head=head
     )

@@ -90,6 +90,27 @@ class TrainConfig:
     prepare_only: bool = False  # preprocess, write the cache and its manifest, then stop
     extra: dict[str, Any] = field(default_factory=dict)
 
+    # The choices of each text option; a typo must not silently pick another behaviour (e.g. fp16 without a scaler).
+    CHOICES = {
+        "preset": ("small", "base"), "schedule": ("poly", "cosine"), "device": ("auto", "cpu", "cuda"),
+        "augmentation": ("default", "strong", "none"), "amp": ("bf16", "fp16", "none"), "head": ("decoupled", "conv"),
+    }
+
+    def __post_init__(self) -> None:
+        for name, allowed in self.CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        for name in ("epochs", "steps_per_epoch", "batch_size", "val_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0 or self.weight_decay < 0 or self.grad_clip <= 0 or self.num_workers < 0:
+            raise ValueError("learning_rate and grad_clip must be positive, weight_decay and num_workers >= 0")
+        for name in ("synthetic_ratio", "synthetic_prob", "contrast_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
+        if self.time_limit_minutes is not None and self.time_limit_minutes <= 0:
+            raise ValueError(f"time_limit_minutes must be positive, got {self.time_limit_minutes}")
+
 
 Reporter = Callable[[dict[str, Any]], None]
 
@@ -143,12 +164,6 @@ class TrainingData:
     manifest_path: Path | None
 
 
-def _check_options(config: TrainConfig) -> None:
-    for name in ("synthetic_ratio", "synthetic_prob", "contrast_prob"):
-        if not 0.0 <= getattr(config, name) <= 1.0:
-            raise ValueError(f"--{name.replace('_', '-')} must be between 0 and 1, got {getattr(config, name)}")
-
-
 def _start_model(config: TrainConfig, data_classes: list[SegmentClass], make_plans) -> tuple:
     """(plans, classes, model config, init file, class plan): from ``--init`` or a new preset."""
     init_file = load_model_file(config.init) if config.init else None
@@ -158,9 +173,8 @@ def _start_model(config: TrainConfig, data_classes: list[SegmentClass], make_pla
         model_config.num_classes = len(plan.classes)
         return init_file.plans, plan.classes, model_config, init_file, plan
     plans = make_plans()
-    model_config = preset(config.preset, len(data_classes), patch_size=plans.patch_size, spacing=plans.spacing)
-    model_config.head.kind = config.head
-    model_config.transformer.enabled = config.transformer
+    model_config = preset(config.preset, len(data_classes), patch_size=plans.patch_size, spacing=plans.spacing,
+                          head_kind=config.head, transformer_enabled=config.transformer)
     return plans, data_classes, model_config, None, None
 
 
@@ -253,7 +267,6 @@ def _run(config: TrainConfig, context, report: Reporter) -> dict[str, Any]:
     if context.is_main:
         output.mkdir(parents=True, exist_ok=True)
     _set_determinism(config, context.rank)
-    _check_options(config)
     from maskmed_core.training.cache_entries import is_manifest
 
     cache_dir = Path(config.cache_dir) if config.cache_dir else output / "cache"

@@ -1,0 +1,34 @@
+"""Configurations are correct when built: TrainConfig refuses unknown choices and out-of-range values, and preset()
+takes the head kind and the transformer switch."""
+
+from __future__ import annotations
+
+import pytest
+
+from maskmed_core.model import preset
+from maskmed_core.training.trainer import TrainConfig
+
+
+@pytest.mark.parametrize("field, value", [
+    ("amp", "fp61"), ("schedule", "polly"), ("preset", "large"), ("augmentation", "extreme"), ("head", "linear"),
+    ("device", "gpu"), ("epochs", 0), ("batch_size", 0), ("learning_rate", 0.0), ("synthetic_ratio", 1.5),
+    ("contrast_prob", -0.1), ("time_limit_minutes", 0.0),
+])
+def test_train_config_refuses_a_bad_option_naming_it(field, value):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(dataset="d", output="o", **{field: value})
+
+
+def test_train_config_accepts_the_defaults_and_every_choice():
+    TrainConfig(dataset="d", output="o")
+    for field, allowed in TrainConfig.CHOICES.items():
+        for value in allowed:
+            TrainConfig(dataset="d", output="o", **{field: value})
+
+
+def test_preset_builds_the_ablation_variants_complete():
+    conv = preset("small", 3, head_kind="conv", transformer_enabled=False)
+    assert conv.head.kind == "conv" and not conv.transformer.enabled
+    assert preset("small", 3).head.kind == "decoupled" and preset("small", 3).transformer.enabled
+    with pytest.raises(ValueError, match="head kind"):
+        preset("small", 3, head_kind="linear")
