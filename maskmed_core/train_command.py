@@ -44,33 +44,48 @@ def read_label_mapping(path: str) -> dict[int, int]:
     return {int(k): int(v) for k, v in data.items()}
 
 
+def _default(name: str):
+    """The default of a TrainConfig field: one place for each default (the dataclass), argparse reads it there."""
+    from maskmed_core.training.trainer import TrainConfig
+
+    return TrainConfig.__dataclass_fields__[name].default
+
+
+def _choices(name: str) -> tuple[str, ...]:
+    from maskmed_core.training.trainer import TrainConfig
+
+    return TrainConfig.CHOICES[name]
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dataset", help="nnU-Net v2 raw folder, or a .json/.csv list of image/label pairs")
     parser.add_argument("-o", "--output", required=True, help="output folder")
-    parser.add_argument("--preset", default="small", choices=("small", "base"))
+    parser.add_argument("--preset", default=_default("preset"), choices=_choices("preset"))
     parser.add_argument("--init", help="fine-tune from this model file (classes matched by name)")
     parser.add_argument("--label-mapping", help="JSON file mapping label values of the data to the dataset's")
     parser.add_argument("--spacing", type=float, nargs=3, metavar=("Z", "Y", "X"), help="target spacing, mm")
     parser.add_argument("--patch-size", type=int, nargs=3, metavar=("Z", "Y", "X"), help="patch size, voxels")
-    parser.add_argument("--epochs", type=int, default=50)
-    parser.add_argument("--steps-per-epoch", type=int, default=50)
-    parser.add_argument("--batch-size", type=int, default=2, help="global batch (split over processes)")
-    parser.add_argument("--learning-rate", type=float, default=3e-4)
-    parser.add_argument("--val-every", type=int, default=5, help="validate every N epochs")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--workers", type=int, default=2, help="data-loading worker processes per rank")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=_default("epochs"))
+    parser.add_argument("--steps-per-epoch", type=int, default=_default("steps_per_epoch"))
+    parser.add_argument("--batch-size", type=int, default=_default("batch_size"),
+                        help="global batch (split over processes)")
+    parser.add_argument("--learning-rate", type=float, default=_default("learning_rate"))
+    parser.add_argument("--val-every", type=int, default=_default("val_every"), help="validate every N epochs")
+    parser.add_argument("--device", default=_default("device"), choices=_choices("device"))
+    parser.add_argument("--workers", type=int, default=_default("num_workers"),
+                        help="data-loading worker processes per rank")
+    parser.add_argument("--seed", type=int, default=_default("seed"))
     parser.add_argument("--deterministic", action="store_true", help="bit-reproducible (CPU), slower")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/training_state.safetensors")
     parser.add_argument("--skip-bad-cases", action="store_true", help="train on the cases that pass the check")
     parser.add_argument("--freeze-encoder", action="store_true")
     parser.add_argument("--keep-absent-classes", action="store_true",
                         help="with --init: keep (frozen) classes of the model that the data lacks, else drop them")
-    parser.add_argument("--augmentation", default="default", choices=("default", "strong", "none"))
-    parser.add_argument("--head", default="decoupled", choices=("decoupled", "conv"),
+    parser.add_argument("--augmentation", default=_default("augmentation"), choices=_choices("augmentation"))
+    parser.add_argument("--head", default=_default("head"), choices=_choices("head"),
                         help="conv: the point-wise conv head baseline (nnU-Net style)")
     parser.add_argument("--no-transformer", action="store_true", help="ablation: remove the FSA transformer")
-    parser.add_argument("--amp", default="bf16", choices=("bf16", "fp16", "none"), help="autocast on CUDA")
+    parser.add_argument("--amp", default=_default("amp"), choices=_choices("amp"), help="autocast on CUDA")
     parser.add_argument("--cache-dir", help="preprocessed-case cache (default OUT/cache)")
     parser.add_argument("--time-limit", type=float, metavar="MINUTES",
                         help="stop (validate and save) once this much training time has passed, even if steps remain; "
@@ -80,12 +95,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--synthetic-labels", nargs="+", default=[], metavar="PATH",
                         help="label maps without images (files or folders), trained on through CT synthesised from "
                         "them; label values must be TotalSegmentator v2 ids (use --label-mapping for the classes)")
-    parser.add_argument("--synthetic-ratio", type=float, default=0.5,
-                        help="share of patches drawn from the --synthetic-labels cases (default 0.5)")
-    parser.add_argument("--synthetic-prob", type=float, default=0.0,
+    parser.add_argument("--synthetic-ratio", type=float, default=_default("synthetic_ratio"),
+                        help="share of patches drawn from the --synthetic-labels cases ")
+    parser.add_argument("--synthetic-prob", type=float, default=_default("synthetic_prob"),
                         help="probability that a real case's patch is replaced by a CT synthesised from its own "
                         "label map (TotalSegmentator v2 ids)")
-    parser.add_argument("--contrast-prob", type=float, default=0.0,
+    parser.add_argument("--contrast-prob", type=float, default=_default("contrast_prob"),
                         help="probability that a real CT patch is shown in another contrast phase (enhancing "
                         "classes shifted by class; TotalSegmentator v2 label maps)")
     parser.add_argument("--holdout", nargs=2, metavar=("IMAGE", "LABELS"),
