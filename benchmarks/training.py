@@ -144,7 +144,7 @@ def _cases(cache_dir: str, patch, image_path: str, label_path: str, mapping_path
 
 def _patch_dataset(cases, classes, patch):
     """What `maskmed train` builds (trainer._make_loader): sampler, default augmentation with the lateral pairs."""
-    from maskmed_core.inference.predictor import lateral_pairs
+    from maskmed_core.classes import lateral_pairs
     from maskmed_core.training.augmentation import Augmenter, augmentation_preset
     from maskmed_core.training.loader import PatchDataset
     from maskmed_core.training.sampling import PatchSampler
@@ -227,12 +227,11 @@ def _timed_steps(step, prepare, steps: int, images, labels) -> dict:
     }
 
 
-def measure_maskmed(batches_path: str, patch, steps: int, threads: int, fast: bool = True) -> dict:
-    """MaskMed's train step; ``fast`` False is the former step (``maskmed train --reference-step``): the same
-    function, computed the slower way (see TrainConfig.fast_step)."""
+def _maskmed_training_parts(patch, fast: bool):
+    """What `maskmed train` builds for a step: config, model, criterion, parameters, AdamW with its defaults; ``fast``
+    False is the former step (TrainConfig.fast_step)."""
     import torch
 
-    torch.set_num_threads(threads)
     from maskmed_core.allocator import retain_freed_memory
     from maskmed_core.classes import AMOS15_CLASSES
     from maskmed_core.model import MaskMed, preset
@@ -249,6 +248,16 @@ def measure_maskmed(batches_path: str, patch, steps: int, threads: int, fast: bo
         retain_freed_memory()
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=defaults.learning_rate, weight_decay=defaults.weight_decay)
+    return config, model, criterion, parameters, optimizer, defaults
+
+
+def measure_maskmed(batches_path: str, patch, steps: int, threads: int, fast: bool = True) -> dict:
+    """MaskMed's train step; ``fast`` False is the former step (``maskmed train --reference-step``): the same
+    function, computed the slower way (see TrainConfig.fast_step)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    config, model, criterion, parameters, optimizer, defaults = _maskmed_training_parts(patch, fast)
 
     def prepare(image, label_map):  # what MaskMed's loader yields: float32 image, int64 labels
         return torch.from_numpy(image), torch.from_numpy(label_map).long()
@@ -286,21 +295,9 @@ def profile_maskmed(batches_path: str, patch, threads: int, fast: bool = True) -
     from torch.profiler import ProfilerActivity, profile
 
     torch.set_num_threads(threads)
-    from maskmed_core.allocator import retain_freed_memory
-    from maskmed_core.classes import AMOS15_CLASSES
-    from maskmed_core.model import MaskMed, preset
     from maskmed_core.model import criterion as criterion_module
-    from maskmed_core.model.criterion import build_criterion
 
-    config = preset("small", len(AMOS15_CLASSES), patch_size=tuple(patch), spacing=SPACING_ZYX)
-    torch.manual_seed(SEED)
-    model = MaskMed(config).train()
-    criterion = build_criterion(config, logits_first=fast)
-    model.transformer.fused_value_projection = fast
-    if fast:
-        retain_freed_memory()
-    parameters = list(model.parameters())
-    optimizer = torch.optim.AdamW(parameters, lr=3e-4, weight_decay=0.05)
+    _, model, criterion, parameters, optimizer, _ = _maskmed_training_parts(patch, fast)
     parts: dict[str, float] = {}
 
     def add(name: str, seconds: float) -> None:

@@ -134,12 +134,7 @@ def preprocess_label_only(
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
     name = _label_only_name(label_path)
-    payload = {
-        "format": CACHE_FORMAT_VERSION, "maskmed_core": maskmed_core.__version__, "label": _file_state(label_path),
-        "plans": plans.to_dict(), "class_values": [int(v) for v in class_values],
-        "label_mapping": sorted([int(k), int(v)] for k, v in label_mapping.items()) if label_mapping else None,
-    }
-    key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+    key = _key(None, label_path, plans, class_values, label_mapping)
     entry = cache / f"{_safe_name(name)}-{key}"
     if entry.is_dir():
         loaded = load_entry(entry, name, key)
@@ -197,11 +192,17 @@ def _labels_and_tissue(
 
 def cache_key(case: Case, plans: Plans, class_values: list[int], label_mapping: LabelMapping | None = None) -> str:
     """16 hex digits identifying everything a case's preprocessed arrays depend on."""
+    return _key(case.image, case.label, plans, class_values, label_mapping)
+
+
+def _key(
+    image: Path | None, label: Path | None, plans: Plans, class_values: list[int], label_mapping: LabelMapping | None
+) -> str:
     payload = {
         "format": CACHE_FORMAT_VERSION,
         "maskmed_core": maskmed_core.__version__,
-        "image": _file_state(case.image),
-        "label": _file_state(case.label) if case.label is not None else None,
+        "image": _file_state(image) if image is not None else None,
+        "label": _file_state(label) if label is not None else None,
         "plans": plans.to_dict(),
         "class_values": [int(v) for v in class_values],
         "label_mapping": sorted([int(k), int(v)] for k, v in label_mapping.items()) if label_mapping else None,
