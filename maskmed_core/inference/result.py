@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from maskmed_core.atomic import atomic_path
+from maskmed_core.atomic import atomic_path, verify_safetensors
 from maskmed_core.classes import SegmentClass
 
 RESULT_FORMAT = "maskmed-result"
@@ -190,7 +190,7 @@ class SegmentationResult:
             "class_given_object": np.ascontiguousarray(self.class_given_object, dtype=np.float32),
             "objectness": np.ascontiguousarray(self.objectness, dtype=np.float32),
         }
-        with atomic_path(path) as temporary:
+        with atomic_path(path, verify=verify_safetensors) as temporary:
             save_file(tensors, str(temporary), metadata=metadata)
         return path
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from maskmed_core.atomic import atomic_path
+from maskmed_core.atomic import atomic_path, verify_safetensors
 
 STATE_FORMAT = "maskmed-training-state"
 STATE_VERSION = 1
@@ -78,7 +78,7 @@ def save_state(path: str | Path, state: TrainingState) -> Path:
         "history": json.dumps(state.history),
         "run_config": json.dumps(state.run_config),
     }
-    with atomic_path(path, sync=True) as temporary:
+    with atomic_path(path, verify=verify_safetensors) as temporary:
         save_file(tensors, str(temporary), metadata=metadata)
     return path
 
