@@ -15,6 +15,7 @@ import os
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,7 +221,10 @@ def list_dicom_series(folder: str | os.PathLike[str]) -> list[DicomSeries]:
 
 
 def read_image(
-    path: str | os.PathLike[str], series_uid: str | None = None, memory_budget: int | None = None
+    path: str | os.PathLike[str],
+    series_uid: str | None = None,
+    memory_budget: int | None = None,
+    check_header: Callable[[ImageHeader, str], None] | None = None,
 ) -> sitk.Image:
     """Read and check one 3D single-channel volume.
 
@@ -233,21 +237,22 @@ def read_image(
 
     Raises InputError for a missing path, a folder without DICOM series, an unknown ``series_uid``, an unreadable
     or truncated file, and an image that is not one 3D scalar volume with finite, non-constant intensities.
-    The header is checked first (:func:`validate_header`, against ``memory_budget`` bytes), so a refused image
+    The header is checked first (:func:`validate_header`, against ``memory_budget`` bytes, then
+    ``check_header(header, name)`` when given, e.g. the predictor's spacing and memory checks), so a refused image
     costs no voxel memory; a DICOM series' slice positions are checked before its pixels are read.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path} does not exist: check the path. MaskMed reads {_FORMATS}.")
     if path.is_dir():
-        image, name = _read_dicom_folder(path, series_uid, memory_budget)
+        image, name = _read_dicom_folder(path, series_uid, memory_budget, check_header)
     else:
         if series_uid is not None:
             raise InputError(
                 f"A DICOM series UID ('{series_uid}') was given, but {path} is a file, not a DICOM folder: "
                 "give the folder that holds the series, or leave the series UID out."
             )
-        image, name = _read_file(path, memory_budget), str(path)
+        image, name = _read_file(path, memory_budget, check_header), str(path)
     validate_volume(image, name)
     return image
 
@@ -326,7 +331,9 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def _read_file(path: Path, memory_budget: int | None) -> sitk.Image:
+def _read_file(
+    path: Path, memory_budget: int | None, check_header: Callable[[ImageHeader, str], None] | None
+) -> sitk.Image:
     suffix = _suffix(path)
     if suffix not in VOLUME_SUFFIXES + DICOM_FILE_SUFFIXES:
         raise InputError(
@@ -336,7 +343,10 @@ def _read_file(path: Path, memory_budget: int | None) -> sitk.Image:
     nifti = suffix in (".nii", ".nii.gz")
     if nifti:
         _check_nifti_header(path)  # before SimpleITK, which turns a 0 or NaN pixdim into 1 mm without a word
-    validate_header(read_header(path), str(path), memory_budget)
+    header = read_header(path)
+    validate_header(header, str(path), memory_budget)
+    if check_header is not None:
+        check_header(header, str(path))
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -656,7 +666,12 @@ def _slice_geometry(series: DicomSeries, name: str) -> ImageHeader:
                        header.component_bytes)
 
 
-def _read_dicom_folder(folder: Path, series_uid: str | None, memory_budget: int | None) -> tuple[sitk.Image, str]:
+def _read_dicom_folder(
+    folder: Path,
+    series_uid: str | None,
+    memory_budget: int | None,
+    check_header: Callable[[ImageHeader, str], None] | None,
+) -> tuple[sitk.Image, str]:
     _check_links(folder)
     series = list_dicom_series(folder)
     if not series:
@@ -674,7 +689,10 @@ def _read_dicom_folder(folder: Path, series_uid: str | None, memory_budget: int 
         chosen = matches[0]
     name = f"The DICOM series '{chosen.uid}' in {folder}" if chosen.uid else f"The DICOM series in {folder}"
     if chosen.num_files > 1:
-        validate_header(_slice_geometry(chosen, name), name, memory_budget)
+        header = _slice_geometry(chosen, name)
+        validate_header(header, name, memory_budget)
+        if check_header is not None:
+            check_header(header, name)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(chosen.files))
     try:
