@@ -66,7 +66,10 @@ def verify_image_file(path: Path) -> None:
         else:
             sitk.ReadImage(str(path))
     except InputError as error:
-        raise OSError(errno.EIO, f"the written file is incomplete ({error}); is the disk full?") from error
+        raise OSError(
+            errno.EIO, f"the file written ({path.name}) is incomplete: fewer bytes reached the disk than its header "
+            "announces (is the disk full, or a file size or quota limit reached?)"
+        ) from error
     except RuntimeError as error:
         raise OSError(
             errno.EIO, f"the written file cannot be read back ({sitk_error_reason(error)}); is the disk full?"
