@@ -73,7 +73,7 @@ sys.exit(code if code >= 0 else 128 - code)
 
 
 def run_child(args: list[str], tmp_path: Path, env: dict[str, str] | None = None, preexec_fn=None,
-              on_start=None, module: bool = True) -> Run:
+              on_start=None, module: bool = True, timeout: float | None = None) -> Run:
     """Run ``python -m maskmed_core.cli ARGS`` (``python ARGS`` without ``module``) and measure its peak RSS."""
     environment = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
     out_path, err_path, peak_path = tmp_path / "child.out", tmp_path / "child.err", tmp_path / "child.peak"
@@ -83,7 +83,12 @@ def run_child(args: list[str], tmp_path: Path, env: dict[str, str] | None = None
     if on_start is None:  # pipes: not limited by a file size limit the test sets on the child
         process = subprocess.Popen(launcher, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                    env=environment, cwd=tmp_path, preexec_fn=preexec_fn)
-        out_text, err_text = process.communicate()
+        try:
+            out_text, err_text = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise
     else:  # files: on_start watches the child's progress while it runs
         with open(out_path, "w") as out, open(err_path, "w") as err:
             process = subprocess.Popen(launcher, stdout=out, stderr=err, env=environment, cwd=tmp_path,
@@ -317,6 +322,22 @@ def test_bad_voxel_size_is_refused(model_path, tmp_path, pixdim, phrase):
     path.write_bytes(bytes(data))
     out = tmp_path / "out"
     assert_refused(predict(tmp_path, [path], model_path, out), ExitCode.BAD_INPUT, phrase, out=out)
+
+
+@pytest.mark.parametrize(("offset", "value", "phrase"), [
+    (284, float("inf"), "orientation (qform/sform) holds impossible values"),  # srow_x[1]: ITK never returned
+    (260, 1e30, "orientation (qform/sform) holds impossible values"),  # quatern_c: ITK never returned
+    (0, 32767, "does not start with a valid NIfTI header"),  # sizeof_hdr: niftilib would guess the byte order
+])
+def test_nifti_orientation_that_hangs_itk_is_refused_first(model_path, tmp_path, offset, value, phrase):
+    """Found by the fuzzer (test_fuzz_headers.py): these headers made ITK's ReadImageInformation run forever."""
+    data = nifti_bytes(synthetic_ct(), tmp_path)
+    struct.pack_into("<i" if offset == 0 else "<f", data, offset, value)
+    path = tmp_path / "hangs.nii"
+    path.write_bytes(bytes(data))
+    out = tmp_path / "out"
+    run = predict(tmp_path, [path], model_path, out, timeout=120)
+    assert_refused(run, ExitCode.BAD_INPUT, phrase, out=out)
 
 
 @pytest.mark.parametrize(("edit", "phrase"), [

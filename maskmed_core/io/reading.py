@@ -455,6 +455,19 @@ def _parse_nifti_header(header: bytes) -> _NiftiHeader | None:
     return None
 
 
+def _nifti_orientation(header: bytes) -> tuple[float, ...] | None:
+    """quatern_b/c/d, qoffset_x/y/z and the srow rows of a NIfTI-1/2 header in the byte order its sizeof_hdr
+    gives, or None when sizeof_hdr is neither 348 nor 540 or dim[0] is not 1..7 in that order (niftilib would then
+    guess the byte order from other fields, so these checks could not know which values it reads)."""
+    for order in "<>":
+        (size,) = struct.unpack_from(order + "i", header, 0)
+        if size == 348 and 1 <= struct.unpack_from(order + "h", header, 40)[0] <= 7:
+            return struct.unpack_from(order + "18f", header, 256)
+        if size == 540 and len(header) >= 540 and 1 <= struct.unpack_from(order + "q", header, 16)[0] <= 7:
+            return struct.unpack_from(order + "18d", header, 352)
+    return None
+
+
 def _read_nifti_header(path: Path) -> tuple[_NiftiHeader | None, bool]:
     """(the parsed header or None, whether the file is gzip-compressed); reads at most 540 bytes of header."""
     with open(path, "rb") as file:
@@ -477,7 +490,32 @@ def _check_nifti_header(path: Path) -> None:
 
     ITK reads such a header as 1 mm without a warning, which would segment the image at a made-up scale.
     """
-    parsed, _ = _read_nifti_header(path)
+    with open(path, "rb") as file:
+        compressed = file.read(2) == b"\x1f\x8b"
+    try:
+        with gzip.open(path, "rb") if compressed else open(path, "rb") as file:
+            raw = file.read(540)
+    except (OSError, EOFError, zlib.error):
+        return  # ITK will say the file cannot be read
+    if len(raw) < 348:
+        return  # ITK says the file is too short to read
+    orientation = _nifti_orientation(raw)
+    if orientation is None:
+        raise InputError(
+            f"{path} does not start with a valid NIfTI header (its header size or number of dimensions is "
+            "damaged); ITK could misread it. Export the image again."
+        )
+    parsed = _parse_nifti_header(raw)
+    # ITK's header reader does not return on some absurd orientations (an infinite srow entry, a quaternion
+    # component of 1e30): refuse them first. A quaternion's b, c, d are at most 1 (a unit quaternion); offsets and
+    # affine entries are millimetres within a scanner's reach.
+    quaternion, rest = orientation[:3], orientation[3:]
+    if not (all(math.isfinite(v) for v in orientation) and all(abs(v) <= 1.01 for v in quaternion)
+            and all(abs(v) <= 1e7 for v in rest)):
+        raise InputError(
+            f"{path} has a NIfTI header whose orientation (qform/sform) holds impossible values (infinite, not a "
+            "number, or beyond any scanner's range): the header is damaged. Export the image again."
+        )
     if parsed is None:
         return
     for axis, value in zip("xyz", parsed.pixdim[:3], strict=False):
