@@ -108,6 +108,7 @@ def predict(tmp_path: Path, inputs: list[Path], model: Path, out: Path | None = 
 
 
 def assert_refused(run: Run, code: int, *phrases: str, out: Path | None = None) -> None:
+    print(f"peak RSS of the refusal: {run.peak_mb:.0f} MB")  # shown with pytest -s (the figures in hostile_inputs.md)
     assert run.code == code, run.messages
     for phrase in phrases:
         assert phrase in run.messages, (phrase, run.messages)
@@ -615,6 +616,7 @@ def test_hostile_result_files_are_refused(tmp_path, monkeypatch, metadata_edit, 
             f"try:\n    SegmentationResult.load({str(evil)!r})\n"
             "except ResultFileError as error:\n    print('refused:', error)\n")
     run = run_child(["-c", code], tmp_path, env={"MASKMED_MEMORY_BUDGET_MB": "4096"}, module=False)
+    print(f"peak RSS of the refusal: {run.peak_mb:.0f} MB")
     assert run.code == 0 and "Traceback" not in run.messages, run.messages
     assert "refused:" in run.out and phrase in run.out, run.out
     assert run.peak_mb < REFUSAL_PEAK_MB, f"peak RSS {run.peak_mb:.0f} MB"

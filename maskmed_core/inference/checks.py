@@ -71,13 +71,13 @@ def available_memory_bytes() -> int | None:
 def check_memory(image, plans: Plans, num_queries: int) -> None:
     """Refuse, with the numbers, a volume whose prediction would not fit in the memory budget
     (``maskmed_core.untrusted.memory_budget_bytes``: MemAvailable, or MASKMED_MEMORY_BUDGET_MB)."""
-    from maskmed_core.untrusted import memory_budget_bytes
+    from maskmed_core.untrusted import MEMORY_BUDGET_ENV, memory_budget_bytes
 
     if os.environ.get("MASKMED_SKIP_MEMORY_CHECK") == "1":
         return
     needed = estimate_memory_bytes(image, plans, num_queries)
-    available = memory_budget_bytes()
-    if needed > available:
+    available = memory_budget_bytes() if os.environ.get(MEMORY_BUDGET_ENV) else available_memory_bytes()
+    if available is not None and needed > available:
         size = " x ".join(str(s) for s in image.GetSize())
         raise InputError(
             f"segmenting this {size} volume needs about {needed / GIB:.1f} GiB of memory but only "
