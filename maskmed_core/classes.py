@@ -52,37 +52,85 @@ class SegmentClass:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SegmentClass:
+    def from_dict(cls, data: Any, field: str = "class") -> SegmentClass:
+        """Build from JSON data read from a file: every field is type-checked and every text checked (printable,
+        bounded, no separators) before use; raises UntrustedValueError naming the field."""
+        from maskmed_core.untrusted import UntrustedValueError, check_sequence
+
+        if not isinstance(data, dict):
+            raise UntrustedValueError(field, f"expected an object, got {type(data).__name__}")
+        unknown = set(data) - {"label", "name", "color", "terminology"}
+        if unknown:
+            raise UntrustedValueError(field, f"unknown fields: {', '.join(sorted(map(str, unknown)))}")
         terminology = data.get("terminology")
         if terminology is not None:
+            if not isinstance(terminology, dict):
+                raise UntrustedValueError(f"{field}.terminology", "expected an object")
             modifier = terminology.get("type_modifier")
             terminology = Terminology(
-                category=CodedTerm(**terminology["category"]),
-                type=CodedTerm(**terminology["type"]),
-                type_modifier=CodedTerm(**modifier) if modifier else None,
+                category=_coded_term(terminology.get("category"), f"{field}.terminology.category"),
+                type=_coded_term(terminology.get("type"), f"{field}.terminology.type"),
+                type_modifier=_coded_term(modifier, f"{field}.terminology.type_modifier") if modifier else None,
             )
-        return cls(
-            label=int(data["label"]),
-            name=str(data["name"]),
-            # tuple[int, ...] is not the (r, g, b) triple mypy wants; validate_classes checks the length.
-            color=tuple(int(c) for c in data["color"]),  # type: ignore[arg-type]
+        segment_class = cls(
+            label=data.get("label"),  # type: ignore[arg-type]
+            name=data.get("name"),  # type: ignore[arg-type]
+            color=tuple(check_sequence(data.get("color"), f"{field}.color", 3, 3)),
             terminology=terminology,
         )
+        check_class(segment_class, field)
+        return segment_class
+
+
+# Terminology text ends up inside Slicer's TerminologyEntry tag, where "~" separates the parts, "^" the fields
+# of a code and "|" the tags: a stray one would shift every field after it.
+TERMINOLOGY_SEPARATORS = "~^|"
+
+
+def _coded_term(data: Any, field: str) -> CodedTerm:
+    from maskmed_core.untrusted import UntrustedValueError
+
+    if not isinstance(data, dict) or set(data) != {"scheme", "code", "meaning"}:
+        raise UntrustedValueError(field, "expected an object with exactly scheme, code and meaning")
+    return CodedTerm(data["scheme"], data["code"], data["meaning"])
+
+
+def check_class(segment_class: SegmentClass, field: str = "class") -> None:
+    """Types, ranges and text of one class (it may come from a file): label 1..65535, a printable name of at most
+    64 characters, an RGB colour of bytes, printable terminology without Slicer's separators."""
+    from maskmed_core.untrusted import MAX_NAME_LENGTH, check_int, check_text
+
+    check_int(segment_class.label, f"{field}.label", 1, 65535)
+    check_text(segment_class.name, f"{field}.name", MAX_NAME_LENGTH)
+    for index, value in enumerate(segment_class.color):
+        check_int(value, f"{field}.color[{index}]", 0, 255)
+    terminology = segment_class.terminology
+    if terminology is None:
+        return
+    for part in ("category", "type", "type_modifier"):
+        term = getattr(terminology, part)
+        if term is None:
+            continue
+        for name, length in (("scheme", 16), ("code", 64), ("meaning", 128)):
+            check_text(getattr(term, name), f"{field}.terminology.{part}.{name}", length, TERMINOLOGY_SEPARATORS)
 
 
 def validate_classes(classes: list[SegmentClass]) -> None:
-    """Labels must be distinct, in 1..65535, names distinct and non-empty, colours RGB bytes."""
-    labels = [c.label for c in classes]
-    names = [c.name for c in classes]
+    """Each class checked (``check_class``); labels and names distinct; at least one and at most 1000 classes."""
+    from maskmed_core.untrusted import UntrustedValueError
+
     if not classes:
         raise ValueError("a model needs at least one class")
-    if len(set(labels)) != len(labels) or any(not 1 <= v <= 65535 for v in labels):
+    if len(classes) > 1000:
+        raise UntrustedValueError("classes", f"{len(classes)} classes, more than the 1000 allowed")
+    for index, segment_class in enumerate(classes):
+        check_class(segment_class, f"classes[{index}]")
+    labels = [c.label for c in classes]
+    names = [c.name for c in classes]
+    if len(set(labels)) != len(labels):
         raise ValueError(f"class label values must be distinct and in 1..65535, got {labels}")
-    if len(set(names)) != len(names) or any(not n.strip() for n in names):
+    if len(set(names)) != len(names):
         raise ValueError(f"class names must be distinct and non-empty, got {names}")
-    for c in classes:
-        if len(c.color) != 3 or any(not 0 <= v <= 255 for v in c.color):
-            raise ValueError(f"class {c.name!r}: colour must be three values in 0..255, got {c.color}")
 
 
 def _anatomy(code: str, meaning: str, modifier: tuple[str, str, str] | None = None) -> Terminology:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,26 +34,65 @@ class Plans:
     intensity: IntensityNormalization = field(default_factory=IntensityNormalization)
 
     def __post_init__(self) -> None:
-        spacing = tuple(float(s) for s in self.spacing)
+        """Check types and ranges (plans may come from a stranger's model file); raises UntrustedValueError."""
+        if isinstance(self.intensity, dict):
+            fields = _known_fields(IntensityNormalization, self.intensity, "plans.intensity")
+            self.intensity = IntensityNormalization(**fields)
+        _check_plans(self)
+        spacing = tuple(float(s) for s in self.spacing)  # three values: checked by _check_plans
         patch_size = tuple(int(s) for s in self.patch_size)
-        if len(spacing) != 3 or any(s <= 0 for s in spacing):
-            raise ValueError(f"plans.spacing must be three positive millimetre values, got {spacing}")
-        if len(patch_size) != 3 or any(s < 1 for s in patch_size):
-            raise ValueError(f"plans.patch_size must be three positive voxel counts, got {patch_size}")
         self.spacing = (spacing[0], spacing[1], spacing[2])
         self.patch_size = (patch_size[0], patch_size[1], patch_size[2])
-        if not 0.0 <= self.overlap < 1.0:
-            raise ValueError(f"plans.overlap must be in [0, 1), got {self.overlap}")
-        if isinstance(self.intensity, dict):
-            self.intensity = IntensityNormalization(**self.intensity)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plans:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"unknown plans fields: {', '.join(sorted(unknown))}")
-        return cls(**data)
+        return cls(**_known_fields(cls, data, "plans"))
+
+
+# Bounds on plans read from a file. Spacing: CT voxels are 0.1..10 mm; a model grid outside 0.05..20 mm would
+# make a label map of a handful of voxels (or billions). Patch: up to 512 per axis and 256^3 voxels in all.
+# Overlap above 0.9 multiplies the number of windows by more than 1000 over overlap 0 (hours of inference).
+SPACING_RANGE_MM = (0.05, 20.0)
+MAX_PATCH_AXIS = 512
+MAX_PATCH_VOXELS = 256**3
+MAX_OVERLAP = 0.9
+MAX_HU = 1e5
+
+
+def _known_fields(cls: type, data: Any, field: str) -> dict[str, Any]:
+    from maskmed_core.untrusted import UntrustedValueError
+
+    if not isinstance(data, dict):
+        raise UntrustedValueError(field, f"expected an object of fields, got {type(data).__name__}")
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise UntrustedValueError(field, f"unknown fields: {', '.join(sorted(map(str, unknown)))}")
+    return data
+
+
+def _check_plans(plans: Plans) -> None:
+    from maskmed_core.untrusted import UntrustedValueError, check_int, check_number, check_sequence, check_text
+
+    for axis, value in enumerate(check_sequence(plans.spacing, "plans.spacing", 3, 3)):
+        check_number(value, f"plans.spacing[{axis}]", *SPACING_RANGE_MM)
+    for axis, value in enumerate(check_sequence(plans.patch_size, "plans.patch_size", 3, 3)):
+        check_int(value, f"plans.patch_size[{axis}]", 1, MAX_PATCH_AXIS)
+    if math.prod(plans.patch_size) > MAX_PATCH_VOXELS:
+        raise UntrustedValueError("plans.patch_size", f"{math.prod(plans.patch_size):,} voxels per patch, more than "
+                                  f"the {MAX_PATCH_VOXELS:,} allowed")
+    check_number(plans.overlap, "plans.overlap", 0.0, MAX_OVERLAP)
+    if plans.orientation != "LPS":
+        raise UntrustedValueError("plans.orientation", f"{plans.orientation!r:.40}; MaskMed's canonical orientation is "
+                                  "'LPS'")
+    check_text(plans.modality, "plans.modality", 16)
+    intensity = plans.intensity
+    if not isinstance(intensity, IntensityNormalization):
+        raise UntrustedValueError("plans.intensity", "expected an object of fields")
+    low = check_number(intensity.clip_low, "plans.intensity.clip_low", -MAX_HU, MAX_HU)
+    check_number(intensity.clip_high, "plans.intensity.clip_high", low, MAX_HU, low_open=True)
+    check_number(intensity.mean, "plans.intensity.mean", -MAX_HU, MAX_HU)
+    # std 0 divides every voxel by zero (all NaN/inf: an empty label map); below 1e-3 HU is no real CT's spread.
+    check_number(intensity.std, "plans.intensity.std", 1e-3, MAX_HU)

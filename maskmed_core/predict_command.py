@@ -9,7 +9,9 @@ output events, and finally a done event with the exit code.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -117,16 +119,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="JSON lines on stdout instead of a progress bar")
 
 
+def exit_code_for(error: BaseException) -> ExitCode:
+    """The exit code of an error, by its type (the nearest class in its MRO that has one), never by its text."""
+    from maskmed_core.checkpoint import ModelFileError
+    from maskmed_core.inference.result import ResultFileError
+    from maskmed_core.inference.sliding_window import InferenceCancelled
+    from maskmed_core.io.errors import InputError, OutputLocationError
+
+    codes: dict[type, ExitCode] = {
+        OutputLocationError: ExitCode.USAGE,
+        InputError: ExitCode.BAD_INPUT,
+        ModelFileError: ExitCode.BAD_MODEL,
+        ResultFileError: ExitCode.BAD_MODEL,
+        InferenceCancelled: ExitCode.CANCELLED,
+        KeyboardInterrupt: ExitCode.CANCELLED,
+    }
+    return next((codes[kind] for kind in type(error).__mro__ if kind in codes), ExitCode.ERROR)
+
+
+def _raise_keyboard_interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run(args: argparse.Namespace) -> int:
     reporter = Reporter(args.json)
-    code = _run(args, reporter)
+    # SIGTERM (a closed Slicer, `kill`, a job scheduler) is handled like Ctrl+C: the temporary file being written
+    # is removed and only complete files stay under their final names. Only in the main thread (signal's rule).
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        code = _run(args, reporter)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     reporter.emit(DoneEvent(int(code)))
     return int(code)
 
 
 def _run(args: argparse.Namespace, reporter: Reporter) -> ExitCode:
+    written: list[str] = []
+    try:
+        return _run_cases(args, reporter, written)
+    except KeyboardInterrupt as interrupt:
+        how = str(interrupt) or "SIGINT"
+        done = f"the files written before it are complete: {', '.join(written)}" if written else "no file was written"
+        reporter.message("error", f"interrupted ({how}); {done}; nothing else was left behind")
+        return ExitCode.CANCELLED
+
+
+def _run_cases(args: argparse.Namespace, reporter: Reporter, written: list[str]) -> ExitCode:
     from maskmed_core.checkpoint import ModelFileError
-    from maskmed_core.io.errors import InputError
+    from maskmed_core.io.errors import InputError, OutputLocationError
+    from maskmed_core.io.writing import check_output_folder
 
     for name in ("query_threshold", "class_threshold"):
         value = getattr(args, name)
@@ -139,17 +184,23 @@ def _run(args: argparse.Namespace, reporter: Reporter) -> ExitCode:
                          "(a .maskmed file made by `maskmed train`)")
         return ExitCode.BAD_MODEL
     try:
+        # Before anything slow: a file given as -o, a read-only folder or file system.
+        check_output_folder(args.output)
+    except OutputLocationError as error:
+        reporter.message("error", str(error))
+        return exit_code_for(error)
+    try:
         cases = collect_cases(args.inputs)
     except InputError as error:
         reporter.message("error", str(error))
-        return ExitCode.BAD_INPUT
+        return exit_code_for(error)
     try:
         from maskmed_core.inference import Predictor
 
         predictor = Predictor.from_file(model_path, args.device)
     except ModelFileError as error:
         reporter.message("error", str(error))
-        return ExitCode.BAD_MODEL
+        return exit_code_for(error)
     except ValueError as error:  # e.g. --device cuda without a GPU
         reporter.message("error", str(error))
         return ExitCode.USAGE
@@ -157,34 +208,35 @@ def _run(args: argparse.Namespace, reporter: Reporter) -> ExitCode:
     worst = ExitCode.OK
     for case in cases:
         try:
-            _predict_case(predictor, case, output_folder, args, reporter)
+            _predict_case(predictor, case, output_folder, args, reporter, written)
         except InputError as error:  # its message already names the file
             reporter.message("error", str(error))
-            worst = ExitCode.BAD_INPUT
-        except KeyboardInterrupt:
-            reporter.message("error", "interrupted; the case in progress was not written")
-            return ExitCode.CANCELLED
+            worst = exit_code_for(error)
+        except OSError as error:  # a write failed its check (full disk, quota): the file was not left behind
+            reporter.message("error", f"{case}: {error}; no file of this case was left under a final name")
+            return ExitCode.ERROR
     return worst
 
 
-def _write_probabilities(result, query_threshold: float, folder: Path) -> list[Path]:
-    """One uint8 map per class (probability * 255, clipped), on the input grid, written atomically."""
+def _write_probabilities(result, query_threshold: float, folder: Path, files: list[str]) -> None:
+    """One uint8 map per class (probability * 255, clipped), on the input grid, written atomically; each path is
+    appended to ``files`` as soon as it is complete (so a failure midway knows what to remove)."""
     import numpy as np
 
     from maskmed_core.io.writing import write_image
 
     folder.mkdir(parents=True, exist_ok=True)
     probabilities = result.class_probabilities(query_threshold).clamp_(0.0, 1.0).mul_(255.0).round_()
-    written = []
     for index, segment_class in enumerate(result.classes):
         array = probabilities[index].numpy().astype(np.uint8)
         safe_name = "".join(ch if ch.isalnum() else "_" for ch in segment_class.name)
         path = folder / f"{segment_class.label}_{safe_name}.nii.gz"
-        written.append(write_image(result.to_input_grid(array), path))
-    return written
+        files.append(str(write_image(result.to_input_grid(array), path)))
 
 
-def _predict_case(predictor, case: Path, output_folder: Path, args: argparse.Namespace, reporter: Reporter) -> None:
+def _predict_case(
+    predictor, case: Path, output_folder: Path, args: argparse.Namespace, reporter: Reporter, written: list[str]
+) -> None:
     from maskmed_core.inference.writers import write_labels
 
     name = case_name(case)
@@ -200,12 +252,21 @@ def _predict_case(predictor, case: Path, output_folder: Path, args: argparse.Nam
     reporter.progress(name, "writing", 1.0)
     label_image = result.label_map(args.query_threshold, args.class_threshold)
     output_folder.mkdir(parents=True, exist_ok=True)  # only now: a refused input leaves no folder either
-    files = [str(write_labels(label_image, result.classes, output_folder / f"{name}.{args.format}"))]
-    if args.save_result:
-        files.append(str(result.save(output_folder / f"{name}{RESULT_SUFFIX}")))
-    if args.probabilities:
-        folder = output_folder / f"{name}_probabilities"
-        files.extend(str(p) for p in _write_probabilities(result, args.query_threshold, folder))
+    files: list[str] = []
+    try:
+        files.append(str(write_labels(label_image, result.classes, output_folder / f"{name}.{args.format}")))
+        if args.save_result:
+            files.append(str(result.save(output_folder / f"{name}{RESULT_SUFFIX}")))
+        if args.probabilities:
+            folder = output_folder / f"{name}_probabilities"
+            _write_probabilities(result, args.query_threshold, folder, files)
+    except BaseException:
+        # A case is all or nothing: remove the complete files of this case written before the failure or the
+        # interrupt, so that no case is left half-written under final names.
+        for path in files:
+            Path(path).unlink(missing_ok=True)
+        raise
+    written.extend(files)
     seconds = time.perf_counter() - start
     statistics = result.statistics(args.query_threshold, args.class_threshold)
     reporter.emit(OutputEvent(name, files, round(seconds, 2), [asdict(s) for s in statistics]))

@@ -1,4 +1,6 @@
-"""Checks made before any heavy work: slice thickness the model can use, and memory it will need."""
+"""Checks made before any heavy work: slice thickness the model can use, the memory and number of windows it
+will need. They take an image or an image header (``maskmed_core.io.reading.ImageHeader``), so a path is judged
+from its header before its voxels are read."""
 
 from __future__ import annotations
 
@@ -62,16 +64,19 @@ def proc_field_bytes(path: str, field: str) -> int | None:
 
 
 def available_memory_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo (Linux), else None (then no refusal is made)."""
+    """MemAvailable from /proc/meminfo (Linux), else None."""
     return proc_field_bytes("/proc/meminfo", "MemAvailable")
 
 
 def check_memory(image, plans: Plans, num_queries: int) -> None:
-    """Refuse, with the numbers, a volume whose prediction would not fit in the available memory."""
+    """Refuse, with the numbers, a volume whose prediction would not fit in the memory budget
+    (``maskmed_core.untrusted.memory_budget_bytes``: MemAvailable, or MASKMED_MEMORY_BUDGET_MB)."""
+    from maskmed_core.untrusted import MEMORY_BUDGET_ENV, memory_budget_bytes
+
     if os.environ.get("MASKMED_SKIP_MEMORY_CHECK") == "1":
         return
     needed = estimate_memory_bytes(image, plans, num_queries)
-    available = available_memory_bytes()
+    available = memory_budget_bytes() if os.environ.get(MEMORY_BUDGET_ENV) else available_memory_bytes()
     if available is not None and needed > available:
         size = " x ".join(str(s) for s in image.GetSize())
         raise InputError(
@@ -79,3 +84,26 @@ def check_memory(image, plans: Plans, num_queries: int) -> None:
             f"{available / GIB:.1f} GiB is available: crop the volume to the region of interest, close other "
             "programs, or run on a machine with more memory (set MASKMED_SKIP_MEMORY_CHECK=1 to try anyway)"
         )
+
+
+# Sliding windows per volume: a 512 x 512 x 1000 CT at the default plans needs a few hundred; the bound stops a
+# plan or a volume that would run for hours (overlap near 1) before the first window.
+MAX_WINDOWS = 5000
+
+
+def check_windows(image, plans: Plans) -> int:
+    """The number of sliding windows on the model grid; InputError when it exceeds MAX_WINDOWS."""
+    from maskmed_core.inference.sliding_window import window_starts
+
+    sizes_spacings_targets = zip(image.GetSize()[::-1], image.GetSpacing()[::-1], plans.spacing, strict=True)
+    model_size = [max(1, round(n * s / t)) for n, s, t in sizes_spacings_targets]
+    count = math.prod(
+        len(window_starts(n, patch, plans.overlap)) for n, patch in zip(model_size, plans.patch_size, strict=True)
+    )
+    if count > MAX_WINDOWS:
+        raise InputError(
+            f"segmenting this {' x '.join(map(str, image.GetSize()))} volume would take {count:,} sliding windows "
+            f"(model grid {' x '.join(map(str, model_size))}, patch {plans.patch_size}, overlap {plans.overlap:g}), "
+            f"more than the {MAX_WINDOWS:,} allowed: crop the volume to the region of interest"
+        )
+    return count

@@ -11,7 +11,7 @@ import torch
 
 from maskmed_core.checkpoint import ModelFile, load_model_file
 from maskmed_core.classes import SegmentClass, lateral_pairs
-from maskmed_core.inference.checks import check_memory, check_spacing
+from maskmed_core.inference.checks import check_memory, check_spacing, check_windows
 from maskmed_core.inference.preprocessing import normalize_ct, prepare
 from maskmed_core.inference.result import Grid, SegmentationResult
 from maskmed_core.inference.sliding_window import ProgressCallback, sliding_window
@@ -73,15 +73,20 @@ class Predictor:
                 progress(fraction, stage)
 
         report(0.0, "reading")
+        plans = self.model_file.plans
+        num_queries = self.model.config.head.num_queries if self.model.decoupled else len(self.classes)
+
+        def check_before_reading(header, name: str) -> None:  # the same checks, on the header of a path
+            check_spacing(header, plans)
+            check_windows(header, plans)
+            check_memory(header, plans, num_queries)
+
         if isinstance(image_or_path, (str, os.PathLike, Path)):
-            image = read_image(image_or_path, series_uid=series_uid)
+            image = read_image(image_or_path, series_uid=series_uid, check_header=check_before_reading)
         else:
             image = image_or_path
             validate_volume(image)
-        plans = self.model_file.plans
-        check_spacing(image, plans)
-        num_queries = self.model.config.head.num_queries if self.model.decoupled else len(self.classes)
-        check_memory(image, plans, num_queries)
+        check_before_reading(image, "the image")
         warnings = [w for w in [check_ct_intensities(image)] if w]
         report(0.0, "preparing")
         prepared = prepare(image, plans)

@@ -10,6 +10,7 @@ It is saved to and loaded from a safetensors file (no pickle), so a child proces
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from maskmed_core.atomic import atomic_path
+from maskmed_core.atomic import atomic_path, verify_safetensors
 from maskmed_core.classes import SegmentClass
 
 RESULT_FORMAT = "maskmed-result"
@@ -190,37 +191,134 @@ class SegmentationResult:
             "class_given_object": np.ascontiguousarray(self.class_given_object, dtype=np.float32),
             "objectness": np.ascontiguousarray(self.objectness, dtype=np.float32),
         }
-        with atomic_path(path) as temporary:
+        with atomic_path(path, verify=verify_safetensors) as temporary:
             save_file(tensors, str(temporary), metadata=metadata)
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> SegmentationResult:
+        """Read a result file, trusting nothing in it: the metadata and the tensor shapes are checked from the
+        header (classes as in model files, grids with sane geometry, shapes consistent, the memory that
+        thresholding will take within the budget) before any tensor is read. Raises ResultFileError."""
         from safetensors import safe_open
         from safetensors.numpy import load_file
+
+        from maskmed_core.untrusted import UntrustedValueError
 
         path = Path(path)
         try:
             with safe_open(str(path), framework="np") as handle:
                 metadata: dict[str, Any] = dict(handle.metadata() or {})
+                shapes = {
+                    key: (str(handle.get_slice(key).get_dtype()), tuple(handle.get_slice(key).get_shape()))
+                    for key in handle.keys()  # noqa: SIM118 (a safe_open handle is not iterable)
+                }
+        except Exception as error:
+            raise ResultFileError(f"{path} is not a readable MaskMed result file ({str(error)[:200]})") from error
+        if metadata.get("format") != RESULT_FORMAT:
+            raise ResultFileError(f"{path} is not a MaskMed result file")
+        try:
+            if int(metadata.get("format_version", "0")) > RESULT_FORMAT_VERSION:
+                raise ResultFileError(f"{path} was written by a newer maskmed_core; update it to read this result")
+            classes, grids, warnings = _check_result_metadata(metadata, shapes)
+        except (UntrustedValueError, KeyError, TypeError, ValueError) as error:
+            if isinstance(error, ResultFileError):
+                raise
+            raise ResultFileError(f"{path} has invalid result metadata ({error}); segment the image again") from error
+        try:
             tensors = load_file(str(path))
         except Exception as error:
-            raise ValueError(f"{path} is not a readable MaskMed result file ({error})") from error
-        if metadata.get("format") != RESULT_FORMAT:
-            raise ValueError(f"{path} is not a MaskMed result file")
-        if int(metadata.get("format_version", "0")) > RESULT_FORMAT_VERSION:
-            raise ValueError(f"{path} was written by a newer maskmed_core; update it to read this result")
-        grids = json.loads(metadata["grids"])
+            raise ResultFileError(f"{path} is damaged: its data cannot be read ({str(error)[:200]})") from error
+        for key in ("class_given_object", "objectness"):
+            values = tensors[key]
+            # Probabilities; 1e-3 of slack for float rounding in the stitching.
+            in_range = values.min(initial=0.0) >= -1e-3 and values.max(initial=0.0) <= 1.001
+            if not (np.isfinite(values).all() and in_range):
+                raise ResultFileError(f"{path} has {key} values outside 0..1 or not finite; segment the image again")
         return cls(
             masks=tensors["masks"],
             class_given_object=tensors["class_given_object"],
             objectness=tensors["objectness"],
-            classes=[SegmentClass.from_dict(c) for c in json.loads(metadata["classes"])],
-            model_grid=_grid_from_json(grids["model_grid"]),
-            canonical_grid=_grid_from_json(grids["canonical_grid"]),
-            input_grid=_grid_from_json(grids["input_grid"]),
-            warnings=json.loads(metadata.get("warnings", "[]")),
+            classes=classes,
+            model_grid=grids["model_grid"],
+            canonical_grid=grids["canonical_grid"],
+            input_grid=grids["input_grid"],
+            warnings=warnings,
         )
+
+
+class ResultFileError(ValueError):
+    """A result file that cannot be used (foreign, damaged, hostile); the message says why. Like ModelFileError,
+    a bad-model-file kind of error (exit 4)."""
+
+
+# A result's grids: at most this many voxels each (2048^3 is far beyond any CT), geometry as image headers.
+MAX_GRID_VOXELS = 2048**3
+
+
+def _check_result_metadata(
+    metadata: dict[str, Any], shapes: dict[str, tuple[str, tuple[int, ...]]]
+) -> tuple[list[SegmentClass], dict[str, Grid], list[str]]:
+    """Classes, grids and warnings of a result file's metadata, checked against each other and the tensor shapes;
+    raises UntrustedValueError (naming the field) or ResultFileError."""
+    from maskmed_core.classes import validate_classes
+    from maskmed_core.untrusted import (
+        UntrustedValueError,
+        check_int,
+        check_number,
+        check_sequence,
+        check_text,
+        load_json,
+        memory_budget_bytes,
+    )
+
+    class_list = check_sequence(load_json(metadata["classes"], "classes"), "classes", 1, 1000)
+    classes = [SegmentClass.from_dict(c, f"classes[{i}]") for i, c in enumerate(class_list)]
+    validate_classes(classes)
+    grid_data = load_json(metadata["grids"], "grids")
+    grids = {}
+    for name in ("model_grid", "canonical_grid", "input_grid"):
+        data = grid_data.get(name) if isinstance(grid_data, dict) else None
+        if not isinstance(data, dict):
+            raise UntrustedValueError(f"grids.{name}", "missing")
+        size = [check_int(v, f"grids.{name}.size[{i}]", 1, 1 << 16)
+                for i, v in enumerate(check_sequence(data.get("size"), f"grids.{name}.size", 3, 3))]
+        if math.prod(size) > MAX_GRID_VOXELS:
+            raise UntrustedValueError(f"grids.{name}.size", f"{size}: more than {MAX_GRID_VOXELS:,} voxels")
+        spacing = [check_number(v, f"grids.{name}.spacing[{i}]", 1e-3, 1e3)
+                   for i, v in enumerate(check_sequence(data.get("spacing"), f"grids.{name}.spacing", 3, 3))]
+        origin = [check_number(v, f"grids.{name}.origin[{i}]", -1e7, 1e7)
+                  for i, v in enumerate(check_sequence(data.get("origin"), f"grids.{name}.origin", 3, 3))]
+        direction = [check_number(v, f"grids.{name}.direction[{i}]", -1.0, 1.0)
+                     for i, v in enumerate(check_sequence(data.get("direction"), f"grids.{name}.direction", 9, 9))]
+        matrix = np.array(direction).reshape(3, 3)
+        if not np.allclose(matrix.T @ matrix, np.eye(3), atol=1e-3):
+            raise UntrustedValueError(f"grids.{name}.direction", "not a rotation (sheared or scaled axes)")
+        grids[name] = Grid(tuple(size), tuple(spacing), tuple(origin), tuple(direction))  # type: ignore[arg-type]
+    warnings = [check_text(w, f"warnings[{i}]", 2000)
+                for i, w in enumerate(check_sequence(load_json(metadata.get("warnings", "[]"), "warnings"),
+                                                     "warnings", 0, 100))]
+    expected = {"masks": "U8", "class_given_object": "F32", "objectness": "F32"}
+    if set(shapes) != set(expected) or any(shapes[k][0] != dtype for k, dtype in expected.items()):
+        found = ", ".join(f"{k} {v[0]}" for k, v in sorted(shapes.items()))
+        wanted = "masks U8, class_given_object F32, objectness F32"
+        raise UntrustedValueError("tensors", f"expected {wanted}; found {found}")
+    queries = len(shapes["objectness"][1]) == 1 and shapes["objectness"][1][0]
+    model_size = tuple(grids["model_grid"].size[::-1])
+    if not queries or shapes["masks"][1] != (queries, *model_size):
+        raise UntrustedValueError("masks", f"shape {shapes['masks'][1]}, expected ({queries}, {model_size}) from the "
+                                  "model grid and the number of queries")
+    if shapes["class_given_object"][1] != (queries, len(classes)):
+        raise UntrustedValueError("class_given_object", f"shape {shapes['class_given_object'][1]}, expected "
+                                  f"({queries}, {len(classes)}): one column per class")
+    # Thresholding holds the uint8 masks, their float32 copy and the C class maps on the model grid, and an int32
+    # label map with a copy on the input grid.
+    needed = math.prod(model_size) * (queries * 5 + len(classes) * 4) + math.prod(grids["input_grid"].size) * 8
+    budget = memory_budget_bytes()
+    if needed > budget:
+        raise UntrustedValueError("grids", f"thresholding this result needs {needed / 2**30:.1f} GiB, more than the "
+                                  f"{budget / 2**30:.1f} GiB memory budget")
+    return classes, grids, warnings
 
 
 def stitched_class_probabilities(

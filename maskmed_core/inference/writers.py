@@ -45,6 +45,7 @@ def write_seg_nrrd(label_image, classes: list[SegmentClass], path: str | Path) -
     import SimpleITK as sitk  # noqa: N813
     import slicerio
 
+    _check_header_text(classes)
     voxels_zyx = sitk.GetArrayViewFromImage(label_image)
     voxels_ijk = np.ascontiguousarray(voxels_zyx.transpose(2, 1, 0))
     direction = np.array(label_image.GetDirection()).reshape(3, 3)
@@ -73,9 +74,38 @@ def write_seg_nrrd(label_image, classes: list[SegmentClass], path: str | Path) -
         "referenceImageExtentOffset": [0, 0, 0],
     }
     path = Path(path)
-    with atomic_output(path) as temporary:
+    with atomic_output(path, verify=lambda written: _verify_seg_nrrd(written, len(segments))) as temporary:
         slicerio.write_segmentation(str(temporary), segmentation)
     return path
+
+
+def _check_header_text(classes: list[SegmentClass]) -> None:
+    """Refuse any text that would change the NRRD header's structure (each field is one line) before writing.
+
+    Model files are checked on load already; this guards every other way classes can arrive (Python callers).
+    """
+    from maskmed_core.classes import check_class
+
+    for index, segment_class in enumerate(classes):
+        check_class(segment_class, f"classes[{index}]")
+
+
+def _verify_seg_nrrd(path: Path, num_segments: int) -> None:
+    """The written header must have exactly the fields we meant: no detached data file, one name per segment; and
+    the voxels must read back (a truncated gzip stream does not)."""
+    import errno
+    import re
+
+    from maskmed_core.io.writing import verify_image_file
+
+    with open(path, "rb") as handle:
+        head = handle.read(1 << 20)
+    header = head.split(b"\n\n", 1)[0].decode("latin-1")
+    keys = [line.split(":", 1)[0].strip().lower() for line in header.splitlines()[1:] if not line.startswith("#")]
+    names = [line for line in header.splitlines() if re.match(r"Segment\d+_Name:=", line)]
+    if any(key.replace(" ", "") == "datafile" for key in keys) or len(names) != num_segments:
+        raise OSError(errno.EIO, f"the segmentation header written to {path} does not have the expected fields")
+    verify_image_file(path)
 
 
 def write_labels(label_image, classes: list[SegmentClass], path: str | Path) -> Path:

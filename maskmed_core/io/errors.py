@@ -1,4 +1,8 @@
-"""The one exception type of the I/O layer for input that the user has to fix."""
+"""The exception types of the I/O layer for problems the user has to fix.
+
+One type per kind, so that callers map them to exit codes by type, never by message text:
+InputError -> exit 3 (bad input), OutputLocationError -> exit 2 (the output path given is unusable).
+"""
 
 from __future__ import annotations
 
@@ -11,3 +15,9 @@ class InputError(ValueError):
     3D CT volume: export the whole series, not a single slice". Programming errors (wrong argument types, an
     image on the wrong grid) raise the usual ``TypeError`` / ``ValueError`` instead.
     """
+
+
+class OutputLocationError(InputError):
+    """The output path cannot be written: a file where a folder is needed, a read-only folder or file system,
+    a folder that does not exist. Raised before any heavy work, so a user learns it in a second, not after the
+    inference. A subclass of InputError so that older callers still catch it."""

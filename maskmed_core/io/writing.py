@@ -7,15 +7,16 @@ On any error the temporary file is removed, and a file that already existed at t
 
 from __future__ import annotations
 
+import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import SimpleITK as sitk  # noqa: N813 (the conventional name)
 
 from maskmed_core.atomic import atomic_path
-from maskmed_core.io.errors import InputError
+from maskmed_core.io.errors import InputError, OutputLocationError
 
 WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
@@ -36,7 +37,7 @@ def write_image(image: sitk.Image, path: str | os.PathLike[str]) -> Path:
             f"Cannot write {target}: unsupported file type; MaskMed writes {', '.join(WRITE_SUFFIXES)} files. "
             "Choose an output name with one of these extensions."
         )
-    with atomic_output(target) as temporary:
+    with atomic_output(target, verify=verify_image_file) as temporary:
         try:
             # useCompression: gzip for .nrrd/.mha; .nii.gz is compressed by its name, .nii stays uncompressed.
             sitk.WriteImage(image, str(temporary), useCompression=True)
@@ -49,24 +50,80 @@ def write_image(image: sitk.Image, path: str | os.PathLike[str]) -> Path:
     return target
 
 
+def verify_image_file(path: Path) -> None:
+    """Raise OSError unless the image file just written is complete.
+
+    ITK's NIfTI writer ignores a failed write (a full disk leaves a truncated .nii.gz and no error), so a NIfTI
+    file's length (or its gzip stream's decompressed length and end) is compared with what its header announces;
+    other formats are read back, which fails for a truncated compressed stream.
+    """
+    from maskmed_core.io.reading import _check_nifti_complete, sitk_error_reason
+
+    name = path.name.lower()
+    try:
+        if name.endswith((".nii", ".nii.gz")):
+            _check_nifti_complete(path)
+        else:
+            sitk.ReadImage(str(path))
+    except InputError as error:
+        raise OSError(
+            errno.EIO, f"the file written ({path.name}) is incomplete: fewer bytes reached the disk than its header "
+            "announces (is the disk full, or a file size or quota limit reached?)"
+        ) from error
+    except RuntimeError as error:
+        raise OSError(
+            errno.EIO, f"the written file cannot be read back ({sitk_error_reason(error)}); is the disk full?"
+        ) from error
+
+
+def check_output_folder(folder: str | os.PathLike[str]) -> Path:
+    """Raise OutputLocationError unless ``folder`` is, or can be created as, a writable folder.
+
+    Nothing is created: the nearest existing ancestor must be a writable folder (``os.access`` also reports a
+    read-only file system). Returns the folder as a Path.
+    """
+    folder = Path(folder)
+    existing = folder
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise OutputLocationError(
+            f"Cannot write into {folder}: {existing} is a file, not a folder. Give a folder as the output (-o)."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "" if existing == folder else f" (its nearest existing parent {existing} is not writable)"
+        raise OutputLocationError(
+            f"Cannot write into {folder}{what}: the folder or its file system is read-only or belongs to another "
+            "user. Choose an output folder you can write to."
+        )
+    return folder
+
+
 @contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_output(path: str | os.PathLike[str], verify: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``, with the same extension, for any writer to write to.
 
-    On a normal exit of the ``with`` block the temporary file replaces ``path`` atomically; when the block raises,
-    the temporary file is deleted and ``path`` is left as it was. Raises InputError before yielding when the
-    folder of ``path`` does not exist or is not writable, or ``path`` is a folder; FileNotFoundError at the end
-    when the block wrote nothing.
+    On a normal exit of the ``with`` block the temporary file is checked (non-empty, ``verify`` when given,
+    fsync) and replaces ``path`` atomically; when the block or a check raises, the temporary file is deleted and
+    ``path`` is left as it was. Raises OutputLocationError (an InputError) before yielding when the folder of
+    ``path`` does not exist or is not writable, or ``path`` is a folder; FileNotFoundError at the end when the
+    block wrote nothing, OSError when the written file fails a check.
     """
     target = Path(path)
     folder = target.parent
     if not folder.is_dir():
-        raise InputError(
+        raise OutputLocationError(
             f"Cannot write {target}: the folder {folder} does not exist. Create it, or choose another output path."
         )
     if not os.access(folder, os.W_OK):
-        raise InputError(f"Cannot write {target}: the folder {folder} is not writable. Choose another output folder.")
+        raise OutputLocationError(
+            f"Cannot write {target}: the folder {folder} is not writable. Choose another output folder."
+        )
     if target.is_dir():
-        raise InputError(f"Cannot write {target}: it is a folder. Give a file name, e.g. {target / 'result.nii.gz'}.")
-    with atomic_path(target) as temporary:
+        raise OutputLocationError(
+            f"Cannot write {target}: it is a folder. Give a file name, e.g. {target / 'result.nii.gz'}."
+        )
+    with atomic_path(target, verify=verify) as temporary:
         yield temporary

@@ -92,6 +92,9 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
+        """Types and ranges of every field (a config may come from a stranger's model file), then the
+        constraints between fields. Raises UntrustedValueError (a ValueError) naming the field."""
+        _check_fields(self)
         enc = self.encoder
         stages = len(enc.features)
         if not (len(enc.strides) == len(enc.kernel_sizes) == len(enc.blocks_per_stage) == stages):
@@ -114,6 +117,12 @@ class ModelConfig:
         if self.head.hidden_dim % self.head.num_heads:
             raise ValueError("head.hidden_dim must be divisible by head.num_heads")
 
+    def estimated_parameters(self) -> int:
+        """The network's parameter count, computed from the config alone (no module is built, nothing allocated),
+        so a model file asking for an absurd network is refused before any allocation. Exact for the current
+        architecture (Testing/test_hostile_inputs.py compares it with the built network)."""
+        return _parameter_count(self)
+
     @property
     def total_stride(self) -> Triple:
         """Product of all encoder strides: a patch size must be divisible by it (voxels, (d, h, w))."""
@@ -131,7 +140,142 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
-        return cls.from_dict(json.loads(text))
+        """Parse and validate; hostile JSON (huge, deeply nested, NaN) raises UntrustedValueError."""
+        from maskmed_core.untrusted import load_json
+
+        return cls.from_dict(load_json(text, "config"))
+
+
+# Range of every numeric field: generous for real networks (the `base` preset is well inside), far below what
+# would take a machine's memory. (kind, low, high); kind "int", "float", "bool" or "str".
+_FIELD_RANGES: dict[str, tuple[str, float, float]] = {
+    "num_classes": ("int", 1, 1000),
+    "encoder.in_channels": ("int", 1, 16),
+    "transformer.enabled": ("bool", 0, 1),
+    "transformer.d_model": ("int", 8, 2048),
+    "transformer.num_query_levels": ("int", 1, 8),
+    "transformer.num_heads": ("int", 1, 64),
+    "transformer.value_head_dim": ("int", 1, 256),
+    "transformer.num_points": ("int", 1, 64),
+    "transformer.num_layers": ("int", 0, 32),
+    "transformer.ffn_dim": ("int", 1, 16384),
+    "transformer.dropout": ("float", 0.0, 1.0),
+    "pixel_decoder.mask_level": ("int", 0, 7),
+    "pixel_decoder.mask_dim": ("int", 1, 2048),
+    "pixel_decoder.num_feature_levels": ("int", 1, 8),
+    "head.kind": ("str", 0, 0),
+    "head.num_queries": ("int", 1, 1024),
+    "head.hidden_dim": ("int", 1, 2048),
+    "head.num_heads": ("int", 1, 64),
+    "head.num_layers": ("int", 1, 32),
+    "head.ffn_dim": ("int", 1, 16384),
+    "head.dropout": ("float", 0.0, 1.0),
+    "loss.class_weight": ("float", 0.0, 1e4),
+    "loss.mask_bce_weight": ("float", 0.0, 1e4),
+    "loss.mask_dice_weight": ("float", 0.0, 1e4),
+    "loss.no_object_weight": ("float", 0.0, 1e4),
+    "loss.num_points": ("int", 1, 1 << 20),
+    "loss.oversample_ratio": ("float", 1.0, 100.0),
+    "loss.importance_sample_ratio": ("float", 0.0, 1.0),
+    "loss.deep_supervision": ("bool", 0, 1),
+}
+_MAX_STAGES = 8
+_MAX_FEATURES = 2048
+_MAX_BLOCKS = 16
+_MAX_STRIDE = 4
+_MAX_KERNEL = 7
+
+
+def _check_fields(config: ModelConfig) -> None:
+    """Type and range of every field; the encoder's per-stage tuples entry by entry."""
+    from maskmed_core.untrusted import UntrustedValueError, check_int, check_number, check_sequence, check_text
+
+    for part, kind in (("encoder", EncoderConfig), ("transformer", TransformerConfig),
+                       ("pixel_decoder", PixelDecoderConfig), ("head", HeadConfig), ("loss", LossConfig)):
+        if not isinstance(getattr(config, part), kind):
+            raise UntrustedValueError(part, f"expected an object of {kind.__name__} fields")
+    for path, (kind, low, high) in _FIELD_RANGES.items():
+        owner, _, name = path.rpartition(".")
+        value = getattr(getattr(config, owner) if owner else config, name)
+        if kind == "int":
+            check_int(value, path, int(low), int(high))
+        elif kind == "float":
+            check_number(value, path, low, high)
+        elif kind == "bool" and not isinstance(value, bool):
+            raise UntrustedValueError(path, f"expected true or false, got {value!r:.40}")
+        elif kind == "str":
+            check_text(value, path, 32)
+    enc = config.encoder
+    stages = len(check_sequence(enc.features, "encoder.features", 2, _MAX_STAGES))
+    for name in ("strides", "kernel_sizes", "blocks_per_stage"):
+        if len(check_sequence(getattr(enc, name), f"encoder.{name}", 1, _MAX_STAGES)) != stages:
+            raise UntrustedValueError(f"encoder.{name}", f"{len(getattr(enc, name))} entries; encoder.features, "
+                                      f"strides, kernel_sizes and blocks_per_stage must have one entry per stage "
+                                      f"({stages})")
+    for name, items in (("features", enc.features), ("blocks_per_stage", enc.blocks_per_stage)):
+        for index, value in enumerate(items):
+            check_int(value, f"encoder.{name}[{index}]", 1, _MAX_FEATURES if name == "features" else _MAX_BLOCKS)
+    for name, items, high in (("strides", enc.strides, _MAX_STRIDE), ("kernel_sizes", enc.kernel_sizes, _MAX_KERNEL)):
+        for index, triple in enumerate(items):
+            check_sequence(triple, f"encoder.{name}[{index}]", 3, 3)
+            for axis, value in enumerate(triple):
+                check_int(value, f"encoder.{name}[{index}][{axis}]", 1, high)
+                if name == "kernel_sizes" and value % 2 == 0:
+                    raise UntrustedValueError(f"encoder.kernel_sizes[{index}][{axis}]", f"{value} is even; kernels "
+                                              "must be odd so that a convolution keeps the size")
+
+
+def _parameter_count(config: ModelConfig) -> int:
+    """Parameters of MaskMed(config), module by module as the model/ files build them (see estimated_parameters)."""
+    enc, tr, pixel, head = config.encoder, config.transformer, config.pixel_decoder, config.head
+    features, stages = enc.features, len(enc.features)
+
+    def conv_norm(cin: int, cout: int, kernel: Triple) -> int:  # Conv3d without bias + affine InstanceNorm
+        return cin * cout * math.prod(kernel) + 2 * cout
+
+    def linear(cin: int, cout: int) -> int:
+        return cin * cout + cout
+
+    total = conv_norm(enc.in_channels, features[0], enc.kernel_sizes[0])  # stem
+    cin = features[0]
+    for index in range(stages):
+        cout, kernel = features[index], enc.kernel_sizes[index]
+        stride = (1, 1, 1) if index == 0 else enc.strides[index]
+        for block in range(enc.blocks_per_stage[index]):
+            block_in = cin if block == 0 else cout
+            total += conv_norm(block_in, cout, kernel) + conv_norm(cout, cout, kernel)
+            if block == 0 and (block_in != cout or any(s != 1 for s in stride)):
+                total += conv_norm(block_in, cout, (1, 1, 1))  # projected shortcut
+        cin = cout
+    if tr.enabled:
+        value_dim = tr.num_heads * tr.value_head_dim
+        query_levels = range(stages - tr.num_query_levels, stages)
+        samples = tr.num_heads * stages * tr.num_points
+        total += sum(linear(c, value_dim) for c in features) + stages * value_dim
+        total += sum(linear(features[i], tr.d_model) + 2 * tr.d_model for i in query_levels)
+        total += len(query_levels) * tr.d_model
+        layer = (linear(tr.d_model, 3 * samples) + linear(tr.d_model, samples) + linear(value_dim, tr.d_model)
+                 + linear(tr.d_model, tr.ffn_dim) + linear(tr.ffn_dim, tr.d_model) + 4 * tr.d_model)
+        total += tr.num_layers * layer
+        total += sum(linear(tr.d_model, features[i]) for i in query_levels)
+    decoupled = head.kind == "decoupled"
+    stop = pixel.mask_level if decoupled else 0
+    for level in range(stages - 2, stop - 1, -1):
+        f = features[level]
+        total += features[level + 1] * f * math.prod(enc.strides[level + 1])  # transposed conv, no bias
+        total += conv_norm(2 * f, f, enc.kernel_sizes[level]) + conv_norm(f, f, enc.kernel_sizes[level])
+    if decoupled:
+        dim = head.hidden_dim
+        total += linear(features[pixel.mask_level], pixel.mask_dim)
+        total += sum(linear(features[stages - 1 - i], dim) for i in range(pixel.num_feature_levels))
+        total += (2 * head.num_queries + pixel.num_feature_levels) * dim  # query_feat, query_pos, level_embed
+        attention = 4 * dim * dim + 4 * dim  # nn.MultiheadAttention: in_proj (3 d x d) and out_proj, with biases
+        layer = 2 * attention + 6 * dim + linear(dim, head.ffn_dim) + linear(head.ffn_dim, dim)
+        total += head.num_layers * layer + 2 * dim + linear(dim, config.num_classes + 1)
+        total += 2 * linear(dim, dim) + linear(dim, pixel.mask_dim)  # mask_embed MLP
+    else:
+        total += sum(linear(features[i], config.num_classes + 1) for i in range(stages - 1))
+    return total
 
 
 def _as_tuples(value: Any) -> Any:
@@ -141,6 +285,10 @@ def _as_tuples(value: Any) -> Any:
 
 
 def _from_dict(cls: type, data: dict[str, Any]) -> Any:
+    if not isinstance(data, dict):
+        from maskmed_core.untrusted import UntrustedValueError
+
+        raise UntrustedValueError(cls.__name__, f"expected an object of fields, got {type(data).__name__}")
     known = {f.name: f for f in fields(cls)}
     unknown = set(data) - set(known)
     if unknown:

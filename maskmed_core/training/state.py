@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from maskmed_core.atomic import atomic_path
+from maskmed_core.atomic import atomic_path, verify_safetensors
 
 STATE_FORMAT = "maskmed-training-state"
 STATE_VERSION = 1
@@ -78,35 +78,84 @@ def save_state(path: str | Path, state: TrainingState) -> Path:
         "history": json.dumps(state.history),
         "run_config": json.dumps(state.run_config),
     }
-    with atomic_path(path, sync=True) as temporary:
+    with atomic_path(path, verify=verify_safetensors) as temporary:
         save_file(tensors, str(temporary), metadata=metadata)
     return path
 
 
+class TrainingStateError(ValueError):
+    """A training state that cannot be resumed: foreign, damaged, or written by another run or another
+    configuration. The message gives the reason; nothing was changed in the output folder."""
+
+
+# Settings that make a run what it is: resuming with any of them changed would silently continue another
+# experiment (a different dataset, network or optimisation). The rest (epochs, time limit, device, workers,
+# validation interval, output path) may change between the interrupted run and its resumption.
+RESUME_MUST_MATCH = (
+    "dataset", "preset", "init", "label_mapping", "spacing", "patch_size", "batch_size", "steps_per_epoch",
+    "learning_rate", "weight_decay", "warmup_steps", "schedule", "seed", "augmentation", "head", "transformer",
+    "freeze_encoder", "keep_absent_classes", "amp",
+)
+# The history of a long run: at most this much JSON per metadata field.
+_MAX_STATE_JSON = 64 << 20
+
+
 def load_state(path: str | Path) -> TrainingState:
-    """Read a state file written by ``save_state``; a foreign or damaged file raises ValueError."""
+    """Read a state file written by ``save_state``; a foreign or damaged file raises TrainingStateError."""
     from safetensors import safe_open
     from safetensors.torch import load_file
+
+    from maskmed_core.untrusted import load_json
 
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
+        if metadata.get("format") != STATE_FORMAT:
+            raise TrainingStateError(f"{path} is not a MaskMed training state; start without --resume")
+        fields = {name: load_json(metadata[name], name, _MAX_STATE_JSON)
+                  for name in ("optimizer", "scheduler", "history", "run_config")}
         tensors = load_file(str(path))
-    except Exception as error:
-        raise ValueError(f"{path} is not a readable training state ({error}); start without --resume") from error
-    if metadata.get("format") != STATE_FORMAT:
-        raise ValueError(f"{path} is not a MaskMed training state")
-    model = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
-    optimizer_tensors = {k: v for k, v in tensors.items() if k.startswith("optimizer.")}
-    return TrainingState(
-        step=int(metadata["step"]),
-        model=model,
-        optimizer=_unflatten_optimizer(optimizer_tensors, json.loads(metadata["optimizer"])),
-        scheduler=json.loads(metadata["scheduler"]),
-        torch_rng=tensors["rng.torch"],
-        best_metric=float(metadata["best_metric"]),
-        best_step=int(metadata["best_step"]),
-        history=json.loads(metadata["history"]),
-        run_config=json.loads(metadata["run_config"]),
+        model = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        optimizer_tensors = {k: v for k, v in tensors.items() if k.startswith("optimizer.")}
+        return TrainingState(
+            step=int(metadata["step"]),
+            model=model,
+            optimizer=_unflatten_optimizer(optimizer_tensors, fields["optimizer"]),
+            scheduler=fields["scheduler"],
+            torch_rng=tensors["rng.torch"],
+            best_metric=float(metadata["best_metric"]),
+            best_step=int(metadata["best_step"]),
+            history=fields["history"],
+            run_config=fields["run_config"],
+        )
+    except TrainingStateError:
+        raise
+    except Exception as error:  # safetensors' own errors, a missing key, a wrong type: all mean "damaged"
+        raise TrainingStateError(
+            f"{path} is not a readable training state ({str(error)[:200]}); start without --resume"
+        ) from error
+
+
+def check_resumable(state: TrainingState, run_config: dict[str, Any], model: torch.nn.Module, path: Path) -> None:
+    """Raise TrainingStateError unless ``state`` was written by this run: the settings in RESUME_MUST_MATCH
+    equal (after a JSON round trip, so tuples and lists compare equal) and the weights fit ``model``."""
+    stored = json.loads(json.dumps(state.run_config))
+    current = json.loads(json.dumps(run_config))
+    differing = [name for name in RESUME_MUST_MATCH if stored.get(name) != current.get(name)]
+    if differing:
+        details = "; ".join(f"{name}: {stored.get(name)!r:.80} there, {current.get(name)!r:.80} now"
+                            for name in differing)
+        raise TrainingStateError(
+            f"--resume refused: {path} was written by another run ({details}). Resume with the same settings, "
+            "or train into a new output folder (-o)."
+        )
+    own = model.state_dict()
+    wrong = sorted(set(own) ^ set(state.model)) + sorted(
+        k for k in set(own) & set(state.model) if own[k].shape != state.model[k].shape
     )
+    if wrong:
+        raise TrainingStateError(
+            f"--resume refused: the weights in {path} do not fit this run's network ({', '.join(wrong[:3])}"
+            f"{' ...' if len(wrong) > 3 else ''}); train into a new output folder (-o)."
+        )

@@ -28,7 +28,7 @@ from maskmed_core.model.criterion import build_criterion
 from maskmed_core.plans import Plans
 from maskmed_core.training import distributed
 from maskmed_core.training.finetune import adapt_state_dict, freeze_class_rows, freeze_encoder, plan_classes
-from maskmed_core.training.state import TrainingState, load_state, save_state
+from maskmed_core.training.state import TrainingState, check_resumable, load_state, save_state
 from maskmed_core.training.validation import validate
 
 STATE_FILE = "training_state.safetensors"
@@ -311,6 +311,7 @@ def _run(config: TrainConfig, context, report: Reporter) -> dict[str, Any]:
     state_path = output / STATE_FILE
     if config.resume and state_path.is_file():
         state = load_state(state_path)
+        check_resumable(state, _jsonable(config), model, state_path)  # another run's or config's state: refused
         model.load_state_dict(state.model)
         optimizer.load_state_dict(state.optimizer)
         start_step, best_metric, best_step, history = state.step, state.best_metric, state.best_step, state.history
