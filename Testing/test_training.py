@@ -146,8 +146,8 @@ def test_nan_loss_stops_naming_step_and_cases(dataset, tmp_path, capsys, monkeyp
     from maskmed_core.model.criterion import build_criterion
     from maskmed_core.training import trainer
 
-    def poisoned(config):
-        criterion = build_criterion(config)
+    def poisoned(config, **options):
+        criterion = build_criterion(config, **options)
         calls = {"n": 0}
         original = criterion.forward
 
