@@ -377,13 +377,10 @@ def _check_nifti_complete(path: Path) -> None:
     with zeros, so this is checked here: the header gives vox_offset + voxel bytes; an uncompressed file must be
     that long, and a gzip file must decompress to that many bytes.
     """
-    with open(path, "rb") as file:
-        compressed = file.read(2) == b"\x1f\x8b"
-    try:
-        with gzip.open(path, "rb") if compressed else open(path, "rb") as file:
-            header = file.read(540)
-    except (OSError, EOFError, zlib.error):
+    read = _nifti_header_bytes(path)
+    if read is None:
         return  # SimpleITK read it, so it is at least not a header problem we can judge here
+    header, compressed = read
     expected = _nifti_expected_bytes(header)
     if expected is None:
         return
@@ -485,18 +482,27 @@ def _nifti_expected_bytes(header: bytes) -> int | None:
     return None if parsed is None else parsed.vox_offset + parsed.data_bytes
 
 
+def _nifti_header_bytes(path: Path) -> tuple[bytes, bool] | None:
+    """(the first 540 bytes of a .nii or .nii.gz file, decompressed; whether it is gzip), or None when they cannot
+    be read."""
+    with open(path, "rb") as file:
+        compressed = file.read(2) == b"\x1f\x8b"
+    try:
+        with gzip.open(path, "rb") if compressed else open(path, "rb") as file:
+            return file.read(540), compressed
+    except (OSError, EOFError, zlib.error):
+        return None
+
+
 def _check_nifti_header(path: Path) -> None:
     """Raise InputError for a voxel size (pixdim) that is 0, negative or not a number.
 
     ITK reads such a header as 1 mm without a warning, which would segment the image at a made-up scale.
     """
-    with open(path, "rb") as file:
-        compressed = file.read(2) == b"\x1f\x8b"
-    try:
-        with gzip.open(path, "rb") if compressed else open(path, "rb") as file:
-            raw = file.read(540)
-    except (OSError, EOFError, zlib.error):
+    read = _nifti_header_bytes(path)
+    if read is None:
         return  # ITK will say the file cannot be read
+    raw = read[0]
     if len(raw) < 348:
         return  # ITK says the file is too short to read
     orientation = _nifti_orientation(raw)
