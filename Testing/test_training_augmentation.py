@@ -155,7 +155,8 @@ def test_labels_are_resampled_nearest():
 
 def test_region_size_leaves_no_empty_corners():
     for strength in ("default", "strong"):
-        config = replace(augmentation_preset(strength), rotation_prob=1.0, scaling_prob=1.0, elastic_prob=0.0)
+        config = replace(augmentation_preset(strength), rotation_prob=1.0, scaling_prob=1.0, elastic_prob=0.0,
+                         field_of_view_prob=0.0)
         augmenter = Augmenter(config, PATCH, lateral_pairs=None)
         region = augmenter.region_size
         assert all(r >= p and (r - p) % 2 == 0 for r, p in zip(region, PATCH, strict=True))
@@ -261,3 +262,30 @@ def test_start_step_resumes_the_stream():
         assert torch.equal(x["image"], y["image"]) and torch.equal(x["labels"], y["labels"])
     other_rank = PatchDataset(make_dataset().sampler, make_dataset().augmenter, seed=11, rank=1, world_size=2)
     assert not torch.equal(next(iter(other_rank))["image"], stream[0]["image"])
+
+
+def test_small_field_of_view_pads_with_air_and_cuts_the_labels():
+    """A small reconstruction field of view: outside an in-plane rectangle the image is exactly the given air value
+    (what inference pads with) and the labels background; inside, the labels are untouched; z is never cut."""
+    air = -3.25
+    augmenter = Augmenter(no_augmentation(field_of_view_prob=1.0, field_of_view_size=(0.3, 0.6)), PATCH,
+                          lateral_pairs=None, air_value=air)
+    labels = np.ones(PATCH, np.uint8)
+    sizes = set()
+    for seed in range(8):
+        image, out = augmenter(np.zeros((1, *PATCH), np.float32), labels, np.random.default_rng(seed))
+        kept = out == 1
+        assert kept.any() and not kept.all()
+        assert (kept == kept[:1]).all()  # the same rectangle on every slice
+        assert (image[0][~kept] == air).all() and (image[0][kept] == 0).all()
+        ys, xs = np.nonzero(kept[0].numpy())
+        assert (kept[0, ys.min():ys.max() + 1, xs.min():xs.max() + 1]).all()  # one rectangle
+        sizes.add((ys.max() - ys.min(), xs.max() - xs.min()))
+    assert len(sizes) > 1  # drawn per patch
+
+
+def test_field_of_view_step_is_off_by_default_and_checked():
+    assert AugmentationConfig().field_of_view_prob == 0.0
+    assert augmentation_preset("strong").field_of_view_prob > 0
+    with pytest.raises(ValueError, match="field_of_view_size"):
+        AugmentationConfig(field_of_view_size=(0.5, 1.5))

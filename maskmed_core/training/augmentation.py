@@ -13,7 +13,12 @@ Pipeline, in order (each step with its own probability, see ``AugmentationConfig
    kept), simulated low resolution, inverted gamma, gamma;
 4. mirroring per axis (``RandFlipd``); a flip of x (left-right) swaps the lateral class pairs in the labels
    (a mirrored left kidney is a right kidney). With ``lateral_pairs=None`` (unknown anatomy) x is never
-   flipped, whatever the config says.
+   flipped, whatever the config says;
+5. a small reconstruction field of view, last: outside a random in-plane rectangle the image becomes the padding
+   value of air and the labels background. A CT reconstructed on a small field of view (a spine or kidney
+   protocol: 150 to 250 mm) is smaller in-plane than the patch at the model's spacing, so at inference the body
+   ends at the image border and the sliding window pads the rest with air; real training CTs (350 to 500 mm)
+   never look like that. After the intensity steps, so that the padding is exactly the value inference uses.
 
 The geometric steps (1, 2, 4) run first, on the image, the labels and, when given, the source tissue map; then an
 optional ``intensity_source`` replaces the image (CT synthesised from the moved tissue map, or a real CT shown in
@@ -72,6 +77,8 @@ class AugmentationConfig:
     ``low_resolution_zoom`` is the down-sampling factor before up-sampling back; gamma is applied on the patch
     rescaled to [0, 1], keeping its mean and std (``gamma_inverted_prob``: on the inverted image).
     ``mirror_axes``: axes (0 = z, 1 = y, 2 = x) each flipped with ``mirror_prob``.
+    ``field_of_view_size``: the side of the kept in-plane rectangle, as a fraction of the patch's y and x sides
+    (drawn per axis); the rectangle may reach past the patch on any side.
     """
 
     rotation_prob: float = 0.2
@@ -96,6 +103,8 @@ class AugmentationConfig:
     gamma_range: tuple[float, float] = (0.7, 1.5)
     mirror_prob: float = 0.5
     mirror_axes: tuple[int, ...] = (0, 1, 2)
+    field_of_view_prob: float = 0.0
+    field_of_view_size: tuple[float, float] = (0.4, 1.0)
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -105,6 +114,8 @@ class AugmentationConfig:
             raise ValueError(f"mirror_axes must be among 0 (z), 1 (y), 2 (x), got {self.mirror_axes}")
         if not 0.0 < self.scaling_range[0] <= self.scaling_range[1]:
             raise ValueError(f"scaling_range must be 0 < low <= high, got {self.scaling_range}")
+        if not 0.0 < self.field_of_view_size[0] <= self.field_of_view_size[1] <= 1.0:
+            raise ValueError(f"field_of_view_size must be 0 < low <= high <= 1, got {self.field_of_view_size}")
 
 
 def augmentation_preset(strength: str = "default") -> AugmentationConfig:
@@ -117,7 +128,7 @@ def augmentation_preset(strength: str = "default") -> AugmentationConfig:
             elastic_prob=0.2, noise_prob=0.15, noise_std=0.15, blur_prob=0.25, blur_sigma=(0.5, 1.5),
             brightness_prob=0.2, brightness_range=(0.7, 1.3), contrast_prob=0.2, contrast_range=(0.65, 1.5),
             low_resolution_prob=0.3, low_resolution_zoom=(0.4, 1.0), gamma_prob=0.3, gamma_inverted_prob=0.15,
-            gamma_range=(0.6, 1.7),
+            gamma_range=(0.6, 1.7), field_of_view_prob=0.2,
         )
     if strength == "none":
         probabilities = {name: 0.0 for name in vars(AugmentationConfig()) if name.endswith("_prob")}
@@ -259,6 +270,8 @@ class Augmenter:
         lateral_pairs: 1-based class indices of left/right partners, e.g. [(2, 3), (11, 12)]; [] = anatomy
             known to have no lateral classes (x flips allowed); None = unknown (x flips off).
         seed: seed of the generator used when a call gets no ``rng``.
+        air_value: the normalised value of air, which inference pads with (``Plans.intensity``); None = the
+            patch's minimum before the intensity steps (the sampler pads with the case's minimum, air).
     """
 
     def __init__(
@@ -267,8 +280,10 @@ class Augmenter:
         patch_size: Sequence[int],
         lateral_pairs: Sequence[tuple[int, int]] | None = None,
         seed: int = 0,
+        air_value: float | None = None,
     ) -> None:
         self.config = config
+        self.air_value = air_value
         self.patch_size: tuple[int, int, int] = tuple(int(p) for p in patch_size)  # type: ignore[assignment]
         if len(self.patch_size) != 3:
             raise ValueError(f"patch_size must be (z, y, x), got {patch_size}")
@@ -338,7 +353,7 @@ class Augmenter:
         if image is None and intensity_source is None:
             raise ValueError("a case without an image needs an intensity_source (synthesis) to draw one")
         rng = self._rng if rng is None else rng
-        seeds = np.random.SeedSequence(int(rng.integers(0, 2**32))).generate_state(2)
+        seeds = np.random.SeedSequence(int(rng.integers(0, 2**32))).generate_state(3)
         self.spatial.set_random_state(seed=int(seeds[0]))
         self.intensity.set_random_state(seed=int(seeds[1]))
         # No copies here: the region can be ~10x the patch, and most patches are only centre-cropped from it.
@@ -359,11 +374,39 @@ class Augmenter:
                 moved_image = torch.as_tensor(out[IMAGE]).float() if IMAGE in out else None
                 new_image, labels_out = intensity_source(moved_image, moved_tissue, labels_out)
                 out = {IMAGE: new_image}
+            air = self.air_value if self.air_value is not None else float(torch.as_tensor(out[IMAGE]).min())
             out = self.intensity({IMAGE: out[IMAGE]})
         finally:
             set_track_meta(previous)
-        image_out = torch.as_tensor(out[IMAGE]).to(torch.float32).contiguous()
-        return image_out, labels_out.contiguous()
+        image_out = torch.as_tensor(out[IMAGE]).to(torch.float32)
+        box = self._field_of_view_box(np.random.default_rng(int(seeds[2])))
+        if box is not None:
+            image_out, labels_out = cut_to_field_of_view(image_out, labels_out, box, air)
+        return image_out.contiguous(), labels_out.contiguous()
+
+    def _field_of_view_box(self, rng: np.random.Generator) -> tuple[slice, slice] | None:
+        """The kept in-plane (y, x) rectangle of a small reconstruction field of view, or None (no cut)."""
+        c = self.config
+        if c.field_of_view_prob <= 0 or rng.random() >= c.field_of_view_prob:
+            return None
+        sides = []
+        for size in self.patch_size[1:]:
+            side = max(1, round(rng.uniform(*c.field_of_view_size) * size))
+            start = int(rng.integers(-(side // 2), size - side // 2 + 1))
+            sides.append(slice(max(start, 0), max(start + side, 1)))
+        return sides[0], sides[1]
+
+
+def cut_to_field_of_view(
+    image: torch.Tensor, labels: torch.Tensor, box: tuple[slice, slice], air_value: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Image (1, z, y, x) and labels (z, y, x) with everything outside the in-plane ``box`` (y, x slices) set to
+    ``air_value`` and background (0): what a scan reconstructed on that field of view, padded with air, shows."""
+    inside = torch.zeros(labels.shape[1:], dtype=torch.bool)
+    inside[box] = True
+    image = torch.where(inside, image, torch.full_like(image, air_value))
+    labels = torch.where(inside, labels, torch.zeros_like(labels))
+    return image, labels
 
 
 IntensitySource = Callable[

@@ -463,15 +463,16 @@ class _TrainingClock:
 
 def _make_loader(config, cases, label_only_cases, classes, plans: Plans, context, start_step: int):
     from maskmed_core.training.augmentation import Augmenter, augmentation_preset
-    from maskmed_core.training.intensity_sources import SynthesisOptions
+    from maskmed_core.training.intensity_sources import SynthesisOptions, from_hu
     from maskmed_core.training.loader import PatchDataset, SynthesisSetup, make_loader
     from maskmed_core.training.sampling import PatchSampler
     from maskmed_core.training.synthesis import SynthesisPriors
 
     per_rank = max(1, config.batch_size // context.world_size)
     sampler = PatchSampler(cases, plans.patch_size, seed=config.seed)
+    air = float(from_hu(torch.tensor(plans.intensity.clip_low), plans.intensity))  # what inference pads with
     augmenter = Augmenter(augmentation_preset(config.augmentation), plans.patch_size,
-                          lateral_pairs=_lateral_pairs_by_index(classes), seed=config.seed)
+                          lateral_pairs=_lateral_pairs_by_index(classes), seed=config.seed, air_value=air)
     synthesis = None
     label_only_sampler = None
     if label_only_cases or config.synthetic_prob > 0 or config.contrast_prob > 0:
