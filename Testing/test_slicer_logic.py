@@ -710,6 +710,60 @@ def test_panel_texts_for_dependencies_and_training_events():
     assert Logic.describeTrainingEvent(LogEvent("compiling")) == (None, None)
 
 
+def test_model_choices_and_recent_models(tmp_path):
+    default, first, second = (tmp_path / f"{name}.maskmed" for name in ("default", "first", "second"))
+    for path in (default, first, second):
+        path.write_bytes(b"model")
+    gone = str(tmp_path / "deleted.maskmed")
+    stored = Logic.rememberModelPath(None, str(first))
+    stored = Logic.rememberModelPath(stored, gone)
+    stored = Logic.rememberModelPath(stored, str(second))
+    assert Logic.recentModelPaths(stored) == [str(second), str(first)]  # newest first; a deleted file dropped
+    assert Logic.recentModelPaths(Logic.rememberModelPath(stored, str(first))) == [str(first), str(second)]
+    for unreadable in ("not json", '{"a": 1}', "[1, null]", "", None):
+        assert Logic.recentModelPaths(unreadable) == []
+    many = None
+    for number in range(15):
+        (tmp_path / f"m{number}.maskmed").write_bytes(b"model")
+        many = Logic.rememberModelPath(many, str(tmp_path / f"m{number}.maskmed"))
+    assert len(Logic.recentModelPaths(many)) == 10
+
+    choices = Logic.modelChoices(str(default), [str(second), str(default)], str(first), label=lambda p: "L")
+    assert choices == [(Logic.DEFAULT_MODEL_LABEL, str(default)), ("L", str(second)), ("L", str(first))]
+    assert Logic.modelChoices(None, [], gone) == []  # no bundled model, the scene's model deleted
+
+
+def test_segment_blockers_name_each_missing_input():
+    assert Logic.segmentBlockers(False, True, "/m.maskmed") == []
+    reasons = Logic.segmentBlockers(True, False, None)
+    assert len(reasons) == 3 and "Install the dependencies" in reasons[0] and "input CT" in reasons[1]
+
+
+def test_torch_is_installed_through_the_pytorch_extension(monkeypatch):
+    """Inside Slicer the PyTorch extension's logic installs torch; without it, or when the user cancels, the error
+    says what to do."""
+    import types
+
+    calls = []
+
+    class FakeLogic:
+        result: object = object()
+
+        def installTorch(self, askConfirmation, torchVersionRequirement):  # noqa: N802, N803
+            calls.append((askConfirmation, torchVersionRequirement))
+            return self.result
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=FakeLogic))
+    Logic.installTorchWithSlicerExtension(">=2.1")
+    assert calls == [(True, ">=2.1")]
+    FakeLogic.result = None
+    with pytest.raises(RuntimeError, match="cancelled"):
+        Logic.installTorchWithSlicerExtension(None)
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # import PyTorchUtils raises ImportError
+    with pytest.raises(RuntimeError, match="Extensions Manager"):
+        Logic.installTorchWithSlicerExtension(None)
+
+
 def test_progress_spans_cover_every_predict_stage():
     from MaskMedSegmentationLib.maskmedlogic import _STAGE_SPANS
 

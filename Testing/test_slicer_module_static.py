@@ -25,6 +25,9 @@ MODULE_FILE = MODULE_DIR / f"{MODULE_NAME}.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / f"{MODULE_NAME}.ui"
 ICON_FILE = MODULE_DIR / "Resources" / "Icons" / f"{MODULE_NAME}.png"
 LOGIC_DIR = MODULE_DIR / "MaskMedSegmentationLib"
+WIDGETS_DIR = MODULE_DIR / "MaskMedSegmentationWidgets"
+SELF_TEST_FILE = MODULE_DIR / "Testing" / "Python" / "MaskMedSegmentationSelfTest.py"
+WIDGET_LINES_GOAL = 600  # the panel file stays readable: bigger Qt pieces go to MaskMedSegmentationWidgets/
 INDEX_JSON = REPO / f"{MODULE_NAME}.json"
 
 # Widgets that Qt itself provides (no <customwidget> entry needed).
@@ -144,9 +147,12 @@ def test_ui_gives_every_mrml_widget_the_scene(ui):
 
 
 def test_every_ui_name_the_python_uses_exists(ui, module_tree):
+    """``self.ui.<name>`` in the panel and ``widget.ui.<name>`` in the self-test."""
+    self_test = ast.parse(SELF_TEST_FILE.read_text(encoding="utf-8"))
     used = {
         node.attr
-        for node in ast.walk(module_tree)
+        for tree in (module_tree, self_test)
+        for node in ast.walk(tree)
         if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute) and node.value.attr == "ui"
     }
     assert used, "the module reads no self.ui.<name>"
@@ -159,6 +165,17 @@ def test_every_ui_name_the_python_uses_exists(ui, module_tree):
 
 def test_module_file_compiles():
     compile(MODULE_FILE.read_text(encoding="utf-8"), str(MODULE_FILE), "exec")
+
+
+def test_slicer_only_files_compile_and_the_panel_stays_small():
+    """The Qt pieces and the self-test run only inside Slicer: here they are at least compiled. The self-test
+    class the module runs ("Reload and Test") is the one the self-test file defines."""
+    for path in [SELF_TEST_FILE, *sorted(WIDGETS_DIR.glob("*.py"))]:
+        compile(path.read_text(encoding="utf-8"), str(path), "exec")
+    assert 'MaskMedSegmentationSelfTest("runTest")' in MODULE_FILE.read_text(encoding="utf-8")
+    assert "class MaskMedSegmentationSelfTest(ScriptedLoadableModuleTest)" in SELF_TEST_FILE.read_text()
+    lines = len(MODULE_FILE.read_text(encoding="utf-8").splitlines())
+    assert lines < WIDGET_LINES_GOAL, f"{MODULE_FILE.name} has {lines} lines"
 
 
 def test_module_defines_the_slicer_classes(module_tree):

@@ -27,7 +27,7 @@ from .dependencies import (
     versionAtLeast,
 )
 from .finetunesession import FineTuneSession, LossCurve, describeTrainingEvent, scenePairs, segmentationLabelArray
-from .installer import DependencyInstaller, InstallActions, InstallOutcome
+from .installer import DependencyInstaller, InstallActions, InstallOutcome, installTorchWithSlicerExtension
 from .maskmedlogic import (
     DEFAULT_CLASS_THRESHOLD,
     DEFAULT_QUERY_THRESHOLD,
@@ -38,6 +38,13 @@ from .maskmedlogic import (
     formatDuration,
     modelInfo,
     modelLabel,
+)
+from .panelchoices import (
+    DEFAULT_MODEL_LABEL,
+    modelChoices,
+    recentModelPaths,
+    rememberModelPath,
+    segmentBlockers,
 )
 from .process import BackgroundProcess, childEnvironment, maskmedCommand, pythonExecutable
 from .segmentationwriter import (
@@ -63,6 +70,7 @@ from .volumeio import (
 
 __all__ = [
     "DEFAULT_CLASS_THRESHOLD",
+    "DEFAULT_MODEL_LABEL",
     "DEFAULT_QUERY_THRESHOLD",
     "OPTIONAL_REQUIREMENTS",
     "QUERY_SEGMENT_ID_PREFIX",
@@ -98,16 +106,21 @@ __all__ = [
     "importLabelImage",
     "installConfirmation",
     "installPlan",
+    "installTorchWithSlicerExtension",
     "installedVersion",
     "labelArrayOnVolumeGrid",
     "maskmedCommand",
     "missingDependencies",
+    "modelChoices",
     "modelInfo",
     "modelLabel",
     "placeUnderVolumeStudy",
     "pythonExecutable",
     "readVolumeFile",
+    "recentModelPaths",
+    "rememberModelPath",
     "scenePairs",
+    "segmentBlockers",
     "segmentIdForClass",
     "segmentationLabelArray",
     "terminologyTagName",

@@ -37,6 +37,22 @@ class InstallActions:
     pipInstall: Callable[[list[str]], None]
 
 
+def installTorchWithSlicerExtension(versionRequirement: str | None) -> None:
+    """``InstallActions.installTorch`` inside Slicer: the PyTorch extension (``PyTorchUtils``) picks the CUDA or CPU
+    build for this computer and asks the user to confirm. Raises RuntimeError, saying what to do, when the extension
+    is not installed or the user cancels."""
+    try:
+        import PyTorchUtils  # the PyTorch extension's module; only inside Slicer
+    except ImportError:
+        raise RuntimeError(
+            "MaskMed installs PyTorch through the 'PyTorch' extension, which is not installed. Install it from "
+            "View > Extensions Manager, restart Slicer, then press Install dependencies again.") from None
+    torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+        askConfirmation=True, torchVersionRequirement=versionRequirement)
+    if torch is None:
+        raise RuntimeError("PyTorch was not installed (the installation was cancelled).")
+
+
 @dataclass
 class InstallOutcome:
     """What the panel says when the plan has run: ``message``, and whether to offer a restart."""
