@@ -277,6 +277,7 @@ def worker(job_path: str) -> None:
     torch.set_num_threads(job["threads"])
     from maskmed_core.atomic import atomic_path
     from maskmed_core.checkpoint import load_model_file
+    from maskmed_core.events import Event, StepEvent
     from maskmed_core.train_command import read_label_mapping
     from maskmed_core.training.cache import preprocess_cases
     from maskmed_core.training.dataset import load_dataset
@@ -294,9 +295,9 @@ def worker(job_path: str) -> None:
     config = TrainConfig(**values)
     loop: dict[str, float] = {}
 
-    def report(event: dict[str, Any]) -> None:
-        if event.get("event") == "step":
-            loop["seconds"], loop["loss"] = event["elapsed"], event["loss"]
+    def report(event: Event) -> None:
+        if isinstance(event, StepEvent):
+            loop["seconds"], loop["loss"] = event.elapsed, event.loss
 
     started = time.perf_counter()
     summary = run_training(config, report)

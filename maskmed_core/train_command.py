@@ -20,13 +20,13 @@ from pathlib import Path
 
 from maskmed_core.events import (
     EpochEvent,
+    Event,
     ExitCode,
     MessageEvent,
     StepEvent,
     SummaryEvent,
     exit_codes_help,
-    from_dict,
-    to_dict,
+    to_json,
 )
 
 # ExitCode (maskmed_core.events) is shared with `maskmed predict`. Here BAD_INPUT: the dataset check found problems
@@ -144,26 +144,25 @@ class _Progress:
         self.json_lines = json_lines
         self.is_main = is_main
 
-    def __call__(self, event: dict) -> None:
+    def __call__(self, event: Event) -> None:
         if not self.is_main:
             return
         if self.json_lines:
-            print(json.dumps(event), flush=True)
+            print(to_json(event), flush=True)
             return
-        typed = from_dict(event)
-        if isinstance(typed, StepEvent):
-            eta = typed.elapsed / max(1, typed.step) * (typed.total - typed.step)
+        if isinstance(event, StepEvent):
+            eta = event.elapsed / max(1, event.step) * (event.total - event.step)
             clock = time.strftime("%H:%M:%S", time.gmtime(eta))
-            sys.stderr.write(f"\rstep {typed.step}/{typed.total}  loss {typed.loss:.4f}  ETA {clock}")
+            sys.stderr.write(f"\rstep {event.step}/{event.total}  loss {event.loss:.4f}  ETA {clock}")
             sys.stderr.flush()
-        elif isinstance(typed, EpochEvent):
-            dice = f"  mean Dice {typed.mean_dice:.3f}" if typed.mean_dice is not None else ""
-            sys.stderr.write(f"\repoch {typed.epoch}: loss {typed.loss:.4f}{dice}{' ' * 20}\n")
-        elif isinstance(typed, MessageEvent):
-            sys.stderr.write(f"\nmaskmed: {typed.level}: {typed.text}\n")
+        elif isinstance(event, EpochEvent):
+            dice = f"  mean Dice {event.mean_dice:.3f}" if event.mean_dice is not None else ""
+            sys.stderr.write(f"\repoch {event.epoch}: loss {event.loss:.4f}{dice}{' ' * 20}\n")
+        elif isinstance(event, MessageEvent):
+            sys.stderr.write(f"\nmaskmed: {event.level}: {event.text}\n")
 
     def error(self, text: str) -> None:
-        self(to_dict(MessageEvent("error", text)))
+        self(MessageEvent("error", text))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ import torch
 from maskmed_core.allocator import retain_freed_memory
 from maskmed_core.checkpoint import load_model_file, save_model_file
 from maskmed_core.classes import AMOS15_CLASSES, SegmentClass, lateral_pairs
+from maskmed_core.events import EpochEvent, Event, MessageEvent, StepEvent
 from maskmed_core.model import MaskMed, preset
 from maskmed_core.model.criterion import build_criterion
 from maskmed_core.plans import Plans
@@ -112,7 +113,7 @@ class TrainConfig:
             raise ValueError(f"time_limit_minutes must be positive, got {self.time_limit_minutes}")
 
 
-Reporter = Callable[[dict[str, Any]], None]
+Reporter = Callable[[Event], None]  # gets StepEvent, EpochEvent and MessageEvent (maskmed_core.events)
 
 
 def learning_rate_factor(step: int, total: int, warmup: int, schedule: str, time_fraction: float = 0.0) -> float:
@@ -193,7 +194,7 @@ def _data_from_files(config: TrainConfig, context, report: Reporter, cache_dir: 
         if not config.skip_bad_cases:
             raise TrainingError(text)
         spec = without_bad_cases(spec, problems)
-        report({"event": "message", "level": "warning", "text": text + "\n--skip-bad-cases: training without them"})
+        report(MessageEvent("warning", text + "\n--skip-bad-cases: training without them"))
         if not spec.cases:
             raise TrainingError("no usable case is left after skipping the bad ones")
     plans, classes, model_config, init_file, class_plan = _start_model(
@@ -253,46 +254,89 @@ def _data_from_manifest(config: TrainConfig) -> TrainingData:
 
 
 def run_training(config: TrainConfig, report: Reporter | None = None) -> dict[str, Any]:
-    """Train or fine-tune; returns the summary (best epoch, per-class Dice, model file paths)."""
+    """Train or fine-tune; returns the summary (best epoch, per-class Dice, model file paths).
+
+    ``report`` gets the run's events (``maskmed_core.events``: StepEvent, EpochEvent, MessageEvent) on every rank.
+    The run, step by step: ``_set_up`` (data, plans, cache), ``_build`` (model, optimiser, schedule),
+    ``_resume`` (from the saved state, with --resume), then per step ``_train_step`` and at each epoch's end
+    ``_end_epoch`` (validation, model files, state), and ``_summary``.
+    """
     report = report or (lambda event: None)
     context = distributed.setup(config.device)
     try:
-        return _run(config, context, report)
+        data = _set_up(config, context, report)
+        if config.prepare_only:
+            return {"manifest": str(data.manifest_path), "cases": len(data.cases),
+                    "label_only_cases": len(data.label_only_cases), "holdout": data.holdout is not None}
+        run = _build(config, data, context)
+        progress = _resume(run, report)
+        _train(run, progress, report)
+        return _summary(run, progress)
     finally:
         distributed.teardown(context)
 
 
-def _run(config: TrainConfig, context, report: Reporter) -> dict[str, Any]:
+@dataclass
+class _Run:
+    """What one training run works with, built once by ``_build``."""
+
+    config: TrainConfig
+    context: Any  # distributed.Context
+    output: Path
+    data: TrainingData
+    model: MaskMed
+    criterion: torch.nn.Module
+    parameters: list[torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    clock: _TrainingClock
+    total_steps: int
+
+    @property
+    def state_path(self) -> Path:
+        return self.output / STATE_FILE
+
+
+@dataclass
+class _Progress:
+    """Where a run stands (saved in the training state at every epoch's end)."""
+
+    step: int = 0
+    best_metric: float = -1.0
+    best_step: int = -1
+    history: list[dict[str, Any]] = field(default_factory=list)
+    torch_rng: torch.Tensor | None = None  # a resumed run's generator state, restored when its loop starts
+
+
+def _set_up(config: TrainConfig, context, report: Reporter) -> TrainingData:
+    """The output folder, the seeds, and the data: a prepared cache's manifest or the dataset, preprocessed."""
+    from maskmed_core.training.cache_entries import is_manifest
+
     output = Path(config.output)
     if context.is_main:
         output.mkdir(parents=True, exist_ok=True)
     _set_determinism(config, context.rank)
-    from maskmed_core.training.cache_entries import is_manifest
-
-    cache_dir = Path(config.cache_dir) if config.cache_dir else output / "cache"
     if is_manifest(config.dataset):
         data = _data_from_manifest(config)
     else:
+        cache_dir = Path(config.cache_dir) if config.cache_dir else output / "cache"
         data = _data_from_files(config, context, report, cache_dir)
-    plans, classes, model_config, init_file, plan = (
-        data.plans, data.classes, data.model_config, data.init_file, data.class_plan
-    )
-    cases, label_only_cases = data.cases, data.label_only_cases
-    if label_only_cases:
-        report({"event": "message", "level": "info",
-                "text": f"{len(cases)} real cases and {len(label_only_cases)} label-only cases (synthesised CT)"})
-    if config.prepare_only:
-        return {"manifest": str(data.manifest_path), "cases": len(cases), "label_only_cases": len(label_only_cases),
-                "holdout": data.holdout is not None}
+    if data.label_only_cases:
+        report(MessageEvent("info", f"{len(data.cases)} real cases and {len(data.label_only_cases)} label-only cases "
+                                    "(synthesised CT)"))
+    return data
 
-    model = MaskMed(model_config)
-    if init_file is not None and plan is not None:
-        model.load_state_dict(adapt_state_dict(init_file.state_dict, model, plan))
-        freeze_class_rows(model, plan.frozen)
+
+def _build(config: TrainConfig, data: TrainingData, context) -> _Run:
+    """The model (a new preset or ``--init``'s weights, adapted to the classes), the loss, AdamW and the schedule."""
+    model = MaskMed(data.model_config)
+    if data.init_file is not None and data.class_plan is not None:
+        model.load_state_dict(adapt_state_dict(data.init_file.state_dict, model, data.class_plan))
+        freeze_class_rows(model, data.class_plan.frozen)
     if config.freeze_encoder:
         freeze_encoder(model)
     model.to(context.device)
-    criterion = build_criterion(model_config, logits_first=config.fast_step).to(context.device)
+    criterion = build_criterion(data.model_config, logits_first=config.fast_step).to(context.device)
     if model.transformer is not None:
         model.transformer.fused_value_projection = config.fast_step
     if config.fast_step:
@@ -305,115 +349,138 @@ def _run(config: TrainConfig, context, report: Reporter) -> dict[str, Any]:
         optimizer,
         lambda step: learning_rate_factor(step, total_steps, config.warmup_steps, config.schedule, clock.fraction),
     )
+    return _Run(config, context, Path(config.output), data, model, criterion, parameters, optimizer, scheduler,
+                clock, total_steps)
 
-    start_step, best_metric, best_step, history = 0, -1.0, -1, []
-    resumed_rng: torch.Tensor | None = None
-    state_path = output / STATE_FILE
-    if config.resume and state_path.is_file():
-        state = load_state(state_path)
-        check_resumable(state, _jsonable(config), model, state_path)  # another run's or config's state: refused
-        model.load_state_dict(state.model)
-        optimizer.load_state_dict(state.optimizer)
-        start_step, best_metric, best_step, history = state.step, state.best_metric, state.best_step, state.history
-        resumed_rng = state.torch_rng
-        scheduler.load_state_dict(state.scheduler)
-        clock.spent_before = float(history[-1].get("seconds", 0.0)) if history else 0.0
-        report({"event": "message", "level": "info", "text": f"resumed at step {start_step}"})
 
-    training_model: torch.nn.Module = model
+def _resume(run: _Run, report: Reporter) -> _Progress:
+    """With --resume and a saved state: the model, optimiser, schedule, progress and clock as they were; another
+    run's or another configuration's state is refused. Otherwise a fresh start."""
+    if not (run.config.resume and run.state_path.is_file()):
+        return _Progress()
+    state = load_state(run.state_path)
+    check_resumable(state, _jsonable(run.config), run.model, run.state_path)
+    run.model.load_state_dict(state.model)
+    run.optimizer.load_state_dict(state.optimizer)
+    run.scheduler.load_state_dict(state.scheduler)
+    progress = _Progress(state.step, state.best_metric, state.best_step, state.history, state.torch_rng)
+    run.clock.spent_before = float(progress.history[-1].get("seconds", 0.0)) if progress.history else 0.0
+    report(MessageEvent("info", f"resumed at step {progress.step}"))
+    return progress
+
+
+def _train(run: _Run, progress: _Progress, report: Reporter) -> None:
+    """The loop: steps until the last one or the time limit, an epoch's end every ``steps_per_epoch`` steps."""
+    config, context = run.config, run.context
+    training_model: torch.nn.Module = run.model
     if context.enabled:
         device_ids = [context.local_rank] if context.device.type == "cuda" else None
-        training_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-
-    loader = _make_loader(config, cases, label_only_cases, classes, plans, context, start_step)
+        training_model = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=device_ids)
+    loader = _make_loader(config, run.data.cases, run.data.label_only_cases, run.data.classes, run.data.plans,
+                          context, progress.step)
     autocast = _autocast(config, context.device)
     scaler = torch.amp.GradScaler("cuda", enabled=autocast is not None and config.amp == "fp16")
-
-    model.train()
-    step = start_step
+    run.model.train()
     epoch_losses: list[float] = []
-    clock.start()
+    run.clock.start()
     iterator = iter(loader)
-    if resumed_rng is not None:
+    if progress.torch_rng is not None:
         # Restored only now: creating the loader's iterator draws from the global generator, and the
         # uninterrupted run did that before its first step, not at this point.
-        torch.set_rng_state(resumed_rng)
-    while step < total_steps:
-        batch = next(iterator)
-        image = batch["image"].to(context.device, non_blocking=True)
-        labels = batch["labels"].to(context.device, non_blocking=True)
-        with autocast if autocast is not None else contextlib.nullcontext():
-            outputs = training_model(image)
-            losses = criterion(outputs, labels)
-        loss = losses["loss"]
-        if not torch.isfinite(loss):
-            names = batch.get("case", ["?"] * image.shape[0])
-            raise DivergedError(
-                f"the loss became {loss.item()} at step {step + 1} (cases in the batch: {', '.join(map(str, names))}); "
-                f"the last good model files in {output} are kept. Lower --learning-rate or check those cases"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(parameters, config.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        step += 1
+        torch.set_rng_state(progress.torch_rng)
+    while progress.step < run.total_steps:
+        loss = _train_step(run, training_model, next(iterator), autocast, scaler, progress.step)
+        progress.step += 1
         # One collective per step: the global-batch loss (the mean of the ranks' losses) and the time-limit flag
         # (every rank must stop at the same step, so rank 0's clock decides).
         loss_sum, out_of_time_flag = distributed.all_reduce_sum(
-            (float(loss.detach()), float(clock.out_of_time() and context.is_main)), context
+            (loss, float(run.clock.out_of_time() and context.is_main)), context
         )
         epoch_losses.append(loss_sum / context.world_size)
         out_of_time = out_of_time_flag > 0
-        report({"event": "step", "step": step, "total": total_steps, "loss": epoch_losses[-1],
-                "elapsed": clock.elapsed()})
-        if step % config.steps_per_epoch and step != total_steps and not out_of_time:
-            continue
-        epoch = math.ceil(step / config.steps_per_epoch)
-        record: dict[str, Any] = {
-            "epoch": epoch, "step": step, "loss": float(np.mean(epoch_losses)),
-            "lr": optimizer.param_groups[0]["lr"], "seconds": clock.elapsed(),
-        }
-        epoch_losses = []
-        last = step == total_steps or out_of_time
-        if out_of_time:
-            record["stopped"] = "time limit"
-            report({"event": "message", "level": "info",
-                    "text": f"time limit of {config.time_limit_minutes} min reached at step {step}/{total_steps}"})
-        if epoch % config.val_every == 0 or last:
-            dice = validate(model, cases, plans, classes, context)
-            record["dice"] = dice
-            mean_dice = float(np.mean(list(dice.values()))) if dice else 0.0
-            record["mean_dice"] = mean_dice
-            if mean_dice > best_metric:
-                best_metric, best_step = mean_dice, step
-                if context.is_main:
-                    _save_model(output / "best.maskmed", model, plans, classes, record)
-            model.train()
-        history.append(record)
-        if context.is_main:
-            _save_model(output / "last.maskmed", model, plans, classes, record)
-            save_state(state_path, TrainingState(
-                step=step, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(), torch_rng=torch.get_rng_state(), best_metric=best_metric,
-                best_step=best_step, history=history, run_config=_jsonable(config),
-            ))
-            _append_log(output / LOG_FILE, record)
-            _plot(output / PLOT_FILE, history)
-        report({"event": "epoch", **record})
+        report(StepEvent(progress.step, run.total_steps, epoch_losses[-1], run.clock.elapsed()))
+        if progress.step % config.steps_per_epoch == 0 or progress.step == run.total_steps or out_of_time:
+            _end_epoch(run, progress, float(np.mean(epoch_losses)), out_of_time, report)
+            epoch_losses = []
         if out_of_time:
             break
 
-    best = next((r for r in history if r["step"] == best_step), history[-1] if history else {})
-    summary = {
-        "best_epoch": best.get("epoch"), "best_mean_dice": best_metric, "dice": best.get("dice", {}),
-        "best_model": str(output / "best.maskmed"), "last_model": str(output / "last.maskmed"),
-        "steps": step, "seconds": clock.elapsed(),
+
+def _train_step(run: _Run, training_model: torch.nn.Module, batch: dict[str, Any], autocast, scaler,
+                step: int) -> float:
+    """One optimiser step on ``batch`` (image (B, 1, z, y, x), labels (B, z, y, x)); returns this rank's loss.
+    A loss that is NaN or infinite stops the run (DivergedError) before it touches the weights."""
+    device = run.context.device
+    image = batch["image"].to(device, non_blocking=True)
+    labels = batch["labels"].to(device, non_blocking=True)
+    with autocast if autocast is not None else contextlib.nullcontext():
+        outputs = training_model(image)
+        losses = run.criterion(outputs, labels)
+    loss = losses["loss"]
+    if not torch.isfinite(loss):
+        names = batch.get("case", ["?"] * image.shape[0])
+        raise DivergedError(
+            f"the loss became {loss.item()} at step {step + 1} (cases in the batch: {', '.join(map(str, names))}); "
+            f"the last good model files in {run.output} are kept. Lower --learning-rate or check those cases"
+        )
+    run.optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(run.optimizer)
+    torch.nn.utils.clip_grad_norm_(run.parameters, run.config.grad_clip)
+    scaler.step(run.optimizer)
+    scaler.update()
+    run.scheduler.step()
+    return float(loss.detach())
+
+
+def _end_epoch(run: _Run, progress: _Progress, mean_loss: float, out_of_time: bool, report: Reporter) -> None:
+    """Validate (every ``val_every`` epochs and at the end), then write the model files, the state, the log and
+    the curves (rank 0), and report the epoch."""
+    config, data, step = run.config, run.data, progress.step
+    epoch = math.ceil(step / config.steps_per_epoch)
+    record: dict[str, Any] = {
+        "epoch": epoch, "step": step, "loss": mean_loss, "lr": run.optimizer.param_groups[0]["lr"],
+        "seconds": run.clock.elapsed(),
     }
-    if data.holdout is not None and context.is_main:
-        summary["holdout"] = _score_holdout(output, data.holdout, plans, classes, context.device)
+    if out_of_time:
+        record["stopped"] = "time limit"
+        report(MessageEvent("info", f"time limit of {config.time_limit_minutes} min reached at step "
+                                    f"{step}/{run.total_steps}"))
+    if epoch % config.val_every == 0 or step == run.total_steps or out_of_time:
+        dice = validate(run.model, data.cases, data.plans, data.classes, run.context)
+        record["dice"] = dice
+        record["mean_dice"] = float(np.mean(list(dice.values()))) if dice else 0.0
+        if record["mean_dice"] > progress.best_metric:
+            progress.best_metric, progress.best_step = record["mean_dice"], step
+            if run.context.is_main:
+                _save_model(run.output / "best.maskmed", run.model, data.plans, data.classes, record)
+        run.model.train()
+    progress.history.append(record)
+    if run.context.is_main:
+        _save_model(run.output / "last.maskmed", run.model, data.plans, data.classes, record)
+        save_state(run.state_path, TrainingState(
+            step=step, model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
+            scheduler=run.scheduler.state_dict(), torch_rng=torch.get_rng_state(), best_metric=progress.best_metric,
+            best_step=progress.best_step, history=progress.history, run_config=_jsonable(config),
+        ))
+        _append_log(run.output / LOG_FILE, record)
+        _plot(run.output / PLOT_FILE, progress.history)
+    report(EpochEvent(**record))
+
+
+def _summary(run: _Run, progress: _Progress) -> dict[str, Any]:
+    """The best epoch and its Dice, the model files, steps and seconds; the held-out case's scores if one was
+    given (rank 0)."""
+    history = progress.history
+    best = next((r for r in history if r["step"] == progress.best_step), history[-1] if history else {})
+    summary = {
+        "best_epoch": best.get("epoch"), "best_mean_dice": progress.best_metric, "dice": best.get("dice", {}),
+        "best_model": str(run.output / "best.maskmed"), "last_model": str(run.output / "last.maskmed"),
+        "steps": progress.step, "seconds": run.clock.elapsed(),
+    }
+    if run.data.holdout is not None and run.context.is_main:
+        summary["holdout"] = _score_holdout(run.output, run.data.holdout, run.data.plans, run.data.classes,
+                                            run.context.device)
     return summary
 
 
