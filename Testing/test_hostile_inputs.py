@@ -346,6 +346,8 @@ def test_nifti_orientation_that_hangs_itk_is_refused_first(model_path, tmp_path,
     (lambda plans: plans["intensity"].update(std=0.0), "plans.intensity.std: 0 is outside"),
     (lambda plans: plans.update(overlap=0.999), "plans.overlap: 0.999 is outside [0, 0.9]"),
     (lambda plans: plans.update(patch_size=[32, 48, 50]), "not divisible by the network's total stride"),
+    (lambda plans: plans.update(modality="MR"), "plans.modality: 'MR'; MaskMed normalises CT"),
+    (lambda plans: plans.update(orientation="RAS"), "plans.orientation: 'RAS'; MaskMed's canonical orientation"),
 ])
 def test_hostile_plans_are_refused(model_path, ct_path, tmp_path, edit, phrase):
     evil = rewrite_model(model_path, tmp_path / "evil.maskmed", edit_json("plans", edit))

@@ -23,7 +23,9 @@ class Plans:
     """Target spacing (mm) and patch size (voxels) in the canonical (z, y, x) axis order.
 
     ``orientation`` is the canonical orientation images are brought to before anything else (closest
-    permutation/flip to it; see ``maskmed_core.io.orientation``).
+    permutation/flip to it; see ``maskmed_core.io.orientation``). ``modality`` is what the intensity normalisation
+    is made for: CT (clipping in Hounsfield units); a model file that claims another modality is refused, as its
+    inputs would be normalised wrongly.
     """
 
     spacing: tuple[float, float, float] = (3.0, 3.0, 3.0)
@@ -74,7 +76,7 @@ def _known_fields(cls: type, data: Any, field: str) -> dict[str, Any]:
 
 
 def _check_plans(plans: Plans) -> None:
-    from maskmed_core.untrusted import UntrustedValueError, check_int, check_number, check_sequence, check_text
+    from maskmed_core.untrusted import UntrustedValueError, check_int, check_number, check_sequence
 
     for axis, value in enumerate(check_sequence(plans.spacing, "plans.spacing", 3, 3)):
         check_number(value, f"plans.spacing[{axis}]", *SPACING_RANGE_MM)
@@ -87,7 +89,9 @@ def _check_plans(plans: Plans) -> None:
     if plans.orientation != "LPS":
         raise UntrustedValueError("plans.orientation", f"{plans.orientation!r:.40}; MaskMed's canonical orientation is "
                                   "'LPS'")
-    check_text(plans.modality, "plans.modality", 16)
+    if plans.modality != "CT":
+        raise UntrustedValueError("plans.modality", f"{plans.modality!r:.40}; MaskMed normalises CT (Hounsfield units) "
+                                  "only: 'CT'")
     intensity = plans.intensity
     if not isinstance(intensity, IntensityNormalization):
         raise UntrustedValueError("plans.intensity", "expected an object of fields")
