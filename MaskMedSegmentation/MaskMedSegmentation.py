@@ -183,8 +183,8 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.lossPlot = _importWidgets().LossPlot(self.ui.lossPlotFrame, _importLogic().LossCurve(slicer.mrmlScene))
         for hidden in (self.ui.progressBar, self.ui.fineTuneProgressBar):
             hidden.hide()
-        self.resultTables = _importWidgets().ResultTables(
-            self.ui.classTable, self.ui.queryTable, lambda label: _importLogic().segmentIdForClass(label))
+        self.resultTables = _importWidgets().ResultTables(self.ui.classTable, self.ui.queryTable,
+                                                          _importLogic().segmentIdForClass)
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)

@@ -34,11 +34,7 @@ class ResultTables:
         self.queryTable.setRowCount(0)
 
     def update(self, session, queryThreshold, classThreshold):
-        """Rows for the result at these thresholds (empty tables when ``session`` is None)."""
-        if session is None:
-            self.classTable.setRowCount(0)
-            self.queryTable.setRowCount(0)
-            return
+        """Rows for the result of ``session`` at these thresholds (``clear`` empties the tables)."""
         node = session.segmentationNode
         node.CreateDefaultDisplayNodes()
 

@@ -374,13 +374,15 @@ class Augmenter:
                 moved_image = torch.as_tensor(out[IMAGE]).float() if IMAGE in out else None
                 new_image, labels_out = intensity_source(moved_image, moved_tissue, labels_out)
                 out = {IMAGE: new_image}
-            air = self.air_value if self.air_value is not None else float(torch.as_tensor(out[IMAGE]).min())
+            box = self._field_of_view_box(np.random.default_rng(int(seeds[2])))
+            air = self.air_value
+            if box is not None and air is None:  # the patch's air, before the intensity steps change it
+                air = float(torch.as_tensor(out[IMAGE]).min())
             out = self.intensity({IMAGE: out[IMAGE]})
         finally:
             set_track_meta(previous)
         image_out = torch.as_tensor(out[IMAGE]).to(torch.float32)
-        box = self._field_of_view_box(np.random.default_rng(int(seeds[2])))
-        if box is not None:
+        if box is not None and air is not None:
             image_out, labels_out = cut_to_field_of_view(image_out, labels_out, box, air)
         return image_out.contiguous(), labels_out.contiguous()
 
@@ -393,7 +395,7 @@ class Augmenter:
         for size in self.patch_size[1:]:
             side = max(1, round(rng.uniform(*c.field_of_view_size) * size))
             start = int(rng.integers(-(side // 2), size - side // 2 + 1))
-            sides.append(slice(max(start, 0), max(start + side, 1)))
+            sides.append(slice(max(start, 0), start + side))  # start + side >= 1: the box overlaps the patch
         return sides[0], sides[1]
 
 
