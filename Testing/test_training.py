@@ -185,6 +185,33 @@ def test_fine_tune_from_a_model_file_extends_the_class_head(dataset, tmp_path, c
     assert not torch.equal(before["query_decoder.query_feat.weight"], after["query_decoder.query_feat.weight"])
 
 
+def test_another_head_on_a_model_files_encoder_needs_init_encoder_only(dataset, tmp_path, capsys):
+    from factories import tiny_model_file
+
+    from maskmed_core.checkpoint import load_model_file
+
+    init = tiny_model_file(tmp_path / "init.maskmed", num_classes=3, patch_size=(32, 32, 32))  # decoupled + FSA
+    refused = main(train_args(dataset, tmp_path / "refused", "--init", str(init), "--head", "conv"))
+    assert refused == ExitCode.BAD_INPUT
+    assert "decoupled head with the FSA transformer" in capsys.readouterr().err
+    assert not (tmp_path / "refused" / "last.maskmed").exists()
+    output = tmp_path / "conv"
+    code = main(train_args(dataset, output, "--init", str(init), "--init-encoder-only", "--head", "conv",
+                           "--no-transformer", "--freeze-encoder"))
+    assert code == ExitCode.OK, capsys.readouterr().err
+    trained = load_model_file(output / "last.maskmed")
+    assert trained.config.head.kind == "conv" and not trained.config.transformer.enabled
+    before, after = _weights(init), _weights(output / "last.maskmed")
+    encoder_keys = [k for k in before if k.startswith("encoder.")]
+    assert encoder_keys and all(torch.equal(before[k], after[k]) for k in encoder_keys)
+    assert not any(k.startswith(("transformer.", "query_decoder.")) for k in after)
+
+
+def test_init_encoder_only_without_init_is_a_usage_error(dataset, tmp_path, capsys):
+    assert main(train_args(dataset, tmp_path / "run", "--init-encoder-only")) == ExitCode.USAGE
+    assert "init_encoder_only needs init" in capsys.readouterr().err
+
+
 def _step_losses(output: str) -> list[float]:
     return [json.loads(line)["loss"] for line in output.splitlines() if '"event": "step"' in line]
 

@@ -83,7 +83,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --init: keep (frozen) classes of the model that the data lacks, else drop them")
     parser.add_argument("--augmentation", default=_default("augmentation"), choices=_choices("augmentation"))
     parser.add_argument("--head", default=_default("head"), choices=_choices("head"),
-                        help="conv: the point-wise conv head baseline (nnU-Net style)")
+                        help="decoupled (MaskMed, the default for a new model) or conv: the point-wise conv head "
+                        "baseline (nnU-Net style); with --init the model file's head is kept")
+    parser.add_argument("--init-encoder-only", action="store_true",
+                        help="with --init: take only its preprocessing plans and encoder weights, and train a fresh "
+                        "transformer, decoder and head (--head, --no-transformer): heads compared on one encoder")
     parser.add_argument("--no-transformer", action="store_true", help="ablation: remove the FSA transformer")
     parser.add_argument("--amp", default=_default("amp"), choices=_choices("amp"), help="autocast on CUDA")
     parser.add_argument("--cache-dir", help="preprocessed-case cache (default OUT/cache)")
@@ -129,7 +133,8 @@ def _config_from_args(args: argparse.Namespace):
         "num_workers": args.workers, "seed": args.seed, "deterministic": args.deterministic,
         "resume": args.resume, "skip_bad_cases": args.skip_bad_cases, "freeze_encoder": args.freeze_encoder,
         "keep_absent_classes": args.keep_absent_classes, "augmentation": args.augmentation,
-        "head": args.head, "transformer": not args.no_transformer, "amp": args.amp, "cache_dir": args.cache_dir,
+        "head": args.head, "transformer": not args.no_transformer,
+        "init_encoder_only": args.init_encoder_only, "amp": args.amp, "cache_dir": args.cache_dir,
         "time_limit_minutes": args.time_limit, "synthetic_labels": list(args.synthetic_labels),
         "synthetic_ratio": args.synthetic_ratio, "synthetic_prob": args.synthetic_prob,
         "contrast_prob": args.contrast_prob, "fast_step": not args.reference_step,

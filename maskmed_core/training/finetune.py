@@ -105,6 +105,22 @@ def freeze_class_rows(model: MaskMed, frozen: list[int]) -> None:
             parameter.register_hook(lambda grad, rows=rows: grad.index_fill(0, rows.to(grad.device), 0.0))
 
 
+def load_encoder_weights(model: MaskMed, state_dict: dict[str, torch.Tensor]) -> None:
+    """Copy the ``encoder.*`` weights of ``state_dict`` into ``model``; everything else keeps its fresh init.
+
+    The encoders must be the same (same plans and preset): a missing or differently shaped weight is an error.
+    """
+    own = {k: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
+    missing = [k for k in own if k not in state_dict]
+    if missing:
+        raise ValueError(f"the model file has no encoder weight {missing[0]} ({len(missing)} missing)")
+    for key, target in own.items():
+        if state_dict[key].shape != target.shape:
+            raise ValueError(f"encoder weight {key} has shape {tuple(state_dict[key].shape)}, the new model needs "
+                             f"{tuple(target.shape)}")
+    model.load_state_dict({k: state_dict[k] for k in own}, strict=False)
+
+
 def freeze_encoder(model: MaskMed) -> None:
     for parameter in model.encoder.parameters():
         parameter.requires_grad_(False)

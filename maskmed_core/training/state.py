@@ -94,7 +94,7 @@ class TrainingStateError(ValueError):
 RESUME_MUST_MATCH = (
     "dataset", "preset", "init", "label_mapping", "spacing", "patch_size", "batch_size", "steps_per_epoch",
     "learning_rate", "weight_decay", "warmup_steps", "schedule", "seed", "augmentation", "head", "transformer",
-    "freeze_encoder", "keep_absent_classes", "amp",
+    "init_encoder_only", "freeze_encoder", "keep_absent_classes", "amp",
 )
 # The history of a long run: at most this much JSON per metadata field.
 _MAX_STATE_JSON = 64 << 20

@@ -9,6 +9,7 @@ a resumable state, all written atomically by rank 0.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import time
@@ -28,7 +29,13 @@ from maskmed_core.model import MaskMed, preset
 from maskmed_core.model.criterion import build_criterion
 from maskmed_core.plans import Plans
 from maskmed_core.training import distributed
-from maskmed_core.training.finetune import adapt_state_dict, freeze_class_rows, freeze_encoder, plan_classes
+from maskmed_core.training.finetune import (
+    adapt_state_dict,
+    freeze_class_rows,
+    freeze_encoder,
+    load_encoder_weights,
+    plan_classes,
+)
 from maskmed_core.training.state import TrainingState, check_resumable, load_state, save_state
 from maskmed_core.training.validation import validate
 
@@ -75,8 +82,11 @@ class TrainConfig:
     keep_absent_classes: bool = False
     augmentation: str = "default"
     amp: str = "bf16"
-    head: str = "decoupled"
-    transformer: bool = True
+    head: str | None = None  # "decoupled" or "conv"; None: decoupled for a new model, --init's own head with --init
+    transformer: bool = True  # False: the no-FSA ablation
+    # With --init: take only its plans and encoder weights; the transformer, decoder and head (of ``head``) start
+    # fresh. For comparing heads on one pretrained encoder.
+    init_encoder_only: bool = False
     cache_dir: str | None = None
     time_limit_minutes: float | None = None
     # Label maps without images (files or folders of them), trained on through synthesised CT; their values and
@@ -99,7 +109,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name, allowed in self.CHOICES.items():
-            if getattr(self, name) not in allowed:
+            if getattr(self, name) not in allowed and not (name == "head" and self.head is None):
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
         for name in ("epochs", "steps_per_epoch", "batch_size", "val_every"):
             if int(getattr(self, name)) < 1:
@@ -111,6 +121,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if self.time_limit_minutes is not None and self.time_limit_minutes <= 0:
             raise ValueError(f"time_limit_minutes must be positive, got {self.time_limit_minutes}")
+        if self.init_encoder_only and (self.init is None or self.keep_absent_classes):
+            raise ValueError("init_encoder_only needs init and a fresh head: it cannot keep the model's absent classes")
 
 
 Reporter = Callable[[Event], None]  # gets StepEvent, EpochEvent and MessageEvent (maskmed_core.events)
@@ -170,13 +182,29 @@ def _start_model(config: TrainConfig, data_classes: list[SegmentClass], make_pla
     init_file = load_model_file(config.init) if config.init else None
     if init_file is not None:
         plan = plan_classes(init_file.classes, [c.name for c in data_classes], data_classes, config.keep_absent_classes)
-        model_config = init_file.config
+        model_config = copy.deepcopy(init_file.config)
         model_config.num_classes = len(plan.classes)
+        if config.init_encoder_only:
+            # The preset differs between heads only in these two switches, so this is the preset's own model.
+            model_config.head.kind = config.head or "decoupled"
+            model_config.transformer.enabled = config.transformer
+        else:
+            _check_same_architecture(config, model_config)
         return init_file.plans, plan.classes, model_config, init_file, plan
     plans = make_plans()
     model_config = preset(config.preset, len(data_classes), patch_size=plans.patch_size, spacing=plans.spacing,
-                          head_kind=config.head, transformer_enabled=config.transformer)
+                          head_kind=config.head or "decoupled", transformer_enabled=config.transformer)
     return plans, data_classes, model_config, None, None
+
+
+def _check_same_architecture(config: TrainConfig, init_config) -> None:
+    """A fine-tune keeps the model file's head and transformer; asking for others is refused, not ignored."""
+    wanted_head = config.head or init_config.head.kind
+    if wanted_head != init_config.head.kind or (init_config.transformer.enabled and not config.transformer):
+        has = f"a {init_config.head.kind} head {'with' if init_config.transformer.enabled else 'without'} the FSA " \
+              "transformer"
+        raise TrainingError(f"--init {config.init} has {has}; fine-tuning keeps them. To train another head or no "
+                            "transformer on its encoder, add --init-encoder-only")
 
 
 def _data_from_files(config: TrainConfig, context, report: Reporter, cache_dir: Path) -> TrainingData:
@@ -330,7 +358,9 @@ def _set_up(config: TrainConfig, context, report: Reporter) -> TrainingData:
 def _build(config: TrainConfig, data: TrainingData, context) -> _Run:
     """The model (a new preset or ``--init``'s weights, adapted to the classes), the loss, AdamW and the schedule."""
     model = MaskMed(data.model_config)
-    if data.init_file is not None and data.class_plan is not None:
+    if data.init_file is not None and config.init_encoder_only:
+        load_encoder_weights(model, data.init_file.state_dict)
+    elif data.init_file is not None and data.class_plan is not None:
         model.load_state_dict(adapt_state_dict(data.init_file.state_dict, model, data.class_plan))
         freeze_class_rows(model, data.class_plan.frozen)
     if config.freeze_encoder:
