@@ -53,3 +53,36 @@ def test_evaluate_command_refuses_a_missing_label_map(tmp_path, capsys):
     code = main(["evaluate", "default", str(DEMO / "abdomen_ct_3mm.nii.gz"), str(tmp_path / "missing.nii.gz")])
     assert code == 3
     assert "missing.nii.gz" in capsys.readouterr().err
+
+
+def test_evaluate_command_tta_averages_mirrored_passes(tmp_path, capsys, monkeypatch):
+    import SimpleITK as sitk  # noqa: N813
+    from factories import tiny_model_file
+
+    from maskmed_core.inference import Predictor
+
+    image = sitk.ReadImage(str(DEMO / "abdomen_ct_3mm.nii.gz"))
+    labels = sitk.ReadImage(str(DEMO / "abdomen_ct_3mm_totalseg.nii.gz"))
+    crop = (slice(40, 72), slice(40, 72), slice(0, 12))
+    sitk.WriteImage(image[crop], str(tmp_path / "ct.nii.gz"))
+    sitk.WriteImage(labels[crop], str(tmp_path / "labels.nii.gz"))
+    model = tiny_model_file(tmp_path / "tiny.maskmed", num_classes=3, patch_size=(16, 32, 32))
+    passes = []
+    original = Predictor.predict
+
+    def counting(self, *args, **kwargs):
+        forward = self.model.forward
+        self.model.forward = lambda *a, **k: passes.append(1) or forward(*a, **k)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict", counting)
+    for extra in ([], ["--tta"]):
+        code = main(["evaluate", str(model), str(tmp_path / "ct.nii.gz"), str(tmp_path / "labels.nii.gz"),
+                     "--device", "cpu", "--json", *extra])
+        assert code == 0
+        report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert report["tta"] is bool(extra)
+        count, passes[:] = len(passes), []
+        if not extra:
+            plain = count
+    assert plain >= 1 and count == 8 * plain

@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--query-threshold", type=float, default=None, help="default: the model's default")
     parser.add_argument("--class-threshold", type=float, default=None, help="default: the model's default")
+    parser.add_argument("--tta", action="store_true",
+                        help="average over mirrored inputs, as `maskmed predict --tta` (8 passes: slower)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
@@ -55,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         return 3
     reference_image = sitk.Resample(reference_image, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
                                     reference_image.GetPixelID())
-    result = predictor.predict(image)
+    result = predictor.predict(image, tta=args.tta)
     thresholds = {}
     if args.query_threshold is not None:
         thresholds["query_threshold"] = args.query_threshold
@@ -69,11 +71,12 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     if args.json:
         print(json.dumps({"model": str(model_path), "image": str(args.image), "labels": str(args.labels),
-                          "classes": scores, **summarize(scores), "seconds": seconds,
+                          "classes": scores, **summarize(scores), "tta": args.tta, "seconds": seconds,
                           "device": str(predictor.device)}))
         return 0
     print(f"{Path(args.image).name}: {int(np.prod(prediction.shape))} voxels, spacing "
-          f"{' x '.join(f'{s:g}' for s in spacing_zyx)} mm (z, y, x); model {model_path.name}")
+          f"{' x '.join(f'{s:g}' for s in spacing_zyx)} mm (z, y, x); model {model_path.name}"
+          f"{'; mirrored test-time augmentation' if args.tta else ''}")
     print("\n".join(format_scores(scores, list(classes))))
     print(f"time: {seconds:.1f} s on {predictor.device}")
     return 0
