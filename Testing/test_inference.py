@@ -13,6 +13,7 @@ from factories import tiny_model, tiny_model_file
 from maskmed_core.checkpoint import load_model_file
 from maskmed_core.classes import AMOS15_CLASSES
 from maskmed_core.inference import InferenceCancelled, Predictor, SegmentationResult
+from maskmed_core.inference import sliding_window as sliding_window_module
 from maskmed_core.inference.predictor import lateral_pairs
 from maskmed_core.inference.sliding_window import gaussian_importance, sliding_window, window_starts
 from maskmed_core.inference.writers import write_labels
@@ -199,6 +200,40 @@ def test_mirroring_tta_never_confuses_left_and_right():
     # Without the swap the left-right mirror would mix the two kidneys half and half.
     confused = sliding_window(model, volume, (8, 8, 16), mirror_axes=(2,), lateral_pairs=[])
     assert np.abs(confused.masks - plain.masks).max() > 0.4
+
+
+class _PositionalQueries(MaskMed):
+    """A decoupled-head 'network' whose query 0 finds the left kidney on the high-x half of its input, query 1
+    the right kidney on the low-x half, and the other queries nothing: query identity follows image position."""
+
+    def forward(self, image):
+        b, _, d, h, w = image.shape
+        queries, classes = self.config.head.num_queries, self.config.num_classes
+        high_x = (torch.arange(w) >= w // 2).float() * 20.0 - 10.0
+        features = torch.stack((high_x, -high_x)).view(1, 2, 1, 1, w).expand(b, 2, d, h, w)
+        embed = torch.zeros(b, queries, 2)
+        embed[:, 0, 0] = embed[:, 1, 1] = 1.0
+        logits = torch.full((b, queries, classes + 1), -10.0)
+        logits[:, :, -1] = 10.0  # no object
+        logits[:, 0, 1], logits[:, 0, -1] = 10.0, -10.0  # class index 1 = left kidney
+        logits[:, 1, 2], logits[:, 1, -1] = 10.0, -10.0  # class index 2 = right kidney
+        return {"pred_logits": logits, "pred_mask_embed": embed, "mask_features": features}
+
+
+def test_mirroring_tta_matches_queries_that_swap_with_the_mirror(monkeypatch):
+    classes = [AMOS15_CLASSES[0], AMOS15_CLASSES[2], AMOS15_CLASSES[1]]  # spleen, left kidney, right kidney
+    model = _PositionalQueries(tiny_model(num_classes=3).config)
+    volume = np.zeros((8, 8, 16), dtype=np.float32)
+    pairs = lateral_pairs(classes)
+    plain = sliding_window(model, volume, (8, 8, 16), lateral_pairs=pairs)
+    mirrored = sliding_window(model, volume, (8, 8, 16), mirror_axes=(0, 1, 2), lateral_pairs=pairs)
+    np.testing.assert_allclose(mirrored.masks[:2], plain.masks[:2], atol=1e-4)
+    np.testing.assert_allclose(mirrored.class_given_object[:2], plain.class_given_object[:2], atol=1e-4)
+    # Averaged by query index instead, each kidney query would be half left kidney, half right kidney.
+    monkeypatch.setattr(sliding_window_module, "match_queries",
+                        lambda pi, masks, *_: torch.arange(pi.shape[1]).expand(pi.shape[:2]))
+    by_index = sliding_window(model, volume, (8, 8, 16), mirror_axes=(2,), lateral_pairs=pairs)
+    assert np.abs(by_index.class_given_object[:2] - plain.class_given_object[:2]).max() > 0.4
 
 
 def test_model_file_is_used_as_saved(model_path):

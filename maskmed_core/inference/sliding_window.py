@@ -99,7 +99,12 @@ def _with_tta(
     mirror_axes: tuple[int, ...],
     class_permutation: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Average over all combinations of mirrors along ``mirror_axes`` (0 = z, 1 = y, 2 = x = left-right)."""
+    """Average over all combinations of mirrors along ``mirror_axes`` (0 = z, 1 = y, 2 = x = left-right).
+
+    Decoupled head: a query's identity is not kept by a mirror (the query that finds the object on the image's
+    right finds, in the left-right mirror, what was on the left), so each mirrored pass's queries are first matched
+    to the unmirrored pass's (:func:`match_queries`) and averaged with their partners, not by index.
+    """
     pi_sum, mask_sum, count = None, None, 0
     for flips in itertools.chain.from_iterable(
         itertools.combinations(mirror_axes, k) for k in range(len(mirror_axes) + 1)
@@ -115,10 +120,35 @@ def _with_tta(
             pi = torch.cat((real, pi[..., -1:]), dim=-1)
             if not model.decoupled:
                 masks = masks[:, class_permutation]
+        if pi_sum is not None and mask_sum is not None and model.decoupled:
+            order = match_queries(pi_sum / count, mask_sum / count, pi, masks)
+            pi = torch.take_along_dim(pi, order[..., None], dim=1)
+            masks = torch.take_along_dim(masks, order.view(*order.shape, 1, 1, 1), dim=1)
         pi_sum = pi if pi_sum is None else pi_sum + pi
         mask_sum = masks if mask_sum is None else mask_sum + masks
         count += 1
     return pi_sum / count, mask_sum / count
+
+
+def match_queries(
+    reference_pi: torch.Tensor, reference_masks: torch.Tensor, pi: torch.Tensor, masks: torch.Tensor
+) -> torch.Tensor:
+    """(B, Q) index: ``order[b, q]`` is the query of this pass to average with reference query ``q``.
+
+    ``pi``: (B, Q, C + 1) class probabilities (no-object last); ``masks``: (B, Q, z, y, x) mask probabilities, both
+    already mirrored back into the reference's frame. One-to-one assignment (scipy's ``linear_sum_assignment``)
+    that maximises soft Dice of the masks plus agreement of the class probabilities (their dot product), so two
+    empty "no object" queries pair up as readily as two that found the same organ.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    a, b = reference_masks.flatten(2).float(), masks.flatten(2).float()
+    overlap = torch.einsum("bqn,bpn->bqp", a, b)
+    sizes = a.sum(-1)[:, :, None] + b.sum(-1)[:, None, :]
+    agreement = torch.einsum("bqc,bpc->bqp", reference_pi.float(), pi.float())
+    cost = -(2 * overlap / sizes.clamp_min(1e-6) + agreement)
+    orders = [torch.as_tensor(linear_sum_assignment(c.cpu().numpy())[1]) for c in cost]
+    return torch.stack(orders).to(pi.device)
 
 
 @torch.no_grad()
