@@ -158,6 +158,42 @@ def test_text_file_renamed_nifti(tmp_path):
     assert "Re-export the image" in str(info.value)
 
 
+def _nifti_with_rounded_sform(tmp_path: Path, error: float) -> tuple[Path, sitk.Image]:
+    """An oblique .nii without a qform whose sform rotation is off by ``error`` in one entry (float32 rounding of
+    an oblique scan's sform is ~1e-4; a larger error is a shear)."""
+    image = sitk.GetImageFromArray(_volume((5, 6, 7)))
+    image.SetSpacing((0.8, 0.9, 2.0))
+    image.SetOrigin((-120.5, 84.0, 348.9))
+    image.SetDirection(tuple((_rotation(2, 1.2) @ _rotation(0, 2.0)).ravel()))
+    path = _write(image, tmp_path / "oblique.nii")
+    header = bytearray(path.read_bytes())
+    header[252:254] = np.int16(0).tobytes()  # qform_code: unset, as in TotalSegmentator's s0002
+    header[254:256] = np.int16(2).tobytes()  # sform_code: aligned
+    rows = np.frombuffer(bytes(header[280:328]), dtype="<f4").reshape(3, 4).copy()
+    rows[0, 1] += error * 0.9  # (x row, y column) of a 0.9 mm axis
+    header[280:328] = rows.astype("<f4").tobytes()
+    path.write_bytes(bytes(header))
+    return path, image
+
+
+def test_nifti_sform_orthonormal_only_to_rounding_is_read_with_its_geometry(tmp_path):
+    path, original = _nifti_with_rounded_sform(tmp_path, 2e-4)
+    with pytest.raises(RuntimeError, match="orthonormal"):
+        sitk.ReadImage(str(path))  # why this reader exists
+    image = read_image(path)
+    np.testing.assert_allclose(image.GetDirection(), original.GetDirection(), atol=1e-3)
+    np.testing.assert_allclose(image.GetOrigin(), original.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(image.GetSpacing(), original.GetSpacing(), atol=1e-3)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(original))
+    assert "ITK_NIFTI_SFORM_PERMISSIVE" not in os.environ
+
+
+def test_nifti_sform_that_is_sheared_is_refused_with_what_to_do(tmp_path):
+    path, _ = _nifti_with_rounded_sform(tmp_path, 0.05)
+    with pytest.raises(InputError, match="not a rotation.*resample"):
+        read_image(path)
+
+
 def test_unsupported_extension(tmp_path):
     path = tmp_path / "scan.png"
     path.write_bytes(b"\x89PNG")

@@ -8,6 +8,7 @@ included) and (x, y, z) index order; :func:`maskmed_core.io.orientation.to_canon
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import gzip
 import math
@@ -18,11 +19,13 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import SimpleITK as sitk  # noqa: N813 (the conventional name)
 
 from maskmed_core.io.errors import InputError
+from maskmed_core.io.nifti_sform import SformGeometry, itk_permissive_sform, sform_geometry
 
 # File name endings read as one volume (lower case; ".nii.gz" is matched before any single suffix).
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -132,14 +135,45 @@ def read_header(path: str | os.PathLike[str]) -> ImageHeader:
     """The header of one image file, no voxels read. Raises InputError when it cannot be parsed."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
+    _, geometry = _read_with_itk(Path(path), reader.ReadImageInformation)
+    header = ImageHeader.of_reader(reader)
+    if geometry is None:
+        return header
+    return dataclasses.replace(header, spacing=geometry.spacing, origin=geometry.origin, direction=geometry.direction)
+
+
+T = TypeVar("T")
+
+
+def _read_with_itk(path: Path, read: Callable[[], T]) -> tuple[T, SformGeometry | None]:
+    """(``read()``, None): an ITK read of ``path``, its errors as InputError. For a NIfTI file whose sform ITK
+    refuses only for float rounding (:mod:`maskmed_core.io.nifti_sform`): (``read()`` in ITK's permissive mode, the
+    geometry to put on what it read). A sform that is sheared or scaled is refused with what to do."""
     try:
-        reader.ReadImageInformation()
+        return read(), None
     except RuntimeError as error:
-        raise InputError(
-            f"{path} could not be read: the file looks corrupted or truncated, or is not really a "
-            f"{_suffix(Path(path))} file (SimpleITK: {sitk_error_reason(error)}). {_REEXPORT}"
-        ) from error
-    return ImageHeader.of_reader(reader)
+        if "orthonormal" not in str(error) or _suffix(path) not in (".nii", ".nii.gz"):
+            raise _unreadable(path, error) from error
+        header = _nifti_header_bytes(path)
+        geometry = None if header is None else sform_geometry(header[0], _ORTHONORMAL_TOLERANCE)
+        if geometry is None:
+            raise InputError(
+                f"{path} places its voxels by a NIfTI sform that is not a rotation (sheared or scaled axes) and has no "
+                "qform; MaskMed needs orthonormal image axes: resample the image onto a regular grid (e.g. 3D Slicer: "
+                "Resample Scalar/Vector/DWI Volume) and export it again."
+            ) from error
+    try:
+        with itk_permissive_sform():
+            return read(), geometry
+    except RuntimeError as error:
+        raise _unreadable(path, error) from error
+
+
+def _unreadable(path: Path, error: RuntimeError) -> InputError:
+    return InputError(
+        f"{path} could not be read: the file looks corrupted or truncated, or is not really a "
+        f"{_suffix(path)} file (SimpleITK: {sitk_error_reason(error)}). {_REEXPORT}"
+    )
 
 
 def validate_header(header: ImageHeader, name: str = "The image", memory_budget: int | None = None) -> None:
@@ -347,13 +381,9 @@ def _read_file(
     validate_header(header, str(path), memory_budget)
     if check_header is not None:
         check_header(header, str(path))
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as error:
-        raise InputError(
-            f"{path} could not be read: the file looks corrupted or truncated, or is not really a {suffix} file "
-            f"(SimpleITK: {sitk_error_reason(error)}). {_REEXPORT}"
-        ) from error
+    image, geometry = _read_with_itk(path, lambda: sitk.ReadImage(str(path)))
+    if geometry is not None:
+        geometry.apply(image)
     if nifti:
         _check_nifti_complete(path)
         _check_nifti_finite(path)
