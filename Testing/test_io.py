@@ -186,6 +186,11 @@ def test_nifti_sform_orthonormal_only_to_rounding_is_read_with_its_geometry(tmp_
     np.testing.assert_allclose(image.GetSpacing(), original.GetSpacing(), atol=1e-3)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(image), sitk.GetArrayFromImage(original))
     assert "ITK_NIFTI_SFORM_PERMISSIVE" not in os.environ
+    from maskmed_core.training.dataset import read_label_file
+
+    as_label_map = read_label_file(path)  # a label map written the same way reads the same way
+    np.testing.assert_allclose(as_label_map.GetDirection(), original.GetDirection(), atol=1e-3)
+    np.testing.assert_allclose(as_label_map.GetOrigin(), original.GetOrigin(), atol=1e-3)
 
 
 def test_nifti_sform_that_is_sheared_is_refused_with_what_to_do(tmp_path):

@@ -135,7 +135,10 @@ def read_header(path: str | os.PathLike[str]) -> ImageHeader:
     """The header of one image file, no voxels read. Raises InputError when it cannot be parsed."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
-    _, geometry = _read_with_itk(Path(path), reader.ReadImageInformation)
+    try:
+        _, geometry = read_tolerating_sform_rounding(Path(path), reader.ReadImageInformation)
+    except RuntimeError as error:
+        raise _unreadable(Path(path), error) from error
     header = ImageHeader.of_reader(reader)
     if geometry is None:
         return header
@@ -145,15 +148,16 @@ def read_header(path: str | os.PathLike[str]) -> ImageHeader:
 T = TypeVar("T")
 
 
-def _read_with_itk(path: Path, read: Callable[[], T]) -> tuple[T, SformGeometry | None]:
-    """(``read()``, None): an ITK read of ``path``, its errors as InputError. For a NIfTI file whose sform ITK
-    refuses only for float rounding (:mod:`maskmed_core.io.nifti_sform`): (``read()`` in ITK's permissive mode, the
-    geometry to put on what it read). A sform that is sheared or scaled is refused with what to do."""
+def read_tolerating_sform_rounding(path: Path, read: Callable[[], T]) -> tuple[T, SformGeometry | None]:
+    """(``read()``, None) for ``read``, an ITK read of ``path``. For a NIfTI file whose sform ITK refuses only for
+    float rounding (:mod:`maskmed_core.io.nifti_sform`): (``read()`` in ITK's permissive mode, the geometry to put on
+    what it read). InputError for a sform that is sheared or scaled; ITK's other errors (RuntimeError) pass through
+    for the caller to word."""
     try:
         return read(), None
     except RuntimeError as error:
         if "orthonormal" not in str(error) or _suffix(path) not in (".nii", ".nii.gz"):
-            raise _unreadable(path, error) from error
+            raise
         header = _nifti_header_bytes(path)
         geometry = None if header is None else sform_geometry(header[0], _ORTHONORMAL_TOLERANCE)
         if geometry is None:
@@ -162,11 +166,8 @@ def _read_with_itk(path: Path, read: Callable[[], T]) -> tuple[T, SformGeometry 
                 "qform; MaskMed needs orthonormal image axes: resample the image onto a regular grid (e.g. 3D Slicer: "
                 "Resample Scalar/Vector/DWI Volume) and export it again."
             ) from error
-    try:
-        with itk_permissive_sform():
-            return read(), geometry
-    except RuntimeError as error:
-        raise _unreadable(path, error) from error
+    with itk_permissive_sform():
+        return read(), geometry
 
 
 def _unreadable(path: Path, error: RuntimeError) -> InputError:
@@ -381,7 +382,10 @@ def _read_file(
     validate_header(header, str(path), memory_budget)
     if check_header is not None:
         check_header(header, str(path))
-    image, geometry = _read_with_itk(path, lambda: sitk.ReadImage(str(path)))
+    try:
+        image, geometry = read_tolerating_sform_rounding(path, lambda: sitk.ReadImage(str(path)))
+    except RuntimeError as error:
+        raise _unreadable(path, error) from error
     if geometry is not None:
         geometry.apply(image)
     if nifti:

@@ -29,7 +29,13 @@ from maskmed_core.io.errors import InputError
 
 # SimpleITK fills the missing voxels of a truncated NIfTI file with zeros without a word; for a label map that means
 # silently erased organs, so the I/O layer's completeness check is reused here.
-from maskmed_core.io.reading import VOLUME_SUFFIXES, _check_nifti_complete, read_image, sitk_error_reason
+from maskmed_core.io.reading import (
+    VOLUME_SUFFIXES,
+    _check_nifti_complete,
+    read_image,
+    read_tolerating_sform_rounding,
+    sitk_error_reason,
+)
 
 # source label value -> target label value; values not listed become background (0)
 LabelMapping = dict[int, int]
@@ -459,13 +465,15 @@ def read_label_file(path: str | os.PathLike[str]) -> sitk.Image:
             "file; label maps must be one of these (DICOM SEG is not read): convert it, e.g. in 3D Slicer."
         )
     try:
-        label = sitk.ReadImage(str(path))
+        label, geometry = read_tolerating_sform_rounding(path, lambda: sitk.ReadImage(str(path)))
     except RuntimeError as error:
         raise InputError(
             f"The label map {path} could not be read: the file looks corrupted or truncated "
             f"(SimpleITK: {sitk_error_reason(error)}). "
             "Export it again."
         ) from error
+    if geometry is not None:
+        geometry.apply(label)
     if lower.endswith((".nii", ".nii.gz")):
         _check_nifti_complete(path)
     return label
