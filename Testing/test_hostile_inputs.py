@@ -678,6 +678,14 @@ def test_resume_refuses_another_runs_state(tmp_path):
         check_resumable(state, {"dataset": "B", "seed": 0}, model, path)
 
 
+def test_resume_accepts_a_state_written_before_a_setting_existed(tmp_path):
+    model = tiny_model()
+    path = save_state(tmp_path / "training_state.safetensors", _state({"dataset": "A", "head": "decoupled"}, model))
+    check_resumable(load_state(path), {"dataset": "A", "head": "decoupled", "init_encoder_only": False}, model, path)
+    with pytest.raises(TrainingStateError, match="init_encoder_only: False there, True now"):
+        check_resumable(load_state(path), {"dataset": "A", "head": "decoupled", "init_encoder_only": True}, model, path)
+
+
 def test_resume_refuses_a_state_of_another_network(tmp_path):
     path = save_state(tmp_path / "training_state.safetensors", _state({"dataset": "A"}, tiny_model()))
     other = tiny_model(num_classes=5)

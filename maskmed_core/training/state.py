@@ -96,6 +96,8 @@ RESUME_MUST_MATCH = (
     "learning_rate", "weight_decay", "warmup_steps", "schedule", "seed", "augmentation", "head", "transformer",
     "init_encoder_only", "freeze_encoder", "keep_absent_classes", "amp",
 )
+# Settings that states written before they existed lack, with the value those runs had.
+ADDED_LATER = {"init_encoder_only": False}
 # The history of a long run: at most this much JSON per metadata field.
 _MAX_STATE_JSON = 64 << 20
 
@@ -140,8 +142,8 @@ def load_state(path: str | Path) -> TrainingState:
 def check_resumable(state: TrainingState, run_config: dict[str, Any], model: torch.nn.Module, path: Path) -> None:
     """Raise TrainingStateError unless ``state`` was written by this run: the settings in RESUME_MUST_MATCH
     equal (after a JSON round trip, so tuples and lists compare equal) and the weights fit ``model``."""
-    stored = json.loads(json.dumps(state.run_config))
-    current = json.loads(json.dumps(run_config))
+    stored = {**ADDED_LATER, **json.loads(json.dumps(state.run_config))}
+    current = {**ADDED_LATER, **json.loads(json.dumps(run_config))}
     differing = [name for name in RESUME_MUST_MATCH if stored.get(name) != current.get(name)]
     if differing:
         details = "; ".join(f"{name}: {stored.get(name)!r:.80} there, {current.get(name)!r:.80} now"

@@ -14,7 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -296,6 +296,8 @@ def run_training(config: TrainConfig, report: Reporter | None = None) -> dict[st
         if config.prepare_only:
             return {"manifest": str(data.manifest_path), "cases": len(data.cases),
                     "label_only_cases": len(data.label_only_cases), "holdout": data.holdout is not None}
+        # The head the run trains, recorded as such in its state (None asked for the default or --init's).
+        config = replace(config, head=data.model_config.head.kind)
         run = _build(config, data, context)
         progress = _resume(run, report)
         _train(run, progress, report)
