@@ -142,12 +142,14 @@ def match_queries(
     """
     from scipy.optimize import linear_sum_assignment
 
-    a, b = reference_masks.flatten(2).float(), masks.flatten(2).float()
-    overlap = torch.einsum("bqn,bpn->bqp", a, b)
-    sizes = a.sum(-1)[:, :, None] + b.sum(-1)[:, None, :]
-    agreement = torch.einsum("bqc,bpc->bqp", reference_pi.float(), pi.float())
-    cost = -(2 * overlap / sizes.clamp_min(1e-6) + agreement)
-    orders = [torch.as_tensor(linear_sum_assignment(c.cpu().numpy())[1]) for c in cost]
+    # In float32 even under CUDA autocast: bf16 sums over a patch's voxels are coarse, and numpy has no bf16.
+    with torch.autocast(pi.device.type, enabled=False):
+        a, b = reference_masks.flatten(2).float(), masks.flatten(2).float()
+        overlap = torch.einsum("bqn,bpn->bqp", a, b)
+        sizes = a.sum(-1)[:, :, None] + b.sum(-1)[:, None, :]
+        agreement = torch.einsum("bqc,bpc->bqp", reference_pi.float(), pi.float())
+        cost = -(2 * overlap / sizes.clamp_min(1e-6) + agreement)
+    orders = [torch.as_tensor(linear_sum_assignment(c.float().cpu().numpy())[1]) for c in cost]
     return torch.stack(orders).to(pi.device)
 
 
