@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The default model's recipe on a CPU: 3 real CTs + CT synthesised from 8 label maps without images (and from the
 # real cases' own label maps), contrast-phase and small-field-of-view augmentation (the strong preset), warm-started
-# from the bundled model (the shipped file: two runs, 100 then 110 minutes; see README.md).
+# from the bundled model (the shipped file: three runs, 100, 110 and 120 minutes, the third with a larger synthesised
+# share and a lower learning rate given as extra options; see README.md).
 # s0009 (the held-out validation CT) is NOT in these lists: never add it.
 # Usage, from the repository root with ../shared/data beside it:
 #   bash recipes/default_model/train_cpu.sh [OUT (runs/default)] [MINUTES (80)] [extra maskmed train options]
