@@ -25,7 +25,7 @@ from maskmed_core.allocator import retain_freed_memory
 from maskmed_core.checkpoint import load_model_file, save_model_file
 from maskmed_core.classes import AMOS15_CLASSES, SegmentClass, lateral_pairs
 from maskmed_core.events import EpochEvent, Event, MessageEvent, StepEvent
-from maskmed_core.model import MaskMed, preset
+from maskmed_core.model import MaskMed, ModelConfig, preset
 from maskmed_core.model.criterion import build_criterion
 from maskmed_core.plans import Plans
 from maskmed_core.training import distributed
@@ -197,12 +197,12 @@ def _start_model(config: TrainConfig, data_classes: list[SegmentClass], make_pla
     return plans, data_classes, model_config, None, None
 
 
-def _check_same_architecture(config: TrainConfig, init_config) -> None:
+def _check_same_architecture(config: TrainConfig, init_config: ModelConfig) -> None:
     """A fine-tune keeps the model file's head and transformer; asking for others is refused, not ignored."""
     wanted_head = config.head or init_config.head.kind
     if wanted_head != init_config.head.kind or (init_config.transformer.enabled and not config.transformer):
-        has = f"a {init_config.head.kind} head {'with' if init_config.transformer.enabled else 'without'} the FSA " \
-              "transformer"
+        transformer = "with" if init_config.transformer.enabled else "without"
+        has = f"a {init_config.head.kind} head {transformer} the FSA transformer"
         raise TrainingError(f"--init {config.init} has {has}; fine-tuning keeps them. To train another head or no "
                             "transformer on its encoder, add --init-encoder-only")
 
