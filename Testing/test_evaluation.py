@@ -76,13 +76,16 @@ def test_evaluate_command_tta_averages_mirrored_passes(tmp_path, capsys, monkeyp
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Predictor, "predict", counting)
-    for extra in ([], ["--tta"]):
+
+    def evaluate(*extra: str) -> int:
+        """Forward passes of one `maskmed evaluate` run."""
+        passes.clear()
         code = main(["evaluate", str(model), str(tmp_path / "ct.nii.gz"), str(tmp_path / "labels.nii.gz"),
                      "--device", "cpu", "--json", *extra])
         assert code == 0
         report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert report["tta"] is bool(extra)
-        count, passes[:] = len(passes), []
-        if not extra:
-            plain = count
-    assert plain >= 1 and count == 8 * plain
+        return len(passes)
+
+    plain, mirrored = evaluate(), evaluate("--tta")
+    assert plain >= 1 and mirrored == 8 * plain

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -40,28 +39,18 @@ class SformGeometry:
         return image
 
 
-def sform_geometry(header: bytes, tolerance: float) -> SformGeometry | None:
-    """The geometry of a NIfTI-1/2 header that ITK refuses only for rounding, or None.
+def sform_geometry(
+    qform_code: int, sform_code: int, srow: tuple[float, ...], tolerance: float
+) -> SformGeometry | None:
+    """The geometry of a NIfTI header that ITK refuses only for rounding, or None.
 
-    ``header``: the file's first 540 bytes (decompressed). None unless the qform is unset (qform_code 0; ITK would
-    use a set one), the sform is set (sform_code > 0) and its axes, each scaled to unit length, are orthonormal to
-    within ``tolerance`` (the largest entry of D^T D - I).
+    ``srow``: the sform's 12 numbers (srow_x, srow_y, srow_z; mm, RAS). None unless the qform is unset (qform_code 0;
+    ITK would use a set one), the sform is set (sform_code > 0) and its axes, each scaled to unit length, are
+    orthonormal to within ``tolerance`` (the largest entry of D^T D - I).
     """
-    for order in "<>":
-        (size,) = struct.unpack_from(order + "i", header, 0)
-        if size == 348 and header[344:348] in (b"n+1\0", b"ni1\0"):
-            qform_code, sform_code = struct.unpack_from(order + "hh", header, 252)
-            rows = struct.unpack_from(order + "12f", header, 280)
-            break
-        if size == 540 and len(header) >= 540 and header[4:7] in (b"n+2", b"ni2"):
-            qform_code, sform_code = struct.unpack_from(order + "ii", header, 344)
-            rows = struct.unpack_from(order + "12d", header, 400)
-            break
-    else:
-        return None
     if qform_code != 0 or sform_code <= 0:
         return None
-    affine = np.array(rows, dtype=float).reshape(3, 4)
+    affine = np.array(srow, dtype=float).reshape(3, 4)
     if not np.all(np.isfinite(affine)):
         return None
     axes = _RAS_TO_LPS @ affine[:, :3]

@@ -158,8 +158,10 @@ def read_tolerating_sform_rounding(path: Path, read: Callable[[], T]) -> tuple[T
     except RuntimeError as error:
         if "orthonormal" not in str(error) or _suffix(path) not in (".nii", ".nii.gz"):
             raise
-        header = _nifti_header_bytes(path)
-        geometry = None if header is None else sform_geometry(header[0], _ORTHONORMAL_TOLERANCE)
+        header, _ = _read_nifti_header(path)
+        geometry = None if header is None else sform_geometry(
+            header.qform_code, header.sform_code, header.srow, _ORTHONORMAL_TOLERANCE
+        )
         if geometry is None:
             raise InputError(
                 f"{path} places its voxels by a NIfTI sform that is not a rotation (sheared or scaled axes) and has no "
@@ -449,6 +451,9 @@ class _NiftiHeader:
     bitpix: int
     vox_offset: int
     pixdim: tuple[float, ...]  # pixdim[1..dim[0]]
+    qform_code: int
+    sform_code: int
+    srow: tuple[float, ...]  # srow_x, srow_y, srow_z (3 x 4, row-major, mm, RAS)
 
     @property
     def data_bytes(self) -> int:
@@ -470,11 +475,15 @@ def _parse_nifti_header(header: bytes) -> _NiftiHeader | None:
             datatype, bitpix = struct.unpack_from(order + "hh", header, 70)
             pixdim = struct.unpack_from(order + "8f", header, 76)
             (vox_offset,) = struct.unpack_from(order + "f", header, 108)
+            codes = struct.unpack_from(order + "hh", header, 252)
+            srow = struct.unpack_from(order + "12f", header, 280)
         elif sizeof_hdr == 540 and len(header) >= 540 and header[4:8] == b"n+2\0":
             datatype, bitpix = struct.unpack_from(order + "hh", header, 12)
             dims = struct.unpack_from(order + "8q", header, 16)
             pixdim = struct.unpack_from(order + "8d", header, 104)
             (vox_offset,) = struct.unpack_from(order + "q", header, 168)
+            codes = struct.unpack_from(order + "ii", header, 344)
+            srow = struct.unpack_from(order + "12d", header, 400)
         else:
             continue
         if not 1 <= dims[0] <= 7 or bitpix <= 0 or not math.isfinite(vox_offset) or vox_offset < 0:
@@ -482,7 +491,8 @@ def _parse_nifti_header(header: bytes) -> _NiftiHeader | None:
         lengths = tuple(int(n) for n in dims[1 : dims[0] + 1])
         if min(lengths) < 1:
             return None
-        return _NiftiHeader(order, lengths, int(datatype), int(bitpix), int(vox_offset), pixdim[1 : dims[0] + 1])
+        return _NiftiHeader(order, lengths, int(datatype), int(bitpix), int(vox_offset), pixdim[1 : dims[0] + 1],
+                            int(codes[0]), int(codes[1]), tuple(srow))
     return None
 
 
