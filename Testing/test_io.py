@@ -193,6 +193,29 @@ def test_nifti_sform_orthonormal_only_to_rounding_is_read_with_its_geometry(tmp_
     np.testing.assert_allclose(as_label_map.GetOrigin(), original.GetOrigin(), atol=1e-3)
 
 
+def test_permissive_blocks_in_two_threads_leave_the_variable_unset():
+    import threading
+    import time
+
+    from maskmed_core.io.nifti_sform import PERMISSIVE_VARIABLE, itk_permissive_sform
+
+    def hold(seconds: float) -> None:
+        with itk_permissive_sform():
+            assert os.environ[PERMISSIVE_VARIABLE] == "1"
+            time.sleep(seconds)
+
+    # The second block starts while the first holds the variable and ends after it: unserialised, it would save
+    # "1" as the value to restore and leave the variable set.
+    first = threading.Thread(target=hold, args=(0.2,))
+    second = threading.Thread(target=hold, args=(0.3,))
+    first.start()
+    time.sleep(0.05)
+    second.start()
+    first.join()
+    second.join()
+    assert PERMISSIVE_VARIABLE not in os.environ
+
+
 def test_nifti_sform_that_is_sheared_is_refused_with_what_to_do(tmp_path):
     path, _ = _nifti_with_rounded_sform(tmp_path, 0.05)
     with pytest.raises(InputError, match="not a rotation.*resample"):

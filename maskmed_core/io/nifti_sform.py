@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -22,6 +23,9 @@ import SimpleITK as sitk  # noqa: N813 (the conventional name)
 
 PERMISSIVE_VARIABLE = "ITK_NIFTI_SFORM_PERMISSIVE"
 _RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+# One permissive block at a time: two interleaved blocks would each restore what the other set (the second saves
+# "1" as the value to restore and leaves the variable set for the rest of the process).
+_PERMISSIVE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -70,16 +74,22 @@ def sform_geometry(
 @contextlib.contextmanager
 def itk_permissive_sform() -> Iterator[None]:
     """ITK's NIfTI reader accepts a non-orthonormal sform inside this block, without printing its warning about it
-    (the variable and the warning display are restored after)."""
-    previous = os.environ.get(PERMISSIVE_VARIABLE)
-    warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    os.environ[PERMISSIVE_VARIABLE] = "1"
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
-        if previous is None:
-            del os.environ[PERMISSIVE_VARIABLE]
-        else:
-            os.environ[PERMISSIVE_VARIABLE] = previous
+    (the variable and the warning display are restored after).
+
+    The variable and the switch are process-wide: blocks in several threads run one after another (a lock), but a
+    plain read in another thread during a block is permissive too. The CLI and the Slicer module read one file at a
+    time.
+    """
+    with _PERMISSIVE_LOCK:
+        previous = os.environ.get(PERMISSIVE_VARIABLE)
+        warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+        os.environ[PERMISSIVE_VARIABLE] = "1"
+        sitk.ProcessObject.SetGlobalWarningDisplay(False)
+        try:
+            yield
+        finally:
+            sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
+            if previous is None:
+                del os.environ[PERMISSIVE_VARIABLE]
+            else:
+                os.environ[PERMISSIVE_VARIABLE] = previous
