@@ -83,6 +83,7 @@ class (decoupled mask and class prediction), on a 3D CNN encoder with a full-sca
 <ul>
 <li><b>Query confidence</b>: object queries whose best class probability is below it are dropped.</li>
 <li><b>Class confidence</b>: voxels whose winning class probability is below it become background.</li>
+<li><b>Keep each class's largest piece</b>: drops stray blobs of a class away from its main region.</li>
 </ul>
 <p>Both update the segments at once, without running the network again. The query view shows what each object
 query predicted. <b>Fine-tune</b> continues training the selected model on an nnU-Net dataset folder or on the
@@ -125,6 +126,7 @@ class MaskMedSegmentationParameterNode:
     device: Annotated[str, Choice(DEVICES)] = "auto"
     queryThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.25
     classThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+    largestComponent: bool = False
     fineTuneFromScene: bool = False
     fineTuneDatasetFolder: Path = Path.home()
     fineTuneOutputFolder: Path = Path.home() / "MaskMed" / "fine-tuning"
@@ -197,6 +199,7 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.ui.segmentButton.connect("clicked()", self.onSegmentButton)
         for slider in (self.ui.queryConfidenceSlider, self.ui.classConfidenceSlider):
             slider.connect("valueChanged(double)", lambda value: self.thresholdTimer.start())
+        self.ui.largestComponentCheckBox.connect("toggled(bool)", lambda checked: self.thresholdTimer.start())
         self.ui.classTable.connect("itemChanged(QTableWidgetItem*)",
                                    lambda item: self.resultTables.onClassItemChanged(item, self._resultSession()))
         self.ui.queryTable.connect("itemChanged(QTableWidgetItem*)",
@@ -413,8 +416,8 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if self.logic.startSegmentation(
                 parameters.inputVolume, self.currentModelPath(), self.currentDevice(),
                 segmentationNode=parameters.outputSegmentation, queryThreshold=parameters.queryThreshold,
-                classThreshold=parameters.classThreshold, onProgress=self.onSegmentationProgress,
-                onFinished=self.onSegmentationFinished):
+                classThreshold=parameters.classThreshold, largestComponent=parameters.largestComponent,
+                onProgress=self.onSegmentationProgress, onFinished=self.onSegmentationFinished):
             self.pollTimer.start()  # a run that cannot start has already called onSegmentationFinished
         self.updateButtonStates()
 
@@ -467,10 +470,9 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         session, parameters = self._resultSession(), self.parameterLogic.getParameterNode()
         if session is None:
             return
-        thresholds = (parameters.queryThreshold, parameters.classThreshold)
-        updated = []
-        if thresholds != (self.logic.queryThreshold, self.logic.classThreshold):  # else: the run's own result
-            updated = self.logic.setThresholds(*thresholds)
+        thresholds = (parameters.queryThreshold, parameters.classThreshold, parameters.largestComponent)
+        shown = (self.logic.queryThreshold, self.logic.classThreshold, self.logic.largestComponent)
+        updated = self.logic.setThresholds(*thresholds) if thresholds != shown else []  # equal: already shown
         self.resultTables.update(session, *thresholds)
         if updated:
             self.ui.statusLabel.text = (f"Query confidence {parameters.queryThreshold:.2f}, class confidence "

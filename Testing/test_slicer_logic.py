@@ -236,6 +236,32 @@ def test_threshold_change_updates_segments_in_place_and_equals_a_fresh_predict(r
     assert np.array_equal(layer_labels(node, classes), first)
 
 
+def test_largest_component_switch_equals_maskmed_core_and_switches_back(run):
+    logic = run["logic"]
+    session, node = logic.thresholdSession, logic.segmentationNode
+    classes = session.classes
+
+    def labels(thresholds, largest):
+        return sitk.GetArrayFromImage(session.result.label_map(*thresholds, largest_component=largest))
+
+    # The tiny untrained model's classes are ragged at some thresholds: take the first where the switch matters.
+    candidates = [FIRST, SECOND, (0.25, 0.4), (0.25, 0.6), (0.25, 0.7), (0.1, 0.5), (0.5, 0.5)]
+    thresholds = next((t for t in candidates if not np.array_equal(labels(t, False), labels(t, True))), None)
+    assert thresholds is not None, "no class has a second piece at any of these thresholds: a useless check"
+    plain, expected = labels(thresholds, False), labels(thresholds, True)
+    differing = {f"MaskMed_{c.label}" for c in classes if not np.array_equal(plain == c.label, expected == c.label)}
+
+    logic.setThresholds(*thresholds)
+    assert set(logic.setThresholds(*thresholds, True)) == differing
+    assert logic.largestComponent and np.array_equal(layer_labels(node, classes), expected)
+    voxel_ml = float(np.prod(run["cli_first"].GetSpacing())) / 1000
+    for row in session.classTable(*thresholds, True):  # the tables follow the switch (the fast path)
+        assert row["volumeMl"] == pytest.approx((expected == row["label"]).sum() * voxel_ml)
+    assert set(logic.setThresholds(*thresholds)) == differing  # and back
+    assert np.array_equal(layer_labels(node, classes), plain)
+    logic.setThresholds(*FIRST)  # as the other tests expect
+
+
 def test_class_table_and_query_table(run):
     session = run["logic"].thresholdSession
     table = session.classTable(*FIRST)

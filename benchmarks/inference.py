@@ -164,6 +164,7 @@ def measure_maskmed(model_path: str, image_path: str, output_path: str, tta: boo
     import SimpleITK as sitk  # noqa: N813
 
     from maskmed_core.inference import Predictor
+    from maskmed_core.inference.postprocessing import keep_largest_components
     from maskmed_core.inference.result import _nearest_resample
     from maskmed_core.inference.writers import write_labels
     from maskmed_core.io.orientation import from_canonical
@@ -200,6 +201,7 @@ def measure_maskmed(model_path: str, image_path: str, output_path: str, tta: boo
     parts: dict[str, list[float]] = {
         "class_probabilities": [],
         "model_labels": [],
+        "keep_largest_components (--largest-component)": [],
         "_nearest_resample": [],
         "to image + from_canonical": [],
     }
@@ -210,6 +212,9 @@ def measure_maskmed(model_path: str, image_path: str, output_path: str, tta: boo
         tick = time.perf_counter()
         labels, _ = result.model_labels(query_threshold, class_threshold)
         parts["model_labels"].append(time.perf_counter() - tick)
+        tick = time.perf_counter()
+        keep_largest_components(labels)
+        parts["keep_largest_components (--largest-component)"].append(time.perf_counter() - tick)
         tick = time.perf_counter()
         on_canonical = _nearest_resample(labels, result.model_grid, result.canonical_grid)
         parts["_nearest_resample"].append(time.perf_counter() - tick)

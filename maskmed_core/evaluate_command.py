@@ -17,6 +17,8 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from maskmed_core.predict_command import add_largest_component_option
+
     parser.add_argument("model", help="model file (.maskmed), or 'default' for the bundled model")
     parser.add_argument("image", help="CT volume file or DICOM series folder")
     parser.add_argument("labels", help="its reference label map")
@@ -24,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--query-threshold", type=float, default=None, help="default: the model's default")
     parser.add_argument("--class-threshold", type=float, default=None, help="default: the model's default")
+    add_largest_component_option(parser)
     parser.add_argument("--tta", action="store_true",
                         help="average over mirrored inputs, as `maskmed predict --tta` (8 passes: slower)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         thresholds["query_threshold"] = args.query_threshold
     if args.class_threshold is not None:
         thresholds["class_threshold"] = args.class_threshold
-    prediction = sitk.GetArrayFromImage(result.label_map(**thresholds))
+    prediction = sitk.GetArrayFromImage(result.label_map(**thresholds, largest_component=args.largest_component))
     reference = sitk.GetArrayFromImage(reference_image)
     spacing_zyx = tuple(float(s) for s in image.GetSpacing()[::-1])
     classes = {c.name: c.label for c in result.classes}
@@ -71,12 +74,14 @@ def run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     if args.json:
         print(json.dumps({"model": str(model_path), "image": str(args.image), "labels": str(args.labels),
-                          "classes": scores, **summarize(scores), "tta": args.tta, "seconds": seconds,
+                          "classes": scores, **summarize(scores), "tta": args.tta,
+                          "largest_component": args.largest_component, "seconds": seconds,
                           "device": str(predictor.device)}))
         return 0
     print(f"{Path(args.image).name}: {int(np.prod(prediction.shape))} voxels, spacing "
           f"{' x '.join(f'{s:g}' for s in spacing_zyx)} mm (z, y, x); model {model_path.name}"
-          f"{'; mirrored test-time augmentation' if args.tta else ''}")
+          f"{'; mirrored test-time augmentation' if args.tta else ''}"
+          f"{'; largest component per class' if args.largest_component else ''}")
     print("\n".join(format_scores(scores, list(classes))))
     print(f"time: {seconds:.1f} s on {predictor.device}")
     return 0

@@ -108,6 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="drop queries whose best class probability is below this (0..1)")
     parser.add_argument("--class-threshold", type=float, default=DEFAULT_CLASS_THRESHOLD,
                         help="voxels whose winning class probability is below this become background (0..1)")
+    add_largest_component_option(parser)
     parser.add_argument("--format", default="nii.gz", choices=("nii.gz", "nrrd", "seg.nrrd"))
     parser.add_argument("--tta", action="store_true", help="average over mirrored inputs (slower, steadier)")
     parser.add_argument("--save-result", action="store_true",
@@ -117,6 +118,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(0..255) on the input grid")
     parser.add_argument("--series-uid", help="DICOM folder with several series: the one to read")
     parser.add_argument("--json", action="store_true", help="JSON lines on stdout instead of a progress bar")
+
+
+def add_largest_component_option(parser: argparse.ArgumentParser) -> None:
+    """``--largest-component``, shared by ``predict`` and ``evaluate``."""
+    parser.add_argument("--largest-component", action="store_true",
+                        help="keep only each class's largest connected piece (drops stray blobs of a class "
+                        "elsewhere in the body)")
 
 
 def exit_code_for(error: BaseException) -> ExitCode:
@@ -250,7 +258,7 @@ def _predict_case(
     for warning in result.warnings:
         reporter.message("warning", f"{case}: {warning}")
     reporter.progress(name, "writing", 1.0)
-    label_image = result.label_map(args.query_threshold, args.class_threshold)
+    label_image = result.label_map(args.query_threshold, args.class_threshold, args.largest_component)
     output_folder.mkdir(parents=True, exist_ok=True)  # only now: a refused input leaves no folder either
     files: list[str] = []
     try:
@@ -268,7 +276,7 @@ def _predict_case(
         raise
     written.extend(files)
     seconds = time.perf_counter() - start
-    statistics = result.statistics(args.query_threshold, args.class_threshold)
+    statistics = result.statistics(args.query_threshold, args.class_threshold, args.largest_component)
     reporter.emit(OutputEvent(name, files, round(seconds, 2), [asdict(s) for s in statistics]))
     if not args.json:
         reporter.message("info", f"{name}: {seconds:.1f} s -> {', '.join(files)}")

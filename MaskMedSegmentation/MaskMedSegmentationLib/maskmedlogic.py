@@ -131,6 +131,7 @@ class SegmentationRunState:
     classThreshold: float
     onProgress: Callable[[float, str], None] | None
     onFinished: Callable[[bool, str], None] | None
+    largestComponent: bool = False
     start: float = field(default_factory=time.perf_counter)
     resultPath: Path | None = None
     childStart: float | None = None
@@ -160,6 +161,7 @@ class MaskMedLogic(ChildRun):
         self.messages: list[str] = []
         self.queryThreshold = DEFAULT_QUERY_THRESHOLD
         self.classThreshold = DEFAULT_CLASS_THRESHOLD
+        self.largestComponent = False
         self._tempDir: Path | None = None
         self._run: SegmentationRunState | None = None
 
@@ -174,6 +176,7 @@ class MaskMedLogic(ChildRun):
         classThreshold: float = DEFAULT_CLASS_THRESHOLD,
         onProgress: Callable[[float, str], None] | None = None,
         onFinished: Callable[[bool, str], None] | None = None,
+        largestComponent: bool = False,
     ) -> bool:
         """Start segmenting ``volumeNode``; returns True if the child process started.
 
@@ -181,6 +184,7 @@ class MaskMedLogic(ChildRun):
         from the child) or "cuda". segmentationNode: an existing node to update in place (its MaskMed segments
         are replaced, others kept), or None for a new node "<volume> MaskMed" (created only on success).
         onProgress(fraction 0..1, text) and onFinished(success, message) are called from poll()/cancel().
+        largestComponent: each class keeps only its largest connected piece (``setThresholds`` switches it later).
         A run that cannot start (no model, a volume that cannot be written) calls onFinished(False, reason)
         at once and returns False. Raises RuntimeError if a run is already going, ValueError for a missing
         or non-scalar volume.
@@ -197,7 +201,8 @@ class MaskMedLogic(ChildRun):
         self.timings = {}
         self.elapsedSeconds = 0.0
         run = self._run = SegmentationRunState(
-            volumeNode, segmentationNode, float(queryThreshold), float(classThreshold), onProgress, onFinished)
+            volumeNode, segmentationNode, float(queryThreshold), float(classThreshold), onProgress, onFinished,
+            bool(largestComponent))
         model = modelPath or defaultModelPath()
         if model is None:
             self._fail(
@@ -221,7 +226,7 @@ class MaskMedLogic(ChildRun):
             "predict", str(inputPath), "-o", str(self._tempDir / "out"), "--model", str(model),
             "--device", device, "--format", "nii.gz", "--save-result", "--json",
             "--query-threshold", repr(float(queryThreshold)), "--class-threshold", repr(float(classThreshold)),
-        ]
+        ] + (["--largest-component"] if largestComponent else [])
         try:
             self.startChild(arguments, device)
         except (OSError, ImportError) as error:  # no interpreter; maskmed_core not installed
@@ -253,12 +258,14 @@ class MaskMedLogic(ChildRun):
         self._fail("Cancelled.")
 
     # ----- sliders -------------------------------------------------------------------------------------
-    def setThresholds(self, queryThreshold: float, classThreshold: float) -> list[str]:
-        """Re-threshold the last result (no network); returns the IDs of the segments that changed."""
+    def setThresholds(self, queryThreshold: float, classThreshold: float, largestComponent: bool = False) -> list[str]:
+        """Re-threshold the last result (no network), each class reduced to its largest connected piece if
+        ``largestComponent``; returns the IDs of the segments that changed."""
         self.queryThreshold, self.classThreshold = float(queryThreshold), float(classThreshold)
+        self.largestComponent = bool(largestComponent)
         if self.thresholdSession is None:
             return []
-        return self.thresholdSession.update(self.queryThreshold, self.classThreshold)
+        return self.thresholdSession.update(self.queryThreshold, self.classThreshold, self.largestComponent)
 
     # ----- internals -----------------------------------------------------------------------------------
     def _report(self, fraction: float, text: str) -> None:
@@ -314,7 +321,7 @@ class MaskMedLogic(ChildRun):
                 target = existing
             session = ThresholdSession(run.resultPath, target, volumeNode)
             # Segments first, then the node into the scene: one round of scene events instead of one per segment.
-            session.update(run.queryThreshold, run.classThreshold)
+            session.update(run.queryThreshold, run.classThreshold, run.largestComponent)
             if created is not None:
                 self.scene.AddNode(created)
                 # Same frame as the volume: the segments are defined on its voxel grid.
@@ -333,6 +340,7 @@ class MaskMedLogic(ChildRun):
         self.thresholdSession = session
         self.segmentationNode = target
         self.queryThreshold, self.classThreshold = run.queryThreshold, run.classThreshold
+        self.largestComponent = run.largestComponent
         now = time.perf_counter()
         self.timings["import"] = now - importStart
         self.timings["total"] = now - run.start

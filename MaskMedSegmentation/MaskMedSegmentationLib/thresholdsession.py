@@ -61,6 +61,7 @@ class ThresholdSession:
         self.classes = list(self.result.classes)
         self.queryThreshold: float | None = None
         self.classThreshold: float | None = None
+        self.largestComponent = False
         self._modelLabels: np.ndarray | None = None  # (z, y, x) model-grid labels now shown in the node
         self._best: np.ndarray | None = None  # their winning class probability (for classTable)
         grid = self.result.input_grid
@@ -72,26 +73,28 @@ class ThresholdSession:
             except ValueError:
                 self._map = None
         self._mapChecked = False
-        self._statistics: dict[tuple[float, float], list] = {}
+        self._statistics: dict[tuple[float, float, bool], list] = {}
         self._queryNodes: dict[int, object] = {}
 
     # ----- sliders ---------------------------------------------------------------------------------------
-    def labelImage(self, queryThreshold: float, classThreshold: float):
+    def labelImage(self, queryThreshold: float, classThreshold: float, largestComponent: bool = False):
         """SimpleITK label map on the volume's grid for these thresholds (what ``maskmed predict`` writes)."""
-        return self.result.label_map(queryThreshold, classThreshold)
+        return self.result.label_map(queryThreshold, classThreshold, largestComponent)
 
-    def update(self, queryThreshold: float, classThreshold: float) -> list[str]:
+    def update(self, queryThreshold: float, classThreshold: float, largestComponent: bool = False) -> list[str]:
         """Show the label map for these thresholds; returns the IDs of the segments whose voxels changed.
 
-        The first call writes every class segment. Later calls find the voxels whose label changed and rewrite
-        only those (an empty list: nothing changed, nothing was written).
+        largestComponent: each class keeps only its largest connected piece (``maskmed predict
+        --largest-component``). The first call writes every class segment. Later calls find the voxels whose label
+        changed and rewrite only those (an empty list: nothing changed, nothing was written).
         """
-        modelLabels, best = self.result.model_labels(queryThreshold, classThreshold)
+        modelLabels, best = self.result.model_labels(queryThreshold, classThreshold, largestComponent)
+        settings = (queryThreshold, classThreshold, largestComponent)
         previous = self._modelLabels
         if previous is not None and self._map is not None and self._mapChecked:
             written = self._patch(previous, modelLabels)
             if written is not None:
-                self._remember(modelLabels, best, queryThreshold, classThreshold)
+                self._remember(modelLabels, best, *settings)
                 return written
         # Full path: the first update, a layer that cannot be patched (segments deleted or moved), no map.
         image = self.result.to_input_grid(modelLabels)
@@ -106,7 +109,7 @@ class ThresholdSession:
         if self._map is not None and not self._mapChecked:
             same = np.array_equal(self._map.gather(modelLabels), sitk.GetArrayViewFromImage(image))
             self._map, self._mapChecked = (self._map, True) if same else (None, False)
-        self._remember(modelLabels, best, queryThreshold, classThreshold)
+        self._remember(modelLabels, best, *settings)
         return written
 
     def _patch(self, previous: np.ndarray, modelLabels: np.ndarray) -> list[str] | None:
@@ -125,26 +128,27 @@ class ThresholdSession:
             return None
         return [segmentIdForClass(c.label) for c in self.classes if c.label in changed]
 
-    def _remember(self, modelLabels, best, queryThreshold, classThreshold) -> None:
+    def _remember(self, modelLabels, best, queryThreshold, classThreshold, largestComponent) -> None:
         self._modelLabels, self._best = modelLabels, best
         self.queryThreshold, self.classThreshold = float(queryThreshold), float(classThreshold)
+        self.largestComponent = bool(largestComponent)
 
     # ----- tables ----------------------------------------------------------------------------------------
-    def statistics(self, queryThreshold: float, classThreshold: float) -> list:
+    def statistics(self, queryThreshold: float, classThreshold: float, largestComponent: bool = False) -> list:
         """maskmed_core ClassStatistics per class (volumes counted on the input grid).
 
-        For the thresholds now shown this is computed from the model-grid labels already at hand, each model
+        For the settings now shown this is computed from the model-grid labels already at hand, each model
         voxel weighted by how many input voxels sample it (exactly ``result.statistics``, ~100x less work);
-        other thresholds go through ``result.statistics`` (cached).
+        other settings go through ``result.statistics`` (cached).
         """
-        key = (float(queryThreshold), float(classThreshold))
-        current = (self.queryThreshold, self.classThreshold)
+        key = (float(queryThreshold), float(classThreshold), bool(largestComponent))
+        current = (self.queryThreshold, self.classThreshold, self.largestComponent)
         if key == current and self._modelLabels is not None and self._map is not None and self._mapChecked:
             return self._fastStatistics()
         if key not in self._statistics:
             if len(self._statistics) > 8:
                 self._statistics.clear()
-            self._statistics[key] = self.result.statistics(queryThreshold, classThreshold)
+            self._statistics[key] = self.result.statistics(*key)
         return self._statistics[key]
 
     def _fastStatistics(self) -> list:
@@ -158,7 +162,7 @@ class ThresholdSession:
         modelCounts = np.bincount(labels, minlength=size)
         return class_statistics(self.classes, counts, sums, modelCounts, self.result.input_grid.voxel_volume_ml)
 
-    def classTable(self, queryThreshold: float, classThreshold: float) -> list[dict]:
+    def classTable(self, queryThreshold: float, classThreshold: float, largestComponent: bool = False) -> list[dict]:
         """One row per class: label, name, color (0..255 RGB), volumeMl (mL on the input grid), meanConfidence
         (mean winning class probability over the class's voxels, 0..1; 0 for an empty class)."""
         colors = {c.label: tuple(c.color) for c in self.classes}
@@ -170,7 +174,7 @@ class ThresholdSession:
                 "volumeMl": float(s.volume_ml),
                 "meanConfidence": float(s.mean_confidence),
             }
-            for s in self.statistics(queryThreshold, classThreshold)
+            for s in self.statistics(queryThreshold, classThreshold, largestComponent)
         ]
 
     def queryTable(self, queryThreshold: float) -> list[dict]:
@@ -190,13 +194,13 @@ class ThresholdSession:
             for q in order
         ]
 
-    def classRows(self, queryThreshold: float, classThreshold: float) -> list[TableRow]:
+    def classRows(self, queryThreshold: float, classThreshold: float, largestComponent: bool = False) -> list[TableRow]:
         """The panel's class table: key = label value; texts: name, volume (mL, 1 decimal), mean confidence (2
         decimals; "-" for an empty class, whose mean is undefined)."""
         return [TableRow(int(row["label"]), (str(row["name"]), f"{row['volumeMl']:.1f}",
                                              f"{row['meanConfidence']:.2f}" if row["volumeMl"] > 0 else "-"),
                          tuple(int(v) for v in row["color"]))
-                for row in self.classTable(queryThreshold, classThreshold)]
+                for row in self.classTable(queryThreshold, classThreshold, largestComponent)]
 
     def queryRows(self, queryThreshold: float) -> list[TableRow]:
         """The panel's query table, most confident first: key = query index; texts: index, class, confidence,

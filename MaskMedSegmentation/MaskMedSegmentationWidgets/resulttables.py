@@ -33,8 +33,8 @@ class ResultTables:
         self.classTable.setRowCount(0)
         self.queryTable.setRowCount(0)
 
-    def update(self, session, queryThreshold, classThreshold):
-        """Rows for the result of ``session`` at these thresholds (``clear`` empties the tables)."""
+    def update(self, session, queryThreshold, classThreshold, largestComponent=False):
+        """Rows for the result of ``session`` at these settings (``clear`` empties the tables)."""
         node = session.segmentationNode
         node.CreateDefaultDisplayNodes()
 
@@ -43,7 +43,7 @@ class ResultTables:
             return (node.GetSegmentation().GetSegment(segmentId) is None
                     or bool(node.GetDisplayNode().GetSegmentVisibility(segmentId)))
 
-        self._fill(self.classTable, session.classRows(queryThreshold, classThreshold), classVisible,
+        self._fill(self.classTable, session.classRows(queryThreshold, classThreshold, largestComponent), classVisible,
                    {CLASS_VOLUME, CLASS_CONFIDENCE})
         self._fill(self.queryTable, session.queryRows(queryThreshold), self.shownQueries.__contains__,
                    {QUERY_INDEX, QUERY_CONFIDENCE})

@@ -20,6 +20,7 @@ import torch
 
 from maskmed_core.atomic import atomic_path, verify_safetensors
 from maskmed_core.classes import SegmentClass
+from maskmed_core.inference.postprocessing import keep_largest_components
 
 RESULT_FORMAT = "maskmed-result"
 RESULT_FORMAT_VERSION = 1
@@ -130,22 +131,31 @@ class SegmentationResult:
         )
 
     def model_labels(
-        self, query_threshold: float = DEFAULT_QUERY_THRESHOLD, class_threshold: float = DEFAULT_CLASS_THRESHOLD
+        self,
+        query_threshold: float = DEFAULT_QUERY_THRESHOLD,
+        class_threshold: float = DEFAULT_CLASS_THRESHOLD,
+        largest_component: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """(labels (z, y, x) with class label values (uint8, or uint16 past 255), winning probability) on the
-        model grid."""
+        model grid. ``largest_component``: each class keeps only its largest connected piece (``postprocessing``)."""
         best, index = self.class_probabilities(query_threshold).max(0)
         lookup = torch.tensor([0] + [c.label for c in self.classes], dtype=torch.int32)
         labels = torch.where(best >= class_threshold, lookup[index + 1], torch.zeros_like(index, dtype=torch.int32))
         dtype = np.uint8 if max(c.label for c in self.classes) < 256 else np.uint16
+        model_labels = labels.numpy().astype(dtype)
+        if largest_component:
+            model_labels = keep_largest_components(model_labels)
         # p_c is a sum over queries and can pass 1 where queries agree; report it as a probability.
-        return labels.numpy().astype(dtype), best.clamp_(max=1.0).numpy()
+        return model_labels, best.clamp_(max=1.0).numpy()
 
     def label_map(
-        self, query_threshold: float = DEFAULT_QUERY_THRESHOLD, class_threshold: float = DEFAULT_CLASS_THRESHOLD
+        self,
+        query_threshold: float = DEFAULT_QUERY_THRESHOLD,
+        class_threshold: float = DEFAULT_CLASS_THRESHOLD,
+        largest_component: bool = False,
     ):
         """SimpleITK label image on the input's exact grid (size, spacing, origin, direction)."""
-        labels, _ = self.model_labels(query_threshold, class_threshold)
+        labels, _ = self.model_labels(query_threshold, class_threshold, largest_component)
         return self.to_input_grid(labels)
 
     def to_input_grid(self, model_array: np.ndarray):
@@ -161,10 +171,13 @@ class SegmentationResult:
         return image
 
     def statistics(
-        self, query_threshold: float = DEFAULT_QUERY_THRESHOLD, class_threshold: float = DEFAULT_CLASS_THRESHOLD
+        self,
+        query_threshold: float = DEFAULT_QUERY_THRESHOLD,
+        class_threshold: float = DEFAULT_CLASS_THRESHOLD,
+        largest_component: bool = False,
     ) -> list[ClassStatistics]:
         """Volume (mL, counted on the input grid) and mean winning probability of every class."""
-        labels, best = self.model_labels(query_threshold, class_threshold)
+        labels, best = self.model_labels(query_threshold, class_threshold, largest_component)
         on_input = _nearest_resample(labels, self.model_grid, self.input_grid)
         counts = np.bincount(on_input.ravel(), minlength=max(c.label for c in self.classes) + 1)
         sums = np.bincount(labels.ravel(), weights=best.ravel(), minlength=counts.size)

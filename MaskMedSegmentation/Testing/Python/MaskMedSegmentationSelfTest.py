@@ -64,19 +64,23 @@ class MaskMedSegmentationSelfTest(ScriptedLoadableModuleTest):
         widget.ui.classConfidenceSlider.value = 0.7  # widgets -> parameter node
         widget.ui.fineTuneEpochsSpinBox.value = 3
         widget.ui.fineTuneFolderRadioButton.checked = True
+        widget.ui.largestComponentCheckBox.checked = True
         self.assertEqual((parameters.classThreshold, parameters.fineTuneEpochs), (0.7, 3))
+        self.assertTrue(parameters.largestComponent)
         self.assertFalse(parameters.fineTuneFromScene)
 
         path = os.path.join(slicer.app.temporaryPath, "MaskMedParameterNodeTest.mrb")
         self.assertTrue(slicer.util.saveScene(path))
         slicer.mrmlScene.Clear()
         self.assertEqual(widget.ui.classConfidenceSlider.value, 0.5)  # a new scene: the defaults
+        self.assertFalse(widget.ui.largestComponentCheckBox.checked)
         slicer.util.loadScene(path)
         self._processEventsFor(0.2)
         self.assertEqual(widget.ui.inputVolumeSelector.currentNode().GetName(), volume.GetName())
         self.assertEqual((widget.ui.queryConfidenceSlider.value, widget.ui.classConfidenceSlider.value), (0.4, 0.7))
         self.assertEqual((widget.ui.fineTuneEpochsSpinBox.value, widget.currentDevice()), (3, "cpu"))
         self.assertTrue(widget.ui.fineTuneFolderRadioButton.checked)
+        self.assertTrue(widget.ui.largestComponentCheckBox.checked)
         os.remove(path)
         self.delayDisplay("MaskMed self-test passed: the scene restored the panel")
 
@@ -103,6 +107,7 @@ class MaskMedSegmentationSelfTest(ScriptedLoadableModuleTest):
         widget.ui.outputSegmentationSelector.setCurrentNode(None)
         widget.ui.queryConfidenceSlider.value = 0.25
         widget.ui.classConfidenceSlider.value = 0.5
+        widget.ui.largestComponentCheckBox.checked = False
         self._processEventsFor(0.2)
         self.assertTrue(widget.ui.segmentButton.enabled, widget.ui.segmentButton.toolTip)
 
@@ -134,6 +139,14 @@ class MaskMedSegmentationSelfTest(ScriptedLoadableModuleTest):
         self._processEventsFor(1.0)  # the 50 ms debounce, then the update
         after = self._segmentedVoxels(segmentationNode, volumeNode, classNames)
         self.assertLess(after, before, "raising the class confidence threshold did not shrink the segments")
+        self.delayDisplay("Keeping each class's largest piece, then every piece again")
+        widget.ui.largestComponentCheckBox.checked = True
+        self._processEventsFor(1.0)
+        self.assertLessEqual(self._segmentedVoxels(segmentationNode, volumeNode, classNames), after)
+        self.assertTrue(widget.logic.largestComponent, "the check box did not reach the Logic")
+        widget.ui.largestComponentCheckBox.checked = False
+        self._processEventsFor(1.0)
+        self.assertEqual(self._segmentedVoxels(segmentationNode, volumeNode, classNames), after)
 
         self.delayDisplay("The tables: hide a class, show and hide a query's own mask")
         displayNode = segmentationNode.GetDisplayNode()
