@@ -355,6 +355,16 @@ def test_hostile_plans_are_refused(model_path, ct_path, tmp_path, edit, phrase):
     assert_refused(predict(tmp_path, [ct_path], evil, out), ExitCode.BAD_MODEL, phrase, out=out)
 
 
+@pytest.mark.parametrize("axes", [[0, 0], [3], ["x"], [True], "zyx", [0.0]])
+def test_hostile_mirror_axes_are_refused(model_path, tmp_path, axes):
+    from maskmed_core.checkpoint import ModelFileError, load_model_file
+
+    edit = edit_json("extra", lambda extra: extra.update(mirror_axes=axes))
+    evil = rewrite_model(model_path, tmp_path / "evil.maskmed", edit)
+    with pytest.raises(ModelFileError, match="extra.mirror_axes.*expected distinct axes among 0, 1, 2"):
+        load_model_file(evil)
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_nan_or_inf_weights_are_refused(model_path, ct_path, tmp_path, value):
     def poison(tensors):

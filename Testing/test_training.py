@@ -236,3 +236,37 @@ def test_two_gloo_processes_follow_the_single_process_loss_curve(dataset, tmp_pa
     one, two = _step_losses(single.stdout), _step_losses(double.stdout)
     assert len(one) == len(two) == 3
     np.testing.assert_allclose(two, one, rtol=0.05)
+
+
+def test_mirror_axes_are_trained_recorded_in_the_model_file_and_used_by_tta(dataset, tmp_path, capsys, monkeypatch):
+    from maskmed_core.checkpoint import load_model_file
+    from maskmed_core.inference import predictor as predictor_module
+    from maskmed_core.training import augmentation
+
+    built = []
+    original_augmenter = augmentation.Augmenter.__init__
+
+    def recording(self, config, *args, **kwargs):
+        built.append(config.mirror_axes)
+        original_augmenter(self, config, *args, **kwargs)
+
+    monkeypatch.setattr(augmentation.Augmenter, "__init__", recording)
+    output = tmp_path / "run"
+    assert main(train_args(dataset, output, "--mirror-axes", "none")) == ExitCode.OK
+    assert built == [()]  # the augmentation mirrors nothing
+    model_file = load_model_file(output / "best.maskmed")
+    assert model_file.mirror_axes == () and model_file.extra["mirror_axes"] == []
+
+    axes_seen = []
+    original_window = predictor_module.sliding_window
+    monkeypatch.setattr(predictor_module, "sliding_window",
+                        lambda *a, **k: axes_seen.append(k["mirror_axes"]) or original_window(*a, **k))
+    image = sitk.ReadImage(str(dataset[0] / "imagesTr" / "abd_000_0000.nii.gz"))
+    result = Predictor(model_file, "cpu").predict(image, tta=True)
+    assert axes_seen == [()] and any("without mirrored images" in w for w in result.warnings)
+
+    assert main(train_args(dataset, tmp_path / "zy", "--mirror-axes", "yz", "--epochs", "1")) == ExitCode.OK
+    assert load_model_file(tmp_path / "zy" / "best.maskmed").mirror_axes == (0, 1)
+    capsys.readouterr()
+    assert main(train_args(dataset, tmp_path / "bad", "--mirror-axes", "xq")) == ExitCode.USAGE
+    assert "mirror_axes must be letters among z, y, x" in capsys.readouterr().err

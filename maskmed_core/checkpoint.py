@@ -79,6 +79,12 @@ class ModelFile:
         model.load_state_dict(self.state_dict)
         return model.to(device).eval()
 
+    @property
+    def mirror_axes(self) -> tuple[int, ...]:
+        """Axes (0 = z, 1 = y, 2 = x) the network was trained mirrored along, which test-time augmentation may mirror:
+        ``extra["mirror_axes"]`` (checked when the file was loaded); files written before it was recorded: all three."""
+        return tuple(self.extra.get("mirror_axes", (0, 1, 2)))
+
 
 def save_model_file(
     path: str | Path,
@@ -151,6 +157,16 @@ def _read_header(path: Path) -> _Header:
     return _Header(metadata, tensors)
 
 
+def _check_mirror_axes(extra: Any) -> None:
+    """``extra`` is an object whose "mirror_axes", if there, lists distinct axes among 0, 1, 2; UntrustedValueError."""
+    if not isinstance(extra, dict):
+        raise UntrustedValueError("extra", "expected an object")
+    axes = extra.get("mirror_axes", [0, 1, 2])
+    if (not isinstance(axes, list) or len(set(map(repr, axes))) != len(axes)
+            or any(type(a) is not int or a not in (0, 1, 2) for a in axes)):
+        raise UntrustedValueError("extra.mirror_axes", f"{axes!r:.60}; expected distinct axes among 0, 1, 2")
+
+
 def load_model_file(path: str | Path) -> ModelFile:
     """Read and check a model file. Never unpickles anything; nothing is allocated before the checks pass."""
     from safetensors.torch import load_file
@@ -185,6 +201,7 @@ def load_model_file(path: str | Path) -> ModelFile:
         classes = [SegmentClass.from_dict(c, f"classes[{i}]") for i, c in enumerate(class_list)]
         validate_classes(classes)
         extra = load_json(metadata.get("extra", "{}"), "extra")
+        _check_mirror_axes(extra)
         weights_dtype = metadata.get("weights_dtype", "float32")
         if weights_dtype not in WEIGHT_DTYPES:
             expected = ", ".join(WEIGHT_DTYPES)

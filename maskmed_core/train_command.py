@@ -82,6 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--keep-absent-classes", action="store_true",
                         help="with --init: keep (frozen) classes of the model that the data lacks, else drop them")
     parser.add_argument("--augmentation", default=_default("augmentation"), choices=_choices("augmentation"))
+    parser.add_argument("--mirror-axes", default=_default("mirror_axes"), metavar="AXES",
+                        help="axes the augmentation mirrors along: letters of z, y, x (default zyx, nnU-Net's) or "
+                        "'none'; recorded in the model file, where --tta mirrors along these only")
     parser.add_argument("--head", default=_default("head"), choices=_choices("head"),
                         help="decoupled (MaskMed, the default for a new model) or conv: the point-wise conv head "
                         "baseline (nnU-Net style); with --init the model file's head is kept")
@@ -133,6 +136,7 @@ def _config_from_args(args: argparse.Namespace):
         "num_workers": args.workers, "seed": args.seed, "deterministic": args.deterministic,
         "resume": args.resume, "skip_bad_cases": args.skip_bad_cases, "freeze_encoder": args.freeze_encoder,
         "keep_absent_classes": args.keep_absent_classes, "augmentation": args.augmentation,
+        "mirror_axes": "" if args.mirror_axes == "none" else args.mirror_axes,
         "head": args.head, "transformer": not args.no_transformer,
         "init_encoder_only": args.init_encoder_only, "amp": args.amp, "cache_dir": args.cache_dir,
         "time_limit_minutes": args.time_limit, "synthetic_labels": list(args.synthetic_labels),

@@ -63,8 +63,9 @@ class Predictor:
 
         ``progress(fraction, stage)`` is called with stages "reading", "preparing", "inference",
         "finishing"; ``cancel()`` is polled between patches and raises ``InferenceCancelled``.
-        With ``tta``, predictions are averaged over mirrors along all three axes (left-right mirrors
-        swap lateral classes such as left and right kidney back).
+        With ``tta``, predictions are averaged over mirrors along the axes the model was trained mirrored along
+        (``ModelFile.mirror_axes``; all three for most models; left-right mirrors swap lateral classes such as left
+        and right kidney back).
         """
         from maskmed_core.io.reading import check_ct_intensities, read_image, validate_volume
 
@@ -88,6 +89,10 @@ class Predictor:
             validate_volume(image)
         check_before_reading(image, "the image")
         warnings = [w for w in [check_ct_intensities(image)] if w]
+        mirror_axes = self.model_file.mirror_axes if tta else ()
+        if tta and not mirror_axes:
+            warnings.append("this model was trained without mirrored images, so test-time augmentation has no mirror "
+                            "to average: one pass was run")
         report(0.0, "preparing")
         prepared = prepare(image, plans)
         pad_value = float(normalize_ct(np.array([plans.intensity.clip_low]), plans.intensity)[0])
@@ -98,7 +103,7 @@ class Predictor:
             overlap=plans.overlap,
             batch_size=self.batch_size,
             device=self.device,
-            mirror_axes=(0, 1, 2) if tta else (),
+            mirror_axes=mirror_axes,
             lateral_pairs=lateral_pairs(self.classes),
             pad_value=pad_value,
             progress=lambda f, stage: report(f, stage),

@@ -81,6 +81,10 @@ class TrainConfig:
     freeze_encoder: bool = False
     keep_absent_classes: bool = False
     augmentation: str = "default"
+    # Axes the augmentation mirrors along, as letters of z, y, x ("" none): "zyx" is nnU-Net's. Mirrors make a
+    # vessel on the wrong side or behind the spine a training example (the aorta and the vena cava are told apart by
+    # side); TotalSegmentator trains without them. Recorded in the model file: --tta mirrors along these only.
+    mirror_axes: str = "zyx"
     amp: str = "bf16"
     head: str | None = None  # "decoupled" or "conv"; None: decoupled for a new model, --init's own head with --init
     transformer: bool = True  # False: the no-FSA ablation
@@ -121,6 +125,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if self.time_limit_minutes is not None and self.time_limit_minutes <= 0:
             raise ValueError(f"time_limit_minutes must be positive, got {self.time_limit_minutes}")
+        if len(set(self.mirror_axes)) != len(self.mirror_axes) or not set(self.mirror_axes) <= set("zyx"):
+            raise ValueError(f"mirror_axes must be letters among z, y, x, each once, got {self.mirror_axes!r}")
         if self.init_encoder_only and (self.init is None or self.keep_absent_classes):
             raise ValueError("init_encoder_only needs init and a fresh head: it cannot keep the model's absent classes")
 
@@ -485,11 +491,11 @@ def _end_epoch(run: _Run, progress: _Progress, mean_loss: float, out_of_time: bo
         if record["mean_dice"] > progress.best_metric:
             progress.best_metric, progress.best_step = record["mean_dice"], step
             if run.context.is_main:
-                _save_model(run.output / "best.maskmed", run.model, data.plans, data.classes, record)
+                _save_model(run.output / "best.maskmed", run.model, data, record, run.config)
         run.model.train()
     progress.history.append(record)
     if run.context.is_main:
-        _save_model(run.output / "last.maskmed", run.model, data.plans, data.classes, record)
+        _save_model(run.output / "last.maskmed", run.model, data, record, run.config)
         save_state(run.state_path, TrainingState(
             step=step, model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
             scheduler=run.scheduler.state_dict(), torch_rng=torch.get_rng_state(), best_metric=progress.best_metric,
@@ -570,7 +576,8 @@ def _make_loader(config, cases, label_only_cases, classes, plans: Plans, context
     per_rank = max(1, config.batch_size // context.world_size)
     sampler = PatchSampler(cases, plans.patch_size, seed=config.seed)
     air = float(from_hu(torch.tensor(plans.intensity.clip_low), plans.intensity))  # what inference pads with
-    augmenter = Augmenter(augmentation_preset(config.augmentation), plans.patch_size,
+    augmentation = replace(augmentation_preset(config.augmentation), mirror_axes=mirror_axes_of(config))
+    augmenter = Augmenter(augmentation, plans.patch_size,
                           lateral_pairs=_lateral_pairs_by_index(classes), seed=config.seed, air_value=air)
     synthesis = None
     label_only_sampler = None
@@ -621,8 +628,15 @@ def _autocast(config: TrainConfig, device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16 if config.amp == "bf16" else torch.float16)
 
 
-def _save_model(path: Path, model: MaskMed, plans: Plans, classes: list[SegmentClass], record: dict) -> None:
-    save_model_file(path, model, plans, classes, extra={"training": {k: v for k, v in record.items() if k != "lr"}})
+def mirror_axes_of(config: TrainConfig) -> tuple[int, ...]:
+    """The config's mirror axes as array axes (0 = z, 1 = y, 2 = x), in that order."""
+    return tuple(axis for axis, letter in enumerate("zyx") if letter in config.mirror_axes)
+
+
+def _save_model(path: Path, model: MaskMed, data: TrainingData, record: dict, config: TrainConfig) -> None:
+    # "mirror_axes": what test-time augmentation may mirror (the predictor reads it; files without it: all three).
+    extra = {"training": {k: v for k, v in record.items() if k != "lr"}, "mirror_axes": list(mirror_axes_of(config))}
+    save_model_file(path, model, data.plans, data.classes, extra=extra)
 
 
 def _append_log(path: Path, record: dict[str, Any]) -> None:
