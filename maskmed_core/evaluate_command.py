@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class-threshold", type=float, default=None, help="default: the model's default")
     add_largest_component_option(parser)
     parser.add_argument("--tta", action="store_true",
-                        help="average over mirrored inputs, as `maskmed predict --tta` (8 passes: slower)")
+                        help="average over mirrored inputs, as `maskmed predict --tta` (up to 8 passes, along the "
+                        "axes the model was trained mirrored along: slower)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
