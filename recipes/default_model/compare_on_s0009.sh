@@ -7,12 +7,14 @@
 #   The paper's claim on the best data recipe (d), each with INIT's encoder and a FRESH transformer, pixel decoder
 #   and head (--init-encoder-only), so that no head starts ahead: (e) decoupled head + FSA transformer (MaskMed),
 #   (f) the point-wise conv head + FSA, (g) decoupled head without the FSA transformer.
+#   Mirroring, on the shipped recipe (c) from INIT: (h) mirrored along z, y and x (nnU-Net's default, as the shipped
+#   model was trained), (i) never mirrored (--mirror-axes none, as TotalSegmentator).
 # Usage, from the repository root with ../shared/data beside it:
 #   [RUNS="e_decoupled_fsa f_conv_fsa g_decoupled_no_fsa"] \
 #   bash recipes/default_model/compare_on_s0009.sh CACHE/manifest.json INIT.maskmed OUT MINUTES [extra train options]
 # CACHE: a cache prepared by the default recipe (train_cpu.sh writes OUT/cache/manifest.json, or use
 # --prepare-only); INIT: the start model (its plans and classes must be the cache's). RUNS: which runs (default:
-# all, a to g); a run whose OUT/NAME.s0009.json exists is kept, not rerun. The table lists every finished run in OUT.
+# all, a to i); a run whose OUT/NAME.s0009.json exists is kept, not rerun. The table lists every finished run in OUT.
 set -euo pipefail
 MANIFEST="$1"
 INIT="$2"
@@ -30,7 +32,9 @@ BEST_DATA="${RECIPES[d_synthetic_only]} --init-encoder-only"
 RECIPES[e_decoupled_fsa]="$BEST_DATA --head decoupled"
 RECIPES[f_conv_fsa]="$BEST_DATA --head conv"
 RECIPES[g_decoupled_no_fsa]="$BEST_DATA --head decoupled --no-transformer"
-ORDER="a_real b_contrast c_synthetic d_synthetic_only e_decoupled_fsa f_conv_fsa g_decoupled_no_fsa"
+RECIPES[h_mirrored]="${RECIPES[c_synthetic]} --mirror-axes zyx"
+RECIPES[i_not_mirrored]="${RECIPES[c_synthetic]} --mirror-axes none"
+ORDER="a_real b_contrast c_synthetic d_synthetic_only e_decoupled_fsa f_conv_fsa g_decoupled_no_fsa h_mirrored i_not_mirrored"
 mkdir -p "$OUT"
 for name in ${RUNS:-$ORDER}; do
     if [ -z "${RECIPES[$name]+set}" ]; then echo "unknown run $name; choose from: $ORDER" >&2; exit 2; fi
@@ -46,14 +50,15 @@ for name in ${RUNS:-$ORDER}; do
         "$DATA/totalseg_subjects/s0009_totalseg.nii.gz" --label-mapping "$DATA/amos15_from_totalseg_v2.json" \
         --device cpu --json > "$OUT/$name.s0009.json"
 done
-# The table: steps each recipe got in its time, mean Dice over the classes present in s0009 and the large organs.
+# The table: steps each recipe got in its time, mean Dice over the classes present in s0009, the large organs and the
+# two vessels that only their side tells apart.
 python3 - "$OUT" $ORDER <<'PY'
 import json
 import sys
 from pathlib import Path
 
 out = Path(sys.argv[1])
-organs = ("liver", "spleen", "right kidney", "left kidney")
+organs = ("liver", "spleen", "right kidney", "left kidney", "aorta", "inferior vena cava")
 print("| recipe | steps | mean Dice | " + " | ".join(organs) + " |")
 print("| --- " * (3 + len(organs)) + "|")
 for name in (name for name in sys.argv[2:] if (out / f"{name}.s0009.json").is_file()):
