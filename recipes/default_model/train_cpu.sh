@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The default model's recipe on a CPU: 3 real CTs + CT synthesised from 8 label maps without images (and from the
+# The default model's recipe on a CPU: 4 real CTs + CT synthesised from 7 label maps without images (and from the
 # real cases' own label maps), contrast-phase and small-field-of-view augmentation (the strong preset), warm-started
-# from the bundled model (the shipped file: three runs, 100, 110 and 120 minutes, the third with a larger synthesised
-# share and a lower learning rate given as extra options; see README.md).
+# from the bundled model (the shipped file: four runs, 100, 110, 120 and 120 minutes, the last two with a larger
+# synthesised share and a lower learning rate, the fourth without mirroring, given as extra options; see README.md).
 # s0009 (the held-out validation CT) is NOT in these lists: never add it.
 # Usage, from the repository root with ../shared/data beside it:
 #   bash recipes/default_model/train_cpu.sh [OUT (runs/default)] [MINUTES (80)] [extra maskmed train options]
@@ -16,7 +16,7 @@ python3 -m maskmed_core.cli train recipes/default_model/dataset.json -o "$OUT" \
     --init maskmed_core/resources/default.maskmed \
     --label-mapping "$DATA/amos15_from_totalseg_v2.json" \
     --synthetic-labels "$SUBJECTS/s0000_totalseg.nii.gz" "$SUBJECTS/s0001_totalseg.nii.gz" \
-        "$SUBJECTS/s0002_totalseg.nii.gz" "$SUBJECTS/s0004_totalseg.nii.gz" "$SUBJECTS/s0006_totalseg.nii.gz" \
+        "$SUBJECTS/s0004_totalseg.nii.gz" "$SUBJECTS/s0006_totalseg.nii.gz" \
         "$SUBJECTS/s0011_totalseg.nii.gz" "$SUBJECTS/s0327_totalseg.nii.gz" "$SUBJECTS/s0328_totalseg.nii.gz" \
     --synthetic-ratio 0.6 --synthetic-prob 0.3 --contrast-prob 0.4 \
     --augmentation strong --batch-size 2 --learning-rate 1e-3 --epochs 60 --steps-per-epoch 50 --val-every 6 \
