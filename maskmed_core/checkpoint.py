@@ -41,6 +41,10 @@ WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16":
 FLOAT16_MAX = 65504.0
 
 
+# A model file's "mirror_axes" (z, y, x) when it has none: every model before the field was trained with all three.
+ALL_MIRROR_AXES = (0, 1, 2)
+
+
 class ModelFileError(ValueError):
     """A model file that cannot be used; the message says why and what to do."""
 
@@ -83,7 +87,7 @@ class ModelFile:
     def mirror_axes(self) -> tuple[int, ...]:
         """Axes (0 = z, 1 = y, 2 = x) the network was trained mirrored along, which test-time augmentation may mirror:
         ``extra["mirror_axes"]`` (checked when the file was loaded); files written before it was recorded: all three."""
-        return tuple(self.extra.get("mirror_axes", (0, 1, 2)))
+        return tuple(self.extra.get("mirror_axes", ALL_MIRROR_AXES))
 
 
 def save_model_file(
@@ -161,9 +165,9 @@ def _check_mirror_axes(extra: Any) -> None:
     """``extra`` is an object whose "mirror_axes", if there, lists distinct axes among 0, 1, 2; UntrustedValueError."""
     if not isinstance(extra, dict):
         raise UntrustedValueError("extra", "expected an object")
-    axes = extra.get("mirror_axes", [0, 1, 2])
+    axes = extra.get("mirror_axes", list(ALL_MIRROR_AXES))
     if (not isinstance(axes, list) or len(set(map(repr, axes))) != len(axes)
-            or any(type(a) is not int or a not in (0, 1, 2) for a in axes)):
+            or any(type(a) is not int or a not in ALL_MIRROR_AXES for a in axes)):
         raise UntrustedValueError("extra.mirror_axes", f"{axes!r:.60}; expected distinct axes among 0, 1, 2")
 
 
