@@ -31,7 +31,7 @@ from maskmed_core.atomic import atomic_path, verify_safetensors
 from maskmed_core.classes import SegmentClass, validate_classes
 from maskmed_core.model import MaskMed, ModelConfig
 from maskmed_core.plans import Plans
-from maskmed_core.untrusted import UntrustedValueError, load_json, memory_budget_bytes
+from maskmed_core.untrusted import UntrustedValueError, check_int, check_sequence, load_json, memory_budget_bytes
 
 FORMAT_NAME = "maskmed-model"
 FORMAT_VERSION = 1
@@ -165,10 +165,13 @@ def _check_mirror_axes(extra: Any) -> None:
     """``extra`` is an object whose "mirror_axes", if there, lists distinct axes among 0, 1, 2; UntrustedValueError."""
     if not isinstance(extra, dict):
         raise UntrustedValueError("extra", "expected an object")
-    axes = extra.get("mirror_axes", list(ALL_MIRROR_AXES))
-    if (not isinstance(axes, list) or len(set(map(repr, axes))) != len(axes)
-            or any(type(a) is not int or a not in ALL_MIRROR_AXES for a in axes)):
-        raise UntrustedValueError("extra.mirror_axes", f"{axes!r:.60}; expected distinct axes among 0, 1, 2")
+    raw = extra.get("mirror_axes", list(ALL_MIRROR_AXES))
+    try:
+        axes = [check_int(a, "extra.mirror_axes", 0, 2) for a in check_sequence(raw, "extra.mirror_axes", 0, 3)]
+    except UntrustedValueError:
+        axes = None
+    if axes is None or len(set(axes)) != len(axes):
+        raise UntrustedValueError("extra.mirror_axes", f"{raw!r:.60}; expected distinct axes among 0, 1, 2")
 
 
 def load_model_file(path: str | Path) -> ModelFile:
