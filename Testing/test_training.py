@@ -270,3 +270,24 @@ def test_mirror_axes_are_trained_recorded_in_the_model_file_and_used_by_tta(data
     capsys.readouterr()
     assert main(train_args(dataset, tmp_path / "bad", "--mirror-axes", "xq")) == ExitCode.USAGE
     assert "mirror_axes must be letters among z, y, x" in capsys.readouterr().err
+
+
+def test_mask_loss_option_reaches_the_criterion(dataset, tmp_path, capsys, monkeypatch):
+    from maskmed_core.model import criterion as criterion_module
+    from maskmed_core.training import trainer
+
+    built = []
+
+    def recording(config, logits_first=True, mask_loss="points"):
+        made = criterion_module.build_criterion(config, logits_first, mask_loss)
+        built.append(made.mask_loss)
+        return made
+
+    monkeypatch.setattr(trainer, "build_criterion", recording)
+    assert main(train_args(dataset, tmp_path / "grid", "--mask-loss", "grid", "--epochs", "1")) == ExitCode.OK
+    assert built == ["grid"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:  # argparse refuses an unknown choice itself
+        main(train_args(dataset, tmp_path / "bad", "--mask-loss", "voxels"))
+    assert refused.value.code == ExitCode.USAGE
+    assert "invalid choice: 'voxels'" in capsys.readouterr().err

@@ -85,6 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mirror-axes", default=_default("mirror_axes"), metavar="AXES",
                         help="axes the augmentation mirrors along: letters of z, y, x (default zyx, nnU-Net's) or "
                         "'none'; recorded in the model file, where --tta mirrors along these only")
+    parser.add_argument("--mask-loss", default=_default("mask_loss"), choices=_choices("mask_loss"),
+                        help="decoupled head: mask losses on Mask2Former's sampled points (default), on every cell "
+                        "of the mask-feature grid, or 'balanced': the grid with each mask's inside and outside "
+                        "weighted alike, which also learns structures of a few hundred voxels (adrenal glands)")
     parser.add_argument("--head", default=_default("head"), choices=_choices("head"),
                         help="decoupled (MaskMed, the default for a new model) or conv: the point-wise conv head "
                         "baseline (nnU-Net style); with --init the model file's head is kept")
@@ -137,7 +141,7 @@ def _config_from_args(args: argparse.Namespace):
         "resume": args.resume, "skip_bad_cases": args.skip_bad_cases, "freeze_encoder": args.freeze_encoder,
         "keep_absent_classes": args.keep_absent_classes, "augmentation": args.augmentation,
         "mirror_axes": "" if args.mirror_axes == "none" else args.mirror_axes,
-        "head": args.head, "transformer": not args.no_transformer,
+        "mask_loss": args.mask_loss, "head": args.head, "transformer": not args.no_transformer,
         "init_encoder_only": args.init_encoder_only, "amp": args.amp, "cache_dir": args.cache_dir,
         "time_limit_minutes": args.time_limit, "synthetic_labels": list(args.synthetic_labels),
         "synthetic_ratio": args.synthetic_ratio, "synthetic_prob": args.synthetic_prob,

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from maskmed_core.model.point_sampling import mask_logits_at_points, sample_points
+from maskmed_core.model.point_sampling import mask_logits_at_points, mask_logits_on_grid, masks_on_grid, sample_points
 
 
 def pairwise_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -35,19 +35,26 @@ def hungarian_match(
     class_weight: float,
     mask_bce_weight: float,
     mask_dice_weight: float,
+    grid: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Optimal one-to-one assignment for one image (scipy's ``linear_sum_assignment``).
 
     class_logits (Q, C+1); mask_embed (Q, E); mask_features (E, D, H, W); target_labels (T,) in 0..C-1;
     target_masks (T, D', H', W') float in {0, 1} (any resolution: both are sampled at the same
-    normalised points). Returns (query indices, target indices), each (min(Q, T),) int64.
+    normalised points). ``grid``: the mask costs on every cell of the mask-feature grid instead of on
+    ``num_points`` random points (the targets are then area-averaged onto that grid). Returns (query indices,
+    target indices), each (min(Q, T),) int64.
     """
     if target_labels.numel() == 0:
         empty = torch.empty(0, dtype=torch.int64)
         return empty, empty
-    points = torch.rand(num_points, 3, device=mask_features.device)
-    logits = mask_logits_at_points(mask_embed, mask_features, points).float()  # (Q, K)
-    targets = sample_points(target_masks[None].to(mask_features.dtype), points[None])[0].float()  # (T, K)
+    if grid:
+        logits = mask_logits_on_grid(mask_embed, mask_features).float()  # (Q, K = D*H*W)
+        targets = masks_on_grid(target_masks, tuple(mask_features.shape[1:]))  # (T, K)
+    else:
+        points = torch.rand(num_points, 3, device=mask_features.device)
+        logits = mask_logits_at_points(mask_embed, mask_features, points).float()  # (Q, K)
+        targets = sample_points(target_masks[None].to(mask_features.dtype), points[None])[0].float()  # (T, K)
     cost_class = -class_logits.float().softmax(-1)[:, target_labels]
     cost = (
         class_weight * cost_class

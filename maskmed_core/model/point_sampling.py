@@ -8,6 +8,8 @@ Points are normalised (x, y, z) = (w, h, d) in [0, 1], ``grid_sample`` conventio
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -48,6 +50,22 @@ def mask_logits_at_points(
         return sample_points(volumes[:, None], points[:, None])[:, 0, 0]  # (Q, 1, 1, K) -> (Q, K)
     features = sample_points(mask_features[None], points[None])[0]  # (E, Q, K)
     return torch.einsum("qe,eqk->qk", mask_embed, features)
+
+
+def mask_logits_on_grid(mask_embed: torch.Tensor, mask_features: torch.Tensor) -> torch.Tensor:
+    """Every query's mask logits on the whole mask-feature grid: (Q, E), (E, D, H, W) -> (Q, D*H*W)."""
+    return torch.einsum("qe,edhw->qdhw", mask_embed, mask_features).flatten(1)
+
+
+def masks_on_grid(masks: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """Binary masks (T, D', H', W') as the share of each cell of a coarser (D, H, W) grid they cover:
+    (T, D*H*W) float in [0, 1]. Area averaging, so a structure smaller than a cell still gives its cells a
+    non-zero target (trilinear sampling at cell centres can miss it)."""
+    if masks.shape[0] == 0:  # a patch of background only (interpolate refuses empty inputs)
+        return masks.new_zeros((0, math.prod(size)), dtype=torch.float32)
+    if tuple(masks.shape[1:]) == tuple(size):
+        return masks.flatten(1).float()
+    return F.interpolate(masks[None].float(), size=size, mode="area")[0].flatten(1)
 
 
 @torch.no_grad()

@@ -95,9 +95,10 @@ RESUME_MUST_MATCH = (
     "dataset", "preset", "init", "label_mapping", "spacing", "patch_size", "batch_size", "steps_per_epoch",
     "learning_rate", "weight_decay", "warmup_steps", "schedule", "seed", "augmentation", "head", "transformer",
     "init_encoder_only", "freeze_encoder", "keep_absent_classes", "amp", "mirror_axes",
+    "mask_loss",
 )
 # Settings that states written before they existed lack, with the value those runs had.
-ADDED_LATER = {"init_encoder_only": False, "mirror_axes": "zyx"}
+ADDED_LATER = {"init_encoder_only": False, "mirror_axes": "zyx", "mask_loss": "points"}
 # The history of a long run: at most this much JSON per metadata field.
 _MAX_STATE_JSON = 64 << 20
 

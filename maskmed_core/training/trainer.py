@@ -86,6 +86,10 @@ class TrainConfig:
     # side); TotalSegmentator trains without them. Recorded in the model file: --tta mirrors along these only.
     mirror_axes: str = "zyx"
     amp: str = "bf16"
+    # Mask losses (decoupled head) on Mask2Former's sampled points, on every cell of the mask-feature grid, or on the
+    # grid with each mask's inside and outside weighted alike ("balanced"), where structures of a few hundred voxels
+    # (adrenal glands) are learnt too (see SetCriterion).
+    mask_loss: str = "points"
     head: str | None = None  # "decoupled" or "conv"; None: decoupled for a new model, --init's own head with --init
     transformer: bool = True  # False: the no-FSA ablation
     # With --init: take only its plans and encoder weights; the transformer, decoder and head (of ``head``) start
@@ -109,6 +113,7 @@ class TrainConfig:
     CHOICES = {
         "preset": ("small", "base"), "schedule": ("poly", "cosine"), "device": ("auto", "cpu", "cuda"),
         "augmentation": ("default", "strong", "none"), "amp": ("bf16", "fp16", "none"), "head": ("decoupled", "conv"),
+        "mask_loss": ("points", "grid", "balanced"),
     }
 
     def __post_init__(self) -> None:
@@ -374,7 +379,8 @@ def _build(config: TrainConfig, data: TrainingData, context) -> _Run:
     if config.freeze_encoder:
         freeze_encoder(model)
     model.to(context.device)
-    criterion = build_criterion(data.model_config, logits_first=config.fast_step).to(context.device)
+    criterion = build_criterion(data.model_config, logits_first=config.fast_step, mask_loss=config.mask_loss)
+    criterion = criterion.to(context.device)
     if model.transformer is not None:
         model.transformer.fused_value_projection = config.fast_step
     if config.fast_step:
