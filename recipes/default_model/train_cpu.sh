@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The default model's recipe on a CPU: 4 real CTs + CT synthesised from 7 label maps without images (and from the
 # real cases' own label maps), contrast-phase and small-field-of-view augmentation (the strong preset), warm-started
-# from the bundled model (the shipped file: four runs, 100, 110, 120 and 120 minutes, the last two with a larger
-# synthesised share and a lower learning rate, the fourth without mirroring, given as extra options; see README.md).
+# from the bundled model (the shipped file: six runs, 100, 110, 120, 120, 125 and 100 minutes, the last four with a
+# larger synthesised share and a lower learning rate, the last three without mirroring, given as extra options; see
+# README.md).
 # s0009 (the held-out validation CT) is NOT in these lists: never add it.
 # Usage, from the repository root with ../shared/data beside it:
 #   bash recipes/default_model/train_cpu.sh [OUT (runs/default)] [MINUTES (80)] [extra maskmed train options]
