@@ -767,7 +767,9 @@ def test_half_model_label_map_matches_float32(shared_data, tmp_path):
             noise = torch.rand(parameter.shape, generator=generator) * 2 - 1
             parameter.mul_(1 + noise * 2.0**-11)  # float16 keeps 11 significant bits
     ct = sitk.ReadImage(str(shared_data / "ct" / "abdomen_ct_3mm.nii.gz"))
-    ct = ct[:, :, ct.GetSize()[2] // 2 - 16 : ct.GetSize()[2] // 2 + 16]  # 32 slices through the abdomen: faster
+    # The top 32 slices (faster): the upper abdomen, where 18 % of the voxels are organs of the reference labels (in
+    # the middle 32, chosen before, 0.4 %: a model that finds only those would be hard to tell from an empty one).
+    ct = ct[:, :, -32:]
     maps = []
     for dtype in ("float32", "float16"):
         path = save_model_file(tmp_path / f"{dtype}.maskmed", model, bundled.plans, bundled.classes,
