@@ -20,6 +20,9 @@ from maskmed_core.model.point_sampling import (
     sample_points,
 )
 
+# Where the decoupled head's mask losses are taken (see SetCriterion).
+MASK_LOSSES = ("points", "grid", "balanced")
+
 
 def targets_from_label_map(label_map: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per image: (class indices (T,) in 0..C-1, binary masks (T, D, H, W) float) of the classes present."""
@@ -73,12 +76,10 @@ class SetCriterion(nn.Module):
     the adrenal glands: matched queries of class confidence 1.00 with logits of -10 inside, -30 outside).
     """
 
-    MASK_LOSSES = ("points", "grid", "balanced")
-
     def __init__(self, num_classes: int, config: LossConfig, logits_first: bool = True, mask_loss: str = "points"):
         super().__init__()
-        if mask_loss not in self.MASK_LOSSES:
-            raise ValueError(f"mask_loss must be one of {', '.join(self.MASK_LOSSES)}; got {mask_loss!r}")
+        if mask_loss not in MASK_LOSSES:
+            raise ValueError(f"mask_loss must be one of {', '.join(MASK_LOSSES)}; got {mask_loss!r}")
         self.num_classes = num_classes
         self.config = config
         self.mask_loss = mask_loss
@@ -116,18 +117,18 @@ class SetCriterion(nn.Module):
             target_classes[b, rows] = labels[cols]
             embed, features = mask_embed[b, rows], mask_features[b]
             if grid:  # masks are already on the mask-feature grid (forward)
-                point_logits = mask_logits_on_grid(embed, features).float()  # (T, K = D*H*W)
-                point_targets = masks[cols].flatten(1).float()
+                mask_logits = mask_logits_on_grid(embed, features).float()  # (T, K = D*H*W)
+                mask_targets = masks[cols].flatten(1).float()
             else:
                 points = importance_points(
                     lambda p, embed=embed, features=features: mask_logits_at_points(
                         embed, features, p, self.logits_first),
                     len(rows), cfg.num_points, cfg.oversample_ratio, cfg.importance_sample_ratio, features.device,
                 )
-                point_logits = mask_logits_at_points(embed, features, points, self.logits_first).float()  # (T, K)
-                point_targets = sample_points(masks[cols][:, None].to(features.dtype), points)[:, 0].float()
-            bce = bce + mask_bce(point_logits, point_targets)
-            dice = dice + _dice_loss(point_logits, point_targets)
+                mask_logits = mask_logits_at_points(embed, features, points, self.logits_first).float()  # (T, K)
+                mask_targets = sample_points(masks[cols][:, None].to(features.dtype), points)[:, 0].float()
+            bce = bce + mask_bce(mask_logits, mask_targets)
+            dice = dice + _dice_loss(mask_logits, mask_targets)
         class_loss = F.cross_entropy(class_logits.float().transpose(1, 2), target_classes, weight=self.class_weights)
         return class_loss, bce / num_masks, dice / num_masks
 

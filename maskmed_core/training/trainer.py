@@ -26,7 +26,7 @@ from maskmed_core.checkpoint import load_model_file, save_model_file
 from maskmed_core.classes import AMOS15_CLASSES, SegmentClass, lateral_pairs
 from maskmed_core.events import EpochEvent, Event, MessageEvent, StepEvent
 from maskmed_core.model import MaskMed, ModelConfig, preset
-from maskmed_core.model.criterion import build_criterion
+from maskmed_core.model.criterion import MASK_LOSSES, build_criterion
 from maskmed_core.plans import Plans
 from maskmed_core.training import distributed
 from maskmed_core.training.finetune import (
@@ -113,7 +113,7 @@ class TrainConfig:
     CHOICES = {
         "preset": ("small", "base"), "schedule": ("poly", "cosine"), "device": ("auto", "cpu", "cuda"),
         "augmentation": ("default", "strong", "none"), "amp": ("bf16", "fp16", "none"), "head": ("decoupled", "conv"),
-        "mask_loss": ("points", "grid", "balanced"),
+        "mask_loss": MASK_LOSSES,
     }
 
     def __post_init__(self) -> None:
