@@ -1,5 +1,4 @@
-# ruff: noqa: N802, N803, N815
-# (Slicer's own style inside the module: camelCase methods, arguments and parameter names, as in every Slicer module.)
+# ruff: noqa: N802, N803, N815  (Slicer's style, as in every Slicer module: camelCase methods, arguments, parameters)
 """3D Slicer module "MaskMed Segmentation": only the Slicer classes (module, parameter node, widget, self-test).
 
 The panel's state is a parameter node (``MaskMedSegmentationParameterNode``), saved and restored with the scene and
@@ -127,6 +126,7 @@ class MaskMedSegmentationParameterNode:
     queryThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.25
     classThreshold: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     largestComponent: bool = False
+    testTimeAugmentation: bool = False
     fineTuneFromScene: bool = False
     fineTuneDatasetFolder: Path = Path.home()
     fineTuneOutputFolder: Path = Path.home() / "MaskMed" / "fine-tuning"
@@ -417,6 +417,7 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
                 parameters.inputVolume, self.currentModelPath(), self.currentDevice(),
                 segmentationNode=parameters.outputSegmentation, queryThreshold=parameters.queryThreshold,
                 classThreshold=parameters.classThreshold, largestComponent=parameters.largestComponent,
+                testTimeAugmentation=parameters.testTimeAugmentation,
                 onProgress=self.onSegmentationProgress, onFinished=self.onSegmentationFinished):
             self.pollTimer.start()  # a run that cannot start has already called onSegmentationFinished
         self.updateButtonStates()

@@ -89,14 +89,14 @@ def run_logic(logic, volume, model, timeout=300, **kwargs) -> tuple[bool, str, l
     return finished[0][0], finished[0][1], progress
 
 
-def cli_labels(input_file: Path, out: Path, model: Path, thresholds) -> sitk.Image:
-    """``maskmed predict`` through its command-line entry point; returns its label map."""
+def cli_labels(input_file: Path, out: Path, model: Path, thresholds, extra: tuple[str, ...] = ()) -> sitk.Image:
+    """``maskmed predict`` (plus ``extra`` options) through its command-line entry point; returns its label map."""
     from maskmed_core.cli import main
 
     with contextlib.redirect_stdout(io.StringIO()) as stdout:
         code = main(["predict", str(input_file), "-o", str(out), "--model", str(model), "--device", "cpu",
                      "--format", "nii.gz", "--json", "--query-threshold", str(thresholds[0]),
-                     "--class-threshold", str(thresholds[1])])
+                     "--class-threshold", str(thresholds[1]), *extra])
     assert code == 0, stdout.getvalue()
     return sitk.ReadImage(str(out / f"{input_file.name.split('.')[0]}.nii.gz"))
 
@@ -621,7 +621,25 @@ def test_the_panel_offers_the_bundled_default_model_with_its_fifteen_classes():
     assert len(info.classes) == 15 and info.classes[5].name == "liver"
     assert info.spacing == (3.0, 3.0, 3.0)
     assert info.description().startswith("15 classes: spleen, right kidney,")
-    assert info.description().endswith("Voxel spacing 3 x 3 x 3 mm (z, y, x), patch 64 x 96 x 96 voxels")
+    assert info.description().endswith("Voxel spacing 3 x 3 x 3 mm (z, y, x), patch 64 x 96 x 96 voxels\n"
+                                       "Trained without mirroring: test-time mirroring would run one pass")
+
+
+def test_test_time_augmentation_equals_the_cli_tta_label_map(run, model_path, work):
+    """The panel's "Average over mirrored copies" reaches ``maskmed predict --tta``: the segments equal its label
+    map, which differs from the one-pass label map (the tiny model was trained mirrored along z, y and x)."""
+    info = Logic.modelInfo(model_path)
+    assert info.mirrorAxes == (0, 1, 2)
+    assert info.description().endswith("Trained mirrored along z, y, x: test-time mirroring averages 8 passes")
+    scene = slicer.vtkMRMLScene()
+    volume = Logic.readVolumeFile(run["exported"], scene, name="ct")
+    logic = Logic.MaskMedLogic(scene)
+    ok, message, _ = run_logic(logic, volume, model_path, queryThreshold=FIRST[0], classThreshold=FIRST[1],
+                               testTimeAugmentation=True)
+    assert ok, message
+    expected = sitk.GetArrayFromImage(cli_labels(run["exported"], work / "cli" / "tta", model_path, FIRST, ("--tta",)))
+    assert not np.array_equal(expected, sitk.GetArrayFromImage(run["cli_first"])), "TTA changed nothing: useless"
+    assert np.array_equal(layer_labels(logic.segmentationNode, logic.thresholdSession.classes), expected)
 
 
 def test_scene_pairs_and_fine_tune_preparation(run, model_path, work):

@@ -241,7 +241,8 @@ def test_parameter_node_holds_the_panel_state(module_tree):
     assert cls.name == f"{MODULE_NAME}ParameterNode"
     assert set(_parameter_fields(module_tree)) == {
         "inputVolume", "outputSegmentation", "modelPath", "device", "queryThreshold", "classThreshold",
-        "largestComponent", "fineTuneFromScene", "fineTuneDatasetFolder", "fineTuneOutputFolder", "fineTuneEpochs"}
+        "largestComponent", "testTimeAugmentation", "fineTuneFromScene", "fineTuneDatasetFolder",
+        "fineTuneOutputFolder", "fineTuneEpochs"}
     source = MODULE_FILE.read_text(encoding="utf-8")
     for call in ("connectGui(self.ui)", "disconnectGui(self._parameterNodeGuiTag)",
                  f"{MODULE_NAME}ParameterNode(super().getParameterNode())"):

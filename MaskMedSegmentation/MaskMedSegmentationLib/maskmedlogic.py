@@ -96,16 +96,23 @@ class ModelInfo:
     classes: list[ModelClass]
     spacing: tuple[float, ...]
     patchSize: tuple[int, ...]
+    mirrorAxes: tuple[int, ...] = (0, 1, 2)  # axes (0 = z, 1 = y, 2 = x) the model was trained mirrored along
 
     def labelsByName(self) -> dict[str, int]:
         return {c.name: c.label for c in self.classes}
 
     def description(self) -> str:
-        """Two lines for the panel: the classes, then spacing and patch."""
+        """Three lines for the panel: the classes, spacing and patch, and what test-time mirroring does."""
         spacing = " x ".join(f"{value:g}" for value in self.spacing)
         patch = " x ".join(str(value) for value in self.patchSize)
+        if self.mirrorAxes:
+            axes = ", ".join("zyx"[axis] for axis in self.mirrorAxes)
+            mirroring = (f"Trained mirrored along {axes}: test-time mirroring averages "
+                         f"{2 ** len(self.mirrorAxes)} passes")
+        else:
+            mirroring = "Trained without mirroring: test-time mirroring would run one pass"
         return (f"{len(self.classes)} classes: {', '.join(c.name for c in self.classes)}\n"
-                f"Voxel spacing {spacing} mm (z, y, x), patch {patch} voxels")
+                f"Voxel spacing {spacing} mm (z, y, x), patch {patch} voxels\n{mirroring}")
 
 
 def modelInfo(path: str | Path) -> ModelInfo:
@@ -118,6 +125,7 @@ def modelInfo(path: str | Path) -> ModelInfo:
         [ModelClass(int(c.label), c.name, (int(c.color[0]), int(c.color[1]), int(c.color[2]))) for c in model.classes],
         tuple(float(v) for v in model.plans.spacing),
         tuple(int(v) for v in model.plans.patch_size),
+        tuple(int(v) for v in model.mirror_axes),
     )
 
 
@@ -177,6 +185,7 @@ class MaskMedLogic(ChildRun):
         onProgress: Callable[[float, str], None] | None = None,
         onFinished: Callable[[bool, str], None] | None = None,
         largestComponent: bool = False,
+        testTimeAugmentation: bool = False,
     ) -> bool:
         """Start segmenting ``volumeNode``; returns True if the child process started.
 
@@ -185,6 +194,8 @@ class MaskMedLogic(ChildRun):
         are replaced, others kept), or None for a new node "<volume> MaskMed" (created only on success).
         onProgress(fraction 0..1, text) and onFinished(success, message) are called from poll()/cancel().
         largestComponent: each class keeps only its largest connected piece (``setThresholds`` switches it later).
+        testTimeAugmentation: average the network over the mirrors the model was trained with (``maskmed predict
+        --tta``: up to 8 passes, so up to 8 times slower; one pass, with a message, for a model trained unmirrored).
         A run that cannot start (no model, a volume that cannot be written) calls onFinished(False, reason)
         at once and returns False. Raises RuntimeError if a run is already going, ValueError for a missing
         or non-scalar volume.
@@ -226,7 +237,7 @@ class MaskMedLogic(ChildRun):
             "predict", str(inputPath), "-o", str(self._tempDir / "out"), "--model", str(model),
             "--device", device, "--format", "nii.gz", "--save-result", "--json",
             "--query-threshold", repr(float(queryThreshold)), "--class-threshold", repr(float(classThreshold)),
-        ] + (["--largest-component"] if largestComponent else [])
+        ] + (["--largest-component"] if largestComponent else []) + (["--tta"] if testTimeAugmentation else [])
         try:
             self.startChild(arguments, device)
         except (OSError, ImportError) as error:  # no interpreter; maskmed_core not installed

@@ -65,22 +65,23 @@ class MaskMedSegmentationSelfTest(ScriptedLoadableModuleTest):
         widget.ui.fineTuneEpochsSpinBox.value = 3
         widget.ui.fineTuneFolderRadioButton.checked = True
         widget.ui.largestComponentCheckBox.checked = True
+        widget.ui.testTimeAugmentationCheckBox.checked = True
         self.assertEqual((parameters.classThreshold, parameters.fineTuneEpochs), (0.7, 3))
-        self.assertTrue(parameters.largestComponent)
+        self.assertTrue(parameters.largestComponent and parameters.testTimeAugmentation)
         self.assertFalse(parameters.fineTuneFromScene)
 
         path = os.path.join(slicer.app.temporaryPath, "MaskMedParameterNodeTest.mrb")
         self.assertTrue(slicer.util.saveScene(path))
         slicer.mrmlScene.Clear()
         self.assertEqual(widget.ui.classConfidenceSlider.value, 0.5)  # a new scene: the defaults
-        self.assertFalse(widget.ui.largestComponentCheckBox.checked)
+        self.assertFalse(widget.ui.largestComponentCheckBox.checked or widget.ui.testTimeAugmentationCheckBox.checked)
         slicer.util.loadScene(path)
         self._processEventsFor(0.2)
         self.assertEqual(widget.ui.inputVolumeSelector.currentNode().GetName(), volume.GetName())
         self.assertEqual((widget.ui.queryConfidenceSlider.value, widget.ui.classConfidenceSlider.value), (0.4, 0.7))
         self.assertEqual((widget.ui.fineTuneEpochsSpinBox.value, widget.currentDevice()), (3, "cpu"))
         self.assertTrue(widget.ui.fineTuneFolderRadioButton.checked)
-        self.assertTrue(widget.ui.largestComponentCheckBox.checked)
+        self.assertTrue(widget.ui.largestComponentCheckBox.checked and widget.ui.testTimeAugmentationCheckBox.checked)
         os.remove(path)
         self.delayDisplay("MaskMed self-test passed: the scene restored the panel")
 
@@ -108,6 +109,7 @@ class MaskMedSegmentationSelfTest(ScriptedLoadableModuleTest):
         widget.ui.queryConfidenceSlider.value = 0.25
         widget.ui.classConfidenceSlider.value = 0.5
         widget.ui.largestComponentCheckBox.checked = False
+        widget.ui.testTimeAugmentationCheckBox.checked = False  # one pass: the earlier test may have left it on
         self._processEventsFor(0.2)
         self.assertTrue(widget.ui.segmentButton.enabled, widget.ui.segmentButton.toolTip)
 
