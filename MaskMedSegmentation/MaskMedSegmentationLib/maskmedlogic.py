@@ -96,7 +96,7 @@ class ModelInfo:
     classes: list[ModelClass]
     spacing: tuple[float, ...]
     patchSize: tuple[int, ...]
-    mirrorAxes: tuple[int, ...] = (0, 1, 2)  # axes (0 = z, 1 = y, 2 = x) the model was trained mirrored along
+    mirrorAxes: tuple[int, ...]  # axes (0 = z, 1 = y, 2 = x) the model was trained mirrored along
 
     def labelsByName(self) -> dict[str, int]:
         return {c.name: c.label for c in self.classes}
