@@ -18,7 +18,7 @@ from typing import Annotated
 import qt
 import slicer
 import vtk
-from MRMLCorePython import vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -27,11 +27,27 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from vtkSlicerSegmentationsModuleMRMLPython import vtkMRMLSegmentationNode
 
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
+# The oldest Slicer the module runs on, and the Python it bundles (5.10: 3.12). Slicer 5.6-5.8 bundle Python 3.9, which
+# maskmed_core does not support (Python 3.10 constructs at run time): there the panel says so instead of failing.
+# CMakeLists.txt and README.md state the same version (Testing/test_slicer_module_static.py checks); this file itself
+# stays importable on Python 3.9 (Testing/slicer_module_py39.py, run by Testing/test_slicer_module_import.py).
+MINIMUM_SLICER_VERSION = "5.10"
+MINIMUM_PYTHON = (3, 10)
 SETTINGS_RECENT_MODELS = "MaskMedSegmentation/RecentModels"
 DEVICES = ["auto", "cpu", "cuda"]
+
+
+def unsupportedSlicerMessage():
+    """None where the module runs, else what the panel shows instead of itself."""
+    if sys.version_info >= MINIMUM_PYTHON:
+        return None
+    running = ".".join(str(part) for part in sys.version_info[:3])
+    needed = ".".join(str(part) for part in MINIMUM_PYTHON)
+    return (f"MaskMed Segmentation needs 3D Slicer {MINIMUM_SLICER_VERSION} or later (Python {needed} or later); this "
+            f"Slicer ({slicer.app.applicationVersion}) runs Python {running}. Install the current Slicer release "
+            "from download.slicer.org and the extension in it.")
 
 
 def _ensureMaskMedCoreImportable():
@@ -153,18 +169,24 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         VTKObservationMixin.__init__(self)
         self.logic = None  # MaskMedSegmentationLib.MaskMedLogic, created on the first Segment
         self.fineTuneSession = None
-        self.installer = None
         # (ok, message) of the last segmentation run, None while one runs; the self-test waits on it.
         self.lastSegmentationResult = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._cancelRequested = False
         self._updatingGui = False
-        self._missingDependencies = []
         self._modelInfoPath = None
+        self.unsupported = None  # set by setup(): why this Slicer cannot run the module, or None
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
+        self.unsupported = unsupportedSlicerMessage()
+        if self.unsupported:  # nothing below imports or runs on this Slicer
+            label = qt.QLabel(self.unsupported)
+            label.wordWrap = True
+            self.layout.addWidget(label)
+            logging.error(self.unsupported)
+            return
         uiWidget = slicer.util.loadUI(self.resourcePath("UI/MaskMedSegmentation.ui"))
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -205,14 +227,16 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.ui.queryTable.connect("itemChanged(QTableWidgetItem*)",
                                    lambda item: self.resultTables.onQueryItemChanged(item, self._resultSession()))
         self.ui.fineTuneStartButton.connect("clicked()", self.onFineTuneButton)
-        self.ui.checkDependenciesButton.connect("clicked()", self.onCheckDependencies)
-        self.ui.installDependenciesButton.connect("clicked()", self.onInstallDependencies)
+        self.dependencies = _importWidgets().DependencyPanel(self.ui, _importLogic(), self.pollTimer,
+                                                             self.onDependenciesChecked)
 
-        self.checkDependencies()
+        self.dependencies.check()
         self.initializeParameterNode()
         self.populateDevices()
 
     def cleanup(self):
+        if self.unsupported:
+            return
         self.pollTimer.stop()
         self.thresholdTimer.stop()
         if self.isSegmenting():
@@ -222,6 +246,8 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.removeObservers()
 
     def enter(self):
+        if self.unsupported:
+            return
         self.initializeParameterNode()
 
     def exit(self):
@@ -294,14 +320,14 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self.ui.segmentButton.enabled = not self._cancelRequested
         else:
             hasVolume = self._parameterNode is not None and self._parameterNode.inputVolume is not None
-            reasons = _importLogic().segmentBlockers(bool(self._missingDependencies), hasVolume,
+            reasons = _importLogic().segmentBlockers(bool(self.dependencies.missing), hasVolume,
                                                      self.currentModelPath())
             self.ui.segmentButton.text = "Segment"
             self.ui.segmentButton.toolTip = "\n".join(reasons) if reasons else "Segment the input volume"
             self.ui.segmentButton.enabled = not reasons
         fineTuning = self.isFineTuning()
         self.ui.fineTuneStartButton.text = "Stop fine-tuning" if fineTuning else "Start fine-tuning"
-        self.ui.fineTuneStartButton.enabled = fineTuning or (not self._missingDependencies
+        self.ui.fineTuneStartButton.enabled = fineTuning or (not self.dependencies.missing
                                                              and bool(self.currentModelPath()))
 
     # ------------------------------------------------------------------ model and device
@@ -374,6 +400,11 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             logging.warning(f"MaskMed: cannot read model {path}: {error}")
             self.ui.modelInfoLabel.text = f"Cannot read this model: {error}"
 
+    def onDependenciesChecked(self):
+        """After a dependency check: models and devices may have become readable (torch, maskmed_core installed)."""
+        self.populateModels()
+        self.populateDevices()
+
     def populateDevices(self):
         gpu, note = _importLogic().detectGpu()
         items = [(f"Auto (GPU: {gpu})" if gpu else "Auto (CPU: no GPU detected)", "auto"), ("CPU", "cpu")]
@@ -398,7 +429,13 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self.logic.cancel()  # calls onSegmentationFinished
             return
         with slicer.util.tryWithErrorDisplay("Failed to start the segmentation.", waitCursor=True):
-            self.startSegmentation()
+            try:
+                self.startSegmentation()
+            except Exception:
+                self.ui.progressBar.hide()  # back to idle: nothing runs
+                self.ui.statusLabel.text = "Failed to start the segmentation (details in the error message)."
+                self.updateButtonStates()
+                raise
 
     def startSegmentation(self):
         parameters = self._parameterNode
@@ -427,9 +464,8 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self.logic.poll()  # calls onSegmentationFinished when the run ends
         if self.isFineTuning() and not self.fineTuneSession.poll():
             self.finishFineTune()
-        if self.installer is not None and not self.installer.poll():
-            self.finishInstall()
-        if not (self.isSegmenting() or self.isFineTuning() or self.installer is not None):
+        installing = self.dependencies.poll()
+        if not (self.isSegmenting() or self.isFineTuning() or installing):
             self.pollTimer.stop()
 
     def onSegmentationProgress(self, fraction, stage):
@@ -530,57 +566,6 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self.ui.fineTuneStatusLabel.text = f"Fine-tuning ended without a new model: {session.lastError}"
         self.updateButtonStates()
 
-    # ------------------------------------------------------------------ dependencies
-
-    def setDependencyStatus(self, text):
-        self.ui.dependencyStatusLabel.text = text
-        # Painted now, before a blocking step (pip, PyTorch) starts; repaint() runs no event loop, so the poll
-        # timer cannot re-enter the installer.
-        self.ui.dependencyStatusLabel.repaint()
-
-    def onCheckDependencies(self):
-        self.checkDependencies()
-        self.populateModels()
-        self.populateDevices()
-
-    def checkDependencies(self):
-        """Show what is missing; returns the list of missing dependencies (empty when all are there)."""
-        Logic = _importLogic()
-        missing = Logic.missingDependencies()
-        self._missingDependencies = missing
-        self.ui.installDependenciesButton.enabled = bool(Logic.installPlan(missing)) and self.installer is None
-        self.setDependencyStatus(Logic.dependencyStatus(missing, hasattr(slicer.modules, "pytorchutils")))
-        if missing:
-            self.ui.dependenciesCollapsibleButton.collapsed = False
-        self.updateButtonStates()
-        return missing
-
-    def onInstallDependencies(self):
-        """Run Logic.installPlan (PyTorch extension, pip, then `maskmed build-ops`) step by step on the timer."""
-        Logic = _importLogic()
-        missing = Logic.missingDependencies()
-        plan = Logic.installPlan(missing)
-        if not slicer.util.confirmOkCancelDisplay(Logic.installConfirmation(missing, plan),
-                                                  windowTitle="Install MaskMed dependencies"):
-            return
-        actions = Logic.InstallActions(installTorch=Logic.installTorchWithSlicerExtension,
-                                     pipInstall=slicer.util.pip_install)
-        self.installer = Logic.DependencyInstaller(plan, actions, self.setDependencyStatus)
-        self.ui.installDependenciesButton.enabled = False
-        self.pollTimer.start()
-
-    def finishInstall(self):
-        installer, self.installer = self.installer, None
-        outcome = installer.outcome(self.checkDependencies())
-        self.setDependencyStatus(outcome.message)
-        if installer.error is not None:
-            slicer.util.errorDisplay(outcome.message, windowTitle="Install MaskMed dependencies")
-        elif outcome.offerRestart:
-            if slicer.util.confirmYesNoDisplay(f"{outcome.message}\n\nRestart Slicer now?", windowTitle="Restart"):
-                slicer.util.restart()
-        else:
-            self.onCheckDependencies()
-
 
 #
 # MaskMedSegmentationTest
@@ -592,6 +577,8 @@ class MaskMedSegmentationTest(ScriptedLoadableModuleTest):
     module folder, not its subfolders, for modules, so the self-test's file is not mistaken for one)."""
 
     def runTest(self):
+        if unsupportedSlicerMessage():
+            raise RuntimeError(unsupportedSlicerMessage())
         path = os.path.join(MODULE_DIR, "Testing", "Python", "MaskMedSegmentationSelfTest.py")
         spec = importlib.util.spec_from_file_location("MaskMedSegmentationSelfTest", path)
         selfTest = importlib.util.module_from_spec(spec)

@@ -799,9 +799,9 @@ def test_torch_is_installed_through_the_pytorch_extension(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=FakeLogic))
     Logic.installTorchWithSlicerExtension(">=2.1")
-    assert calls == [(True, ">=2.1")]
+    assert calls == [(False, ">=2.1")]
     FakeLogic.result = None
-    with pytest.raises(RuntimeError, match="cancelled"):
+    with pytest.raises(RuntimeError, match="installed nothing"):
         Logic.installTorchWithSlicerExtension(None)
     monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # import PyTorchUtils raises ImportError
     with pytest.raises(RuntimeError, match="Extensions Manager"):

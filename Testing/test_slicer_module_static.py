@@ -363,6 +363,16 @@ def test_top_level_cmake_is_a_slicer_extension():
         assert re.search(rf'set\(EXTENSION_{key} "[^"]+"\)', text), key
 
 
+def test_the_minimum_slicer_version_is_the_same_everywhere(module_tree):
+    """MINIMUM_SLICER_VERSION (the module file) is what CMake refuses below and what the README names."""
+    (value,) = [node.value.value for node in module_tree.body if isinstance(node, ast.Assign)
+                and ast.unparse(node.targets[0]) == "MINIMUM_SLICER_VERSION"]
+    cmake = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    assert f'set(MASKMED_MINIMUM_SLICER_VERSION "{value}")' in cmake
+    assert "VERSION_LESS MASKMED_MINIMUM_SLICER_VERSION" in cmake
+    assert f"3D Slicer {value} or later" in (REPO / "README.md").read_text(encoding="utf-8")
+
+
 def test_extensions_index_entry_follows_the_catalog_schema():
     entry = json.loads(INDEX_JSON.read_text(encoding="utf-8"))
     # slicer-extension-catalog-entry-schema-v1.0.1: these keys only (additionalProperties: false).

@@ -66,7 +66,8 @@ class MissingDependency:
 
 
 class StepKind(str, Enum):
-    TORCH = "torch"  # PyTorchUtils: PyTorchUtilsLogic().installTorch(askConfirmation=True, torchVersionRequirement=...)
+    # PyTorchUtils: PyTorchUtilsLogic().installTorch(askConfirmation=False, torchVersionRequirement=...)
+    TORCH = "torch"
     PIP = "pip"  # slicer.util.pip_install(arguments)
     BUILD_OPS = "build-ops"  # run arguments (the `maskmed build-ops` command line) as a child process
 

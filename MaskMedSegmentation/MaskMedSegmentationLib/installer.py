@@ -39,8 +39,8 @@ class InstallActions:
 
 def installTorchWithSlicerExtension(versionRequirement: str | None) -> None:
     """``InstallActions.installTorch`` inside Slicer: the PyTorch extension (``PyTorchUtils``) picks the CUDA or CPU
-    build for this computer and asks the user to confirm. Raises RuntimeError, saying what to do, when the extension
-    is not installed or the user cancels."""
+    build for this computer, without asking again (the panel's one confirmation listed this step). Raises
+    RuntimeError, saying what to do, when the extension is not installed or installs nothing."""
     try:
         import PyTorchUtils  # the PyTorch extension's module; only inside Slicer
     except ImportError:
@@ -48,9 +48,9 @@ def installTorchWithSlicerExtension(versionRequirement: str | None) -> None:
             "MaskMed installs PyTorch through the 'PyTorch' extension, which is not installed. Install it from "
             "View > Extensions Manager, restart Slicer, then press Install dependencies again.") from None
     torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-        askConfirmation=True, torchVersionRequirement=versionRequirement)
+        askConfirmation=False, torchVersionRequirement=versionRequirement)  # the panel has asked
     if torch is None:
-        raise RuntimeError("PyTorch was not installed (the installation was cancelled).")
+        raise RuntimeError("The PyTorch extension installed nothing; see the Python console for its messages.")
 
 
 @dataclass

@@ -5,7 +5,8 @@ Unlike ``MaskMedSegmentationLib`` (the Logic, tested on slicer-core without Qt),
 and runs only inside Slicer; the module's self-test (Testing/Python/MaskMedSegmentationSelfTest.py) drives it.
 """
 
+from .dependencypanel import DependencyPanel
 from .lossplot import LossPlot
 from .resulttables import ResultTables
 
-__all__ = ["LossPlot", "ResultTables"]
+__all__ = ["DependencyPanel", "LossPlot", "ResultTables"]

@@ -95,12 +95,11 @@ class MaskMedSegmentationSelfTest(ScriptedLoadableModuleTest):
         self.delayDisplay("MaskMed self-test: segment a CT through the module panel")
         widget = slicer.modules.maskmedsegmentation.widgetRepresentation().self()
         slicer.util.selectModule("MaskMedSegmentation")
-        missing = widget.checkDependencies()
+        missing = widget.dependencies.check()
         if missing:
             self.delayDisplay("MaskMed self-test skipped: dependencies are missing ("
                               + ", ".join(m.name for m in missing) + "). Install them in the Dependencies section.")
             return
-        widget.onCheckDependencies()
         modelPath = widget.currentModelPath()
         self.assertTrue(modelPath, "the bundled default model was not found")
         volumeNode = self._demoVolume()
