@@ -747,6 +747,9 @@ def test_panel_texts_for_dependencies_and_training_events():
     assert "torch >= 2.1 (not installed)" in question and f"  {len(plan)}. {plan[-1].description}" in question
 
     assert Logic.describeTrainingEvent(StepEvent(3, 12, 0.5, 1.0)) == (25, "Step 3/12: loss 0.5000")
+    # With the time left (a --time-limit run ends at 20 % of its steps): the bar follows the clock.
+    assert Logic.describeTrainingEvent(StepEvent(3, 1000, 0.5, 30.0, 90.0)) == (25, "Step 3/1000: loss 0.5000, "
+                                                                               "1 min 30 s left")
     assert Logic.describeTrainingEvent(EpochEvent(2, 4, 0.25, 1e-3, 5.0)) == (None, "Epoch 2: loss 0.2500")
     assert Logic.describeTrainingEvent(EpochEvent(2, 4, 0.25, 1e-3, 5.0, mean_dice=0.5))[1].endswith(
         ", validation Dice 0.500")
@@ -784,8 +787,8 @@ def test_segment_blockers_name_each_missing_input():
 
 
 def test_torch_is_installed_through_the_pytorch_extension(monkeypatch):
-    """Inside Slicer the PyTorch extension's logic installs torch; without it, or when the user cancels, the error
-    says what to do."""
+    """Inside Slicer the PyTorch extension's logic installs torch without a second confirmation (the panel asked
+    once); without the extension, or when it installs nothing, the error says what to do."""
     import types
 
     calls = []

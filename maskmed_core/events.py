@@ -82,13 +82,16 @@ class DoneEvent:
 
 @dataclass(frozen=True)
 class StepEvent:
-    """train: optimiser step ``step`` of ``total`` done; mean loss over the processes; training seconds so far."""
+    """train: optimiser step ``step`` of ``total`` done; mean loss over the processes; training seconds so far;
+    ``remaining``: seconds to go, the steps left at the pace so far or what is left of ``--time-limit`` when that ends
+    the run first (None from writers older than the field)."""
 
     KIND: ClassVar[str] = "step"
     step: int
     total: int
     loss: float
     elapsed: float
+    remaining: float | None = None
 
 
 @dataclass(frozen=True)

@@ -164,7 +164,8 @@ class _Progress:
             print(to_json(event), flush=True)
             return
         if isinstance(event, StepEvent):
-            eta = event.elapsed / max(1, event.step) * (event.total - event.step)
+            eta = event.remaining if event.remaining is not None else (
+                event.elapsed / max(1, event.step) * (event.total - event.step))
             clock = time.strftime("%H:%M:%S", time.gmtime(eta))
             sys.stderr.write(f"\rstep {event.step}/{event.total}  loss {event.loss:.4f}  ETA {clock}")
             sys.stderr.flush()

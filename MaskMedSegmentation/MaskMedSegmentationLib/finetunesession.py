@@ -27,7 +27,7 @@ import slicer
 import vtk
 
 from .childrun import ChildRun
-from .maskmedlogic import modelInfo
+from .maskmedlogic import formatDuration, modelInfo
 from .volumeio import emptyOrientedImageLike, exportVolumeToFile, orientedImageArray, volumeShapeKji
 
 if TYPE_CHECKING:
@@ -279,7 +279,12 @@ def describeTrainingEvent(event: Event) -> tuple[int | None, str | None]:
     from maskmed_core.events import EpochEvent, MessageEvent, StepEvent
 
     if isinstance(event, StepEvent):
-        return int(100 * event.step / max(1, event.total)), f"Step {event.step}/{event.total}: loss {event.loss:.4f}"
+        text = f"Step {event.step}/{event.total}: loss {event.loss:.4f}"
+        if event.remaining is None:  # a writer without the field: progress by steps
+            return int(100 * event.step / max(1, event.total)), text
+        # Time, not steps: a run with a time limit ends long before its last step.
+        done = event.elapsed / max(1e-9, event.elapsed + event.remaining)
+        return int(100 * done), f"{text}, {formatDuration(event.remaining)} left"
     if isinstance(event, EpochEvent):
         dice = f", validation Dice {event.mean_dice:.3f}" if event.mean_dice is not None else ""
         return None, f"Epoch {event.epoch}: loss {event.loss:.4f}{dice}"

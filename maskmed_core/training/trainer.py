@@ -442,7 +442,8 @@ def _train(run: _Run, progress: _Progress, report: Reporter) -> None:
         )
         epoch_losses.append(loss_sum / context.world_size)
         out_of_time = out_of_time_flag > 0
-        report(StepEvent(progress.step, run.total_steps, epoch_losses[-1], run.clock.elapsed()))
+        report(StepEvent(progress.step, run.total_steps, epoch_losses[-1], run.clock.elapsed(),
+                         run.clock.remaining(progress.step, run.total_steps)))
         if progress.step % config.steps_per_epoch == 0 or progress.step == run.total_steps or out_of_time:
             _end_epoch(run, progress, float(np.mean(epoch_losses)), out_of_time, report)
             epoch_losses = []
@@ -570,6 +571,13 @@ class _TrainingClock:
 
     def out_of_time(self) -> bool:
         return self.limit is not None and self.elapsed() >= self.limit
+
+    def remaining(self, step: int, total: int) -> float:
+        """Seconds to go after ``step`` of ``total`` steps: the steps left at the pace so far, or what is left of the
+        time limit when that comes first (the ETA a user reads must count down to the limit)."""
+        elapsed = self.elapsed()
+        left = elapsed / max(1, step) * max(0, total - step)
+        return left if self.limit is None else min(left, max(0.0, self.limit - elapsed))
 
 
 def _make_loader(config, cases, label_only_cases, classes, plans: Plans, context, start_step: int):
