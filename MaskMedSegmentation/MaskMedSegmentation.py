@@ -146,7 +146,7 @@ class MaskMedSegmentationParameterNode:
     fineTuneFromScene: bool = False
     fineTuneDatasetFolder: Path = Path.home()
     fineTuneOutputFolder: Path = Path.home() / "MaskMed" / "fine-tuning"
-    fineTuneEpochs: Annotated[int, WithinRange(1, 1000)] = 20
+    fineTuneMinutes: Annotated[int, WithinRange(1, 1440)] = 10
 
 
 class MaskMedSegmentationLogic(ScriptedLoadableModuleLogic):
@@ -519,7 +519,7 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 
     def onFineTuneButton(self):
         if self.isFineTuning():
-            self.fineTuneSession.stop()  # kills the training process tree; the finished epochs' files stay
+            self.fineTuneSession.stop()  # kills the training process tree; the best model so far is kept
             self.finishFineTune()
             return
         with slicer.util.tryWithErrorDisplay("Could not start fine-tuning.", waitCursor=True):
@@ -537,11 +537,12 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         for warning in session.warnings:
             logging.warning(f"MaskMed fine-tuning export: {warning}")
         self.fineTuneSession = session  # before start(): its events go to onFineTuneEvent, which reads it
-        session.start(dataset, runFolder, initModel, parameters.fineTuneEpochs, self.currentDevice(),
+        session.start(dataset, runFolder, initModel, parameters.fineTuneMinutes, self.currentDevice(),
                       onEvent=self.onFineTuneEvent)
         self.ui.fineTuneProgressBar.value = 0
         self.ui.fineTuneProgressBar.show()
-        self.ui.fineTuneStatusLabel.text = f"Starting; the run is written to {runFolder}"
+        added = f"; new classes: {', '.join(session.newClasses)}" if session.newClasses else ""
+        self.ui.fineTuneStatusLabel.text = f"Starting{added}; the run is written to {runFolder}"
         self.pollTimer.start()
         self.updateButtonStates()
 
@@ -560,7 +561,8 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if session.resultModelPath:
             self.selectModel(session.resultModelPath)
             self.ui.fineTuneProgressBar.value = 100
-            self.ui.fineTuneStatusLabel.text = f"Fine-tuning finished; new model selected: {session.resultModelPath}"
+            ended = "stopped; the best model so far" if session.lastError else "finished; the new model"
+            self.ui.fineTuneStatusLabel.text = f"Fine-tuning {ended} is selected: {session.resultModelPath}"
         else:
             self.ui.fineTuneProgressBar.hide()
             self.ui.fineTuneStatusLabel.text = f"Fine-tuning ended without a new model: {session.lastError}"

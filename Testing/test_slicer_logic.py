@@ -561,7 +561,10 @@ def test_logic_package_imports_without_torch_and_maskmed_core():
 # ----- fine-tuning ----------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def dataset(run, work):
-    """The segmented crop, plus a hand-made segment named "Spleen" in its own layer, exported as nnU-Net data."""
+    """The segmented crop, plus hand-made segments in their own layers: "Spleen" (the model's class) and "Left
+    iliopsoas" (a new class, with a colour and a terminology of its own), exported as nnU-Net data."""
+    from maskmed_core.classes import LEFT, CodedTerm, Terminology
+
     scene, volume = run["scene"], run["volume"]
     node = slicer.vtkMRMLSegmentationNode()
     node.SetName("manual")
@@ -569,12 +572,16 @@ def dataset(run, work):
     mask = np.zeros(Logic.volumeio.volumeShapeKji(volume), dtype=np.uint8)
     mask[8:20, 10:40, 12:44] = 1
     Logic.segmentationwriter.setBinarySegment(node, "s1", mask, volume, "Spleen", (1, 0, 0))
-    Logic.segmentationwriter.setBinarySegment(node, "s2", mask[:, ::-1], volume, "not a class", (0, 1, 0))
+    Logic.segmentationwriter.setBinarySegment(node, "s2", mask[:, ::-1], volume, "Left iliopsoas", (0, 1, 0))
+    terminology = Terminology(CodedTerm("SCT", "123037004", "Anatomical Structure"),
+                              CodedTerm("SCT", "68455001", "Iliopsoas muscle"), CodedTerm(*LEFT))
+    segment = node.GetSegmentation().GetSegment("s2")
+    segment.SetTag(Logic.segmentationwriter.terminologyTagName(segment), terminology.slicer_tag())
     session = Logic.FineTuneSession()
     classes = run["logic"].thresholdSession.classes
     folder = session.exportScenePairs([(volume, run["logic"].segmentationNode), (volume, node)],
                                       work / "Dataset001_Scene", {c.name: c.label for c in classes})
-    return {"folder": folder, "session": session, "mask": mask, "classes": classes}
+    return {"folder": folder, "session": session, "mask": mask, "classes": classes, "terminology": terminology}
 
 
 def test_export_scene_pairs_writes_a_dataset_maskmed_accepts(dataset, run):
@@ -583,13 +590,18 @@ def test_export_scene_pairs_writes_a_dataset_maskmed_accepts(dataset, run):
 
     spec = load_dataset(dataset["folder"])
     assert [c.name for c in spec.cases] == ["ct", "ct_2"]
-    assert spec.labels == {c.name: c.label for c in dataset["classes"]}
+    new_label = max(c.label for c in dataset["classes"]) + 1
+    assert spec.labels == {**{c.name: c.label for c in dataset["classes"]}, "Left iliopsoas": new_label}
+    assert dataset["session"].newClasses == ["Left iliopsoas"]
+    (new,) = spec.class_details.values()  # the painted segment's colour and terminology travel with the dataset
+    assert (new.name, new.label, new.color, new.terminology) == ("Left iliopsoas", new_label, (0, 255, 0),
+                                                                dataset["terminology"])
     assert check_dataset(spec) == []
     first = sitk.ReadImage(str(spec.cases[0].label))
     assert np.array_equal(sitk.GetArrayFromImage(first), sitk.GetArrayFromImage(run["cli_first"]))
     second = sitk.GetArrayFromImage(sitk.ReadImage(str(spec.cases[1].label)))
-    assert np.array_equal(second, dataset["mask"] * 1)  # "Spleen" matched "spleen" (label 1)
-    assert any("not a class" in w for w in dataset["session"].warnings)
+    # "Spleen" matched "spleen" (label 1); the new class is painted where the mirrored mask lies
+    assert np.array_equal(second, np.where(dataset["mask"][:, ::-1] > 0, new_label, dataset["mask"]))
     image = sitk.ReadImage(str(spec.cases[0].image))
     assert np.array_equal(sitk.GetArrayFromImage(image), Logic.volumeArray(run["volume"]))
 
@@ -599,7 +611,8 @@ def test_fine_tune_one_step_yields_a_model(dataset, model_path, work):
     session = Logic.FineTuneSession()
     events = []
     session.start(dataset["folder"], work / "finetune", model_path, 1, "cpu", onEvent=events.append,
-                  extraArgs=["--steps-per-epoch", "1", "--batch-size", "1", "--workers", "0", "--val-every", "1"])
+                  extraArgs=["--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "1", "--workers", "0",
+                             "--val-every", "1"])
     code = session.wait(timeout=300)
     assert code == 0, session.lastError
     assert session.resultModelPath is not None and Path(session.resultModelPath).is_file()
@@ -609,9 +622,23 @@ def test_fine_tune_one_step_yields_a_model(dataset, model_path, work):
     assert isinstance(session.summary, SummaryEvent) and session.summary in events
     assert session.resultModelPath == session.summary.best_model
     info = Logic.modelInfo(session.resultModelPath)
-    assert [c.name for c in info.classes] == [c.name for c in dataset["classes"]]
+    assert [c.name for c in info.classes] == [c.name for c in dataset["classes"]] + ["Left iliopsoas"]
+    assert info.classes[-1].color == (0, 255, 0)
     assert info.patchSize == (32, 48, 48)
     assert not os.environ.get("CUDA_VISIBLE_DEVICES")  # the child's setting did not leak into this process
+
+
+def test_a_stopped_fine_tune_keeps_its_best_model_so_far(tmp_path):
+    session = Logic.FineTuneSession()
+    session.outputFolder = tmp_path
+    session.onChildCancelled()  # stopped before the first epoch's end: nothing to keep
+    assert session.resultModelPath is None and "no model was written" in session.lastError
+    (tmp_path / "last.maskmed").write_bytes(b"epoch 1")
+    session.onChildCancelled()
+    assert session.resultModelPath == str(tmp_path / "last.maskmed") and session.lastError == "Stopped."
+    (tmp_path / "best.maskmed").write_bytes(b"validated")
+    session.onChildCancelled()
+    assert session.resultModelPath == str(tmp_path / "best.maskmed")
 
 
 def test_the_panel_offers_the_bundled_default_model_with_its_fifteen_classes():
@@ -650,7 +677,10 @@ def test_scene_pairs_and_fine_tune_preparation(run, model_path, work):
     assert run_folder.parent == work / "runs" and run_folder.name.startswith("maskmed-finetune-19")
     assert dataset == run_folder / "dataset" and (dataset / "dataset.json").is_file()
     labels = json.loads((dataset / "dataset.json").read_text())["labels"]
-    assert labels == {"background": 0, **Logic.modelInfo(model_path).labelsByName()}
+    model_labels = {"background": 0, **Logic.modelInfo(model_path).labelsByName()}
+    # Segments the model has no class for (the dataset fixture's painted "Left iliopsoas", when it ran) are new classes
+    assert {k: v for k, v in labels.items() if k in model_labels} == model_labels
+    assert sorted(set(labels) - set(model_labels)) == sorted(session.newClasses)
 
     folder = work / "nnunet"
     folder.mkdir()

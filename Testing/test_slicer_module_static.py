@@ -52,7 +52,7 @@ REQUIRED_WIDGETS = {
     "classTable": "QTableWidget",
     "queryTable": "QTableWidget",
     "fineTuneStartButton": "QPushButton",
-    "fineTuneEpochsSpinBox": "QSpinBox",
+    "fineTuneMinutesSpinBox": "QSpinBox",
     "installDependenciesButton": "QPushButton",
     "dependencyStatusLabel": "QLabel",
 }
@@ -242,7 +242,7 @@ def test_parameter_node_holds_the_panel_state(module_tree):
     assert set(_parameter_fields(module_tree)) == {
         "inputVolume", "outputSegmentation", "modelPath", "device", "queryThreshold", "classThreshold",
         "largestComponent", "testTimeAugmentation", "fineTuneFromScene", "fineTuneDatasetFolder",
-        "fineTuneOutputFolder", "fineTuneEpochs"}
+        "fineTuneOutputFolder", "fineTuneMinutes"}
     source = MODULE_FILE.read_text(encoding="utf-8")
     for call in ("connectGui(self.ui)", "disconnectGui(self._parameterNodeGuiTag)",
                  f"{MODULE_NAME}ParameterNode(super().getParameterNode())"):
@@ -288,7 +288,7 @@ def test_parameter_node_defaults_are_the_logic_defaults(module_tree, ui):
     by_name = {w.get("name"): w for w in ui.iter("widget")}
     assert float(_property(by_name["queryConfidenceSlider"], "value").text) == Logic.DEFAULT_QUERY_THRESHOLD
     assert float(_property(by_name["classConfidenceSlider"], "value").text) == Logic.DEFAULT_CLASS_THRESHOLD
-    assert int(_property(by_name["fineTuneEpochsSpinBox"], "value").text) == defaults["fineTuneEpochs"]
+    assert int(_property(by_name["fineTuneMinutesSpinBox"], "value").text) == defaults["fineTuneMinutes"]
     assert defaults["device"] == "auto"
 
 

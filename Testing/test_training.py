@@ -190,7 +190,7 @@ def test_fine_tune_from_a_model_file_extends_the_class_head(dataset, tmp_path, c
 
     init = tiny_model_file(tmp_path / "init.maskmed", num_classes=3, patch_size=(32, 32, 32))  # spleen, kidneys
     output = tmp_path / "run"
-    code = main(train_args(dataset, output, "--init", str(init), "--keep-absent-classes", "--freeze-encoder"))
+    code = main(train_args(dataset, output, "--init", str(init), "--absent-classes", "freeze", "--freeze-encoder"))
     assert code == ExitCode.OK, capsys.readouterr().err
     predictor = Predictor.from_file(output / "last.maskmed", "cpu")
     assert [c.name for c in predictor.classes] == ["spleen", "right kidney", "left kidney", "liver", "stomach"]
@@ -198,6 +198,60 @@ def test_fine_tune_from_a_model_file_extends_the_class_head(dataset, tmp_path, c
     encoder_keys = [k for k in before if k.startswith("encoder.")]
     assert encoder_keys and all(torch.equal(before[k], after[k]) for k in encoder_keys)
     assert not torch.equal(before["query_decoder.query_feat.weight"], after["query_decoder.query_feat.weight"])
+
+
+def _relabelled_dataset(dataset, tmp_path, labels: dict[str, int], mapping: dict[int, int]):
+    """The crops of ``dataset`` with another dataset.json label list and label mapping."""
+    root, _ = dataset
+    other = tmp_path / "Dataset012_Relabelled"
+    other.mkdir()
+    for sub in ("imagesTr", "labelsTr"):
+        (other / sub).symlink_to(root / sub)
+    (other / "dataset.json").write_text(json.dumps(
+        {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": 2, "file_ending": ".nii.gz"}))
+    mapping_file = tmp_path / "relabelled_mapping.json"
+    mapping_file.write_text(json.dumps({str(k): v for k, v in mapping.items()}))
+    return other, mapping_file
+
+
+def test_fine_tune_keeps_the_classes_the_data_lacks_taught_by_the_starting_model(dataset, tmp_path, capsys):
+    """The data labels the liver and the stomach only; the model's spleen and kidneys are kept (the default,
+    --absent-classes distill), with the starting model's predictions as their targets."""
+    from factories import tiny_model_file
+
+    init = tiny_model_file(tmp_path / "init.maskmed", num_classes=3, patch_size=(32, 32, 32))  # spleen, kidneys
+    relabelled = _relabelled_dataset(dataset, tmp_path, {"background": 0, "liver": 6, "stomach": 7},
+                                     {1: 0, 2: 0, 3: 0, 5: 6, 6: 7})
+    output = tmp_path / "run"
+    assert main(train_args(relabelled, output, "--init", str(init))) == ExitCode.OK
+    err = capsys.readouterr().err
+    assert "distillation: --init's model labels the classes your data does not (spleen, right kidney, left kidney)" \
+        in err
+    assert "new class 'liver' starts from the object queries that cover it best" in err
+    assert "rehearsal: 7 shipped label maps (TotalSegmentator dataset, CC BY 4.0) label 5 of the 5 classes" in err
+    predictor = Predictor.from_file(output / "last.maskmed", "cpu")
+    assert [c.name for c in predictor.classes] == ["liver", "stomach", "spleen", "right kidney", "left kidney"]
+    dropped = main(train_args(relabelled, tmp_path / "dropped", "--init", str(init), "--absent-classes", "drop"))
+    assert dropped == ExitCode.OK and "distillation" not in capsys.readouterr().err
+    assert [c.name for c in Predictor.from_file(tmp_path / "dropped" / "last.maskmed", "cpu").classes] == [
+        "liver", "stomach"]
+
+
+@pytest.mark.parametrize("labels, message", [
+    ({"background": 0, "liver": 6, "tumour": 9}, "new class(es) 'tumour' have no labelled voxel in any case"),
+    ({"background": 0, "liver": 6, "Liver ": 7}, "differ only in case or spacing"),
+    ({"background": 0, **{f"structure {k}": 10 + k for k in range(6)}, "liver": 6},
+     "more than the 8 object queries"),
+])
+def test_fine_tune_refuses_classes_it_cannot_learn(dataset, tmp_path, capsys, labels, message):
+    from factories import tiny_model_file
+
+    init = tiny_model_file(tmp_path / "init.maskmed", num_classes=3, patch_size=(32, 32, 32))  # 8 object queries
+    relabelled = _relabelled_dataset(dataset, tmp_path, labels, {1: 0, 2: 0, 3: 0, 5: 6, 6: 0})
+    output = tmp_path / "run"
+    assert main(train_args(relabelled, output, "--init", str(init))) == ExitCode.BAD_INPUT
+    assert message in capsys.readouterr().err
+    assert not (output / "last.maskmed").exists() and not (output / "best.maskmed").exists()
 
 
 def test_another_head_on_a_model_files_encoder_needs_init_encoder_only(dataset, tmp_path, capsys):
@@ -271,6 +325,11 @@ def test_mirror_axes_are_trained_recorded_in_the_model_file_and_used_by_tta(data
     assert built == [()]  # the augmentation mirrors nothing
     model_file = load_model_file(output / "best.maskmed")
     assert model_file.mirror_axes == () and model_file.extra["mirror_axes"] == []
+    # A fine-tune keeps its starting model's axes unless told otherwise (a model that learnt sides keeps them).
+    built.clear()
+    finetuned = tmp_path / "finetuned"
+    assert main(train_args(dataset, finetuned, "--init", str(output / "best.maskmed"), "--rehearsal", "0")) == 0
+    assert built == [()] and load_model_file(finetuned / "best.maskmed").mirror_axes == ()
 
     axes_seen = []
     original_window = predictor_module.sliding_window

@@ -30,6 +30,23 @@ class Terminology:
     type: CodedTerm
     type_modifier: CodedTerm | None = None
 
+    @classmethod
+    def from_slicer_tag(cls, tag: str) -> Terminology | None:
+        """The category, type and modifier of a segment's ``TerminologyEntry`` tag (the form ``slicer_tag`` writes:
+        ``context~scheme^code^meaning~...~...``), or None when the tag has no category and type in that form."""
+
+        def term(text: str) -> CodedTerm | None:
+            fields = text.split("^")
+            return CodedTerm(*fields[:3]) if len(fields) >= 3 and all(fields[:3]) else None
+
+        parts = tag.split("~")
+        if len(parts) < 4:
+            return None
+        category, kind = term(parts[1]), term(parts[2])
+        if category is None or kind is None:
+            return None
+        return cls(category, kind, term(parts[3]))
+
     def slicer_tag(self, context: str = "Segmentation category and type - 3D Slicer General Anatomy list") -> str:
         """The string Slicer keeps in a segment's ``TerminologyEntry`` tag."""
         modifier = self.type_modifier.slicer() if self.type_modifier else "^^"

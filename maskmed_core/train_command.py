@@ -70,6 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=_default("batch_size"),
                         help="global batch (split over processes)")
     parser.add_argument("--learning-rate", type=float, default=_default("learning_rate"))
+    parser.add_argument("--warmup-steps", type=int, default=_default("warmup_steps"), metavar="STEPS",
+                        help="linear learning-rate warm-up (default: 50 steps, 10 with --init)")
     parser.add_argument("--val-every", type=int, default=_default("val_every"), help="validate every N epochs")
     parser.add_argument("--device", default=_default("device"), choices=_choices("device"))
     parser.add_argument("--workers", type=int, default=_default("num_workers"),
@@ -79,12 +81,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from OUT/training_state.safetensors")
     parser.add_argument("--skip-bad-cases", action="store_true", help="train on the cases that pass the check")
     parser.add_argument("--freeze-encoder", action="store_true")
-    parser.add_argument("--keep-absent-classes", action="store_true",
-                        help="with --init: keep (frozen) classes of the model that the data lacks, else drop them")
+    parser.add_argument("--absent-classes", default=_default("absent_classes"), choices=_choices("absent_classes"),
+                        help="with --init, the model's classes that the data does not label: 'distill' (default) "
+                        "keeps them, taught on your images by the starting model's own predictions; 'freeze' keeps "
+                        "them untrained; 'drop' removes them from the new model")
+    parser.add_argument("--rehearsal", type=float, default=_default("rehearsal"), metavar="SHARE",
+                        help="with --init: share of patches synthesised from the label maps shipped with MaskMed, "
+                        "labelled with the model's own classes, so it keeps seeing the organs it knew (0: off)")
     parser.add_argument("--augmentation", default=_default("augmentation"), choices=_choices("augmentation"))
     parser.add_argument("--mirror-axes", default=_default("mirror_axes"), metavar="AXES",
-                        help="axes the augmentation mirrors along: letters of z, y, x (default zyx, nnU-Net's) or "
-                        "'none'; recorded in the model file, where --tta mirrors along these only")
+                        help="axes the augmentation mirrors along: letters of z, y, x or 'none' (default: zyx, "
+                        "nnU-Net's, for a new model; --init's own axes for a fine-tune); recorded in the model file, "
+                        "where --tta mirrors along these only")
     parser.add_argument("--mask-loss", default=_default("mask_loss"), choices=_choices("mask_loss"),
                         help="decoupled head: mask losses on Mask2Former's sampled points (default), on every cell "
                         "of the mask-feature grid, or 'balanced': the grid with each mask's inside and outside "
@@ -136,11 +144,12 @@ def _config_from_args(args: argparse.Namespace):
         "spacing": tuple(args.spacing) if args.spacing else None,
         "patch_size": tuple(args.patch_size) if args.patch_size else None,
         "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch, "batch_size": args.batch_size,
-        "learning_rate": args.learning_rate, "val_every": args.val_every, "device": args.device,
+        "learning_rate": args.learning_rate, "warmup_steps": args.warmup_steps, "val_every": args.val_every,
+        "device": args.device,
         "num_workers": args.workers, "seed": args.seed, "deterministic": args.deterministic,
         "resume": args.resume, "skip_bad_cases": args.skip_bad_cases, "freeze_encoder": args.freeze_encoder,
-        "keep_absent_classes": args.keep_absent_classes, "augmentation": args.augmentation,
-        "mirror_axes": "" if args.mirror_axes == "none" else args.mirror_axes,
+        "absent_classes": args.absent_classes, "rehearsal": args.rehearsal, "augmentation": args.augmentation,
+        "mirror_axes": "" if args.mirror_axes == "none" else args.mirror_axes,  # None: see TrainConfig
         "mask_loss": args.mask_loss, "head": args.head, "transformer": not args.no_transformer,
         "init_encoder_only": args.init_encoder_only, "amp": args.amp, "cache_dir": args.cache_dir,
         "time_limit_minutes": args.time_limit, "synthetic_labels": list(args.synthetic_labels),

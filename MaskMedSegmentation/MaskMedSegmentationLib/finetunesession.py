@@ -112,6 +112,33 @@ def segmentationLabelArray(segmentationNode, volumeNode, nameToLabel: dict[str, 
     return labels, skipped
 
 
+def _newSegmentClasses(pairs: list[tuple], nameToLabel: dict[str, int]) -> list:
+    """SegmentClass (maskmed_core.classes) for each segment name of ``pairs`` that no class of ``nameToLabel`` has:
+    the next free label values, the segment's colour (0..1 -> 0..255) and its terminology tag where it reads."""
+    from maskmed_core.classes import SegmentClass, Terminology
+
+    from .segmentationwriter import terminologyTagName
+
+    known = {_normalizedName(name) for name in nameToLabel}
+    nextLabel = max(nameToLabel.values(), default=0) + 1
+    classes = []
+    for _, segmentationNode in pairs:
+        segmentation = segmentationNode.GetSegmentation()
+        for segmentId in segmentation.GetSegmentIDs():
+            segment = segmentation.GetSegment(segmentId)
+            name = segment.GetName()
+            if _normalizedName(name) in known:
+                continue
+            known.add(_normalizedName(name))
+            red, green, blue = (int(round(255 * min(1.0, max(0.0, c)))) for c in segment.GetColor())
+            tag = vtk.reference("")
+            terminology = Terminology.from_slicer_tag(str(tag)) if segment.GetTag(terminologyTagName(segment), tag) \
+                else None
+            classes.append(SegmentClass(nextLabel, name, (red, green, blue), terminology))
+            nextLabel += 1
+    return classes
+
+
 class FineTuneSession(ChildRun):
     """Export scene cases, run ``maskmed train`` on them, report progress, give the new model file.
 
@@ -127,6 +154,7 @@ class FineTuneSession(ChildRun):
         self.resultModelPath: str | None = None
         self.lastError = ""
         self.warnings: list[str] = []
+        self.newClasses: list[str] = []  # classes the scene export added (segments no model class names)
         self.summary: SummaryEvent | None = None
         self.outputFolder: Path | None = None
         self._onEvent: Callable[[Event], None] | None = None
@@ -156,22 +184,19 @@ class FineTuneSession(ChildRun):
     def exportScenePairs(self, pairs: Iterable[tuple], folder: str | Path, nameToLabel: dict[str, int] | None) -> Path:
         """Write (volumeNode, segmentationNode) pairs as an nnU-Net v2 raw dataset in ``folder``; returns it.
 
-        nameToLabel: class name -> label value (``ModelInfo.labelsByName()`` of the model to fine-tune), or None
-        for the segment names found in the pairs (labels 1, 2, ... in order of appearance). Segments are matched
-        to classes by name, case-insensitively; others are skipped and listed in ``self.warnings``. Images keep
-        their voxels and exact geometry; label maps are on the same grid.
+        nameToLabel: class name -> label value (``ModelInfo.labelsByName()`` of the model to fine-tune), or None.
+        Segments are matched to those classes by name, ignoring case and spacing; a segment with another name is a
+        new class (the next free label value, in order of appearance), whose colour and terminology go into the
+        dataset's ``maskmed_classes`` so the fine-tuned model keeps them (``self.newClasses`` lists their names).
+        Images keep their voxels and exact geometry; label maps are on the same grid.
         """
         pairs = list(pairs)
         if not pairs:
             raise ValueError("no (volume, segmentation) pairs to export")
         nameToLabel = {name: int(value) for name, value in (nameToLabel or {}).items() if int(value) != 0}
-        if not nameToLabel:
-            for _, segmentationNode in pairs:
-                segmentation = segmentationNode.GetSegmentation()
-                for segmentId in segmentation.GetSegmentIDs():
-                    name = segmentation.GetSegment(segmentId).GetName()
-                    if _normalizedName(name) not in {_normalizedName(n) for n in nameToLabel}:
-                        nameToLabel[name] = len(nameToLabel) + 1
+        newClasses = _newSegmentClasses(pairs, nameToLabel)
+        nameToLabel.update({segmentClass.name: segmentClass.label for segmentClass in newClasses})
+        self.newClasses = [segmentClass.name for segmentClass in newClasses]
         if not nameToLabel:
             raise ValueError("the segmentations have no segments to train on")
         folder = Path(folder)
@@ -206,6 +231,7 @@ class FineTuneSession(ChildRun):
             "labels": {"background": 0, **{name: int(value) for name, value in nameToLabel.items()}},
             "numTraining": len(used),
             "file_ending": IMAGE_ENDING,
+            "maskmed_classes": [segmentClass.to_dict() for segmentClass in newClasses],
         }
         (folder / "dataset.json").write_text(json.dumps(dataset, indent=2), encoding="utf-8")
         return folder
@@ -216,12 +242,13 @@ class FineTuneSession(ChildRun):
         datasetPath: str | Path,
         outputFolder: str | Path,
         initModel: str | Path | None,
-        epochs: int,
+        minutes: float,
         device: str,
         onEvent: Callable[[Event], None] | None = None,
         extraArgs: list[str] | None = None,
     ) -> None:
-        """Start ``maskmed train`` (fine-tuning from ``initModel``; None trains from scratch).
+        """Start ``maskmed train`` (fine-tuning from ``initModel``; None trains from scratch) for ``minutes`` of
+        training time (``--time-limit``: it then validates and keeps its best model).
 
         onEvent receives every event of the child (StepEvent, EpochEvent, MessageEvent, SummaryEvent, LogEvent),
         from poll(). extraArgs: further ``maskmed train`` options, e.g. ["--steps-per-epoch", "10"].
@@ -231,7 +258,7 @@ class FineTuneSession(ChildRun):
         self.lossHistory, self.diceHistory, self.summary = [], [], None
         self.resultModelPath, self.lastError = None, ""
         self.outputFolder = Path(outputFolder)
-        arguments = ["train", str(datasetPath), "-o", str(outputFolder), "--epochs", str(int(epochs)),
+        arguments = ["train", str(datasetPath), "-o", str(outputFolder), "--time-limit", f"{float(minutes):g}",
                      "--device", device, "--json"]
         if initModel:
             arguments += ["--init", str(initModel)]
@@ -246,7 +273,12 @@ class FineTuneSession(ChildRun):
         self.cancel()
 
     def onChildCancelled(self) -> None:
-        self.lastError = "Stopped."
+        """Stopped: the best model so far (best.maskmed, else the last epoch's last.maskmed) is still the result."""
+        assert self.outputFolder is not None
+        kept = [path for path in (self.outputFolder / "best.maskmed", self.outputFolder / "last.maskmed")
+                if path.is_file()]
+        self.resultModelPath = str(kept[0]) if kept else None
+        self.lastError = "Stopped." if kept else "Stopped before the first epoch ended: no model was written."
 
     def onChildExit(self, code: int | None, details: str) -> None:
         if code == 0:

@@ -2,6 +2,13 @@
 
 Both take the network's output dict and an integer label map (B, D, H, W) at input resolution with 0 as
 background and 1..C as the classes, and return a dict of scalar losses whose "loss" entry is optimised.
+
+Partial labels: ``unannotated`` (B, C) bool marks, per image, the classes its label map does not annotate (a
+rehearsal patch synthesised from a label map that knows the starting model's organs but not the class a fine-tune
+adds). Their logits are left out of that image's class softmax (and out of its matching): a query that finds such a
+structure there is neither taught that it is that class nor that it is nothing (the marginal form of partial-label
+losses for segmentation, as in Shi et al. 2021, "Marginal loss and exclusion loss for partially supervised
+multi-organ segmentation").
 """
 
 from __future__ import annotations
@@ -58,6 +65,15 @@ def _balanced_bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return (0.5 * (inside + outside)).sum()
 
 
+def _without_unannotated(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``logits`` with the entries where ``mask`` is True set to a large negative number (left out of the softmax,
+    no gradient). Decoupled head: logits (B, Q, C + 1), mask (B, 1, C): the no-object column is never masked. Conv
+    head: logits (B, C + 1, z, y, x), mask (B, C + 1, 1, 1, 1) with the background channel False."""
+    if logits.dim() == 3:
+        mask = F.pad(mask, (0, logits.shape[-1] - mask.shape[-1]))
+    return logits.masked_fill(mask.to(logits.device), -1e4)
+
+
 class SetCriterion(nn.Module):
     """Hungarian-matched class, mask BCE and mask Dice losses on every decoder layer (deep supervision).
 
@@ -97,8 +113,11 @@ class SetCriterion(nn.Module):
         mask_features: torch.Tensor,
         targets: list[tuple[torch.Tensor, torch.Tensor]],
         num_masks: float,
+        unannotated: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cfg = self.config
+        if unannotated is not None:
+            class_logits = _without_unannotated(class_logits, unannotated[:, None, :])
         batch, num_queries, _ = class_logits.shape
         no_object = self.num_classes
         target_classes = torch.full((batch, num_queries), no_object, dtype=torch.int64, device=class_logits.device)
@@ -132,7 +151,9 @@ class SetCriterion(nn.Module):
         class_loss = F.cross_entropy(class_logits.float().transpose(1, 2), target_classes, weight=self.class_weights)
         return class_loss, bce / num_masks, dice / num_masks
 
-    def forward(self, outputs: dict, label_map: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, outputs: dict, label_map: torch.Tensor, unannotated: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         targets = targets_from_label_map(label_map)
         if self.mask_loss != "points":  # once for all decoder layers: each mask's share of every mask-feature cell
             size = tuple(outputs["mask_features"].shape[2:])
@@ -152,7 +173,8 @@ class SetCriterion(nn.Module):
         losses: dict[str, torch.Tensor] = {}
         for index, layer in enumerate(layers):
             class_loss, bce, dice = self._layer_losses(
-                layer["pred_logits"], layer["pred_mask_embed"], outputs["mask_features"], targets, num_masks
+                layer["pred_logits"], layer["pred_mask_embed"], outputs["mask_features"], targets, num_masks,
+                unannotated,
             )
             total = total + cfg.class_weight * class_loss + cfg.mask_bce_weight * bce + cfg.mask_dice_weight * dice
             if index == 0:
@@ -170,7 +192,11 @@ class DiceCELoss(nn.Module):
         self.num_classes = num_classes
         self.deep_supervision = deep_supervision
 
-    def _single(self, logits: torch.Tensor, label_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _single(
+        self, logits: torch.Tensor, label_map: torch.Tensor, unannotated: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if unannotated is not None:  # channel 0 is background, 1..C the classes
+            logits = _without_unannotated(logits, F.pad(unannotated, (1, 0))[:, :, None, None, None])
         if tuple(label_map.shape[1:]) != tuple(logits.shape[2:]):
             label_map = F.interpolate(label_map[:, None].float(), size=logits.shape[2:], mode="nearest")[:, 0].long()
         ce = F.cross_entropy(logits.float(), label_map)
@@ -182,7 +208,9 @@ class DiceCELoss(nn.Module):
         dice = 1 - ((2 * intersection + 1e-5) / (denominator + 1e-5)).mean()
         return ce, dice
 
-    def forward(self, outputs: dict, label_map: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, outputs: dict, label_map: torch.Tensor, unannotated: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         logits = [outputs["seg_logits"]]
         if self.deep_supervision:
             logits += list(outputs["aux_seg_logits"])
@@ -191,7 +219,7 @@ class DiceCELoss(nn.Module):
         total = logits[0].new_zeros((), dtype=torch.float32)
         losses: dict[str, torch.Tensor] = {}
         for index, (weight, level_logits) in enumerate(zip(weights.tolist(), logits, strict=True)):
-            ce, dice = self._single(level_logits, label_map)
+            ce, dice = self._single(level_logits, label_map, unannotated)
             total = total + weight * (ce + dice)
             if index == 0:
                 losses.update(loss_ce=ce.detach(), loss_dice=dice.detach())

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from maskmed_core.classes import SegmentClass
 from maskmed_core.io.errors import InputError
 
 # SimpleITK fills the missing voxels of a truncated NIfTI file with zeros without a word; for a label map that means
@@ -75,6 +76,9 @@ class DatasetSpec:
     test_cases: cases of ``imagesTs/`` (or the JSON list's ``"test"``), label usually None; not used for training.
     stray_files: files that belong to no case (e.g. ``labelsTr/notes.txt``, a second channel ``X_0001.nii.gz``)
         -> why they do not fit; reported by ``check_dataset``.
+    class_details: class name -> its colour and terminology, from the optional ``"maskmed_classes"`` list of a
+        dataset.json or JSON case list (``SegmentClass.to_dict`` entries; what the Slicer panel writes for segments
+        painted with a name, colour and terminology of their own), so a new class keeps them in the model file.
     """
 
     root: Path
@@ -83,6 +87,7 @@ class DatasetSpec:
     file_ending: str
     test_cases: list[Case] = field(default_factory=list)
     stray_files: dict[Path, str] = field(default_factory=dict)
+    class_details: dict[str, SegmentClass] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -233,7 +238,7 @@ def _load_nnunet(folder: Path, labels: dict[str, int] | None) -> DatasetSpec:
     test_cases = []
     if (folder / "imagesTs").is_dir():
         test_cases = _pair_nnunet(folder / "imagesTs", folder / "labelsTs", ending, stray, labels_required=False)
-    return DatasetSpec(folder, cases, declared, ending, test_cases, stray)
+    return DatasetSpec(folder, cases, declared, ending, test_cases, stray, _class_details(meta, dataset_json))
 
 
 def _pair_nnunet(
@@ -294,7 +299,22 @@ def _load_json_list(path: Path, labels: dict[str, int] | None, label_mapping: La
         declared = parse_labels(meta["labels"], str(path))
     else:
         declared = labels_from_label_maps(cases, label_mapping)
-    return DatasetSpec(base, cases, declared, _common_ending(cases), test_cases)
+    return DatasetSpec(base, cases, declared, _common_ending(cases), test_cases, {}, _class_details(meta, path))
+
+
+def _class_details(meta: dict[str, Any], path: Path) -> dict[str, SegmentClass]:
+    """The optional ``"maskmed_classes"``: [{"label", "name", "color", "terminology"}, ...] (checked as untrusted)."""
+    from maskmed_core.untrusted import UntrustedValueError, check_sequence
+
+    raw = meta.get("maskmed_classes")
+    if raw is None:
+        return {}
+    try:
+        entries = check_sequence(raw, "maskmed_classes", 0, 1000)
+        classes = [SegmentClass.from_dict(entry, f"maskmed_classes[{i}]") for i, entry in enumerate(entries)]
+    except UntrustedValueError as error:
+        raise InputError(f"{path}: {error}") from None
+    return {c.name: c for c in classes}
 
 
 def _json_row(entry: Any, path: Path, index: int, key: str = "cases") -> dict[str, str | None]:

@@ -14,6 +14,9 @@ from torch import nn
 from maskmed_core.classes import SegmentClass
 from maskmed_core.model import MaskMed
 
+# What a fine-tune does with the starting model's classes that its data does not label (TrainConfig.absent_classes).
+ABSENT_CLASSES = ("distill", "freeze", "drop")
+
 
 @dataclass
 class ClassPlan:
@@ -21,38 +24,51 @@ class ClassPlan:
 
     classes: list[SegmentClass]
     source_index: list[int | None]  # per new class: its index in the old model, or None if new
-    frozen: list[int]  # new-class indices kept from the old model but absent from the data
+    frozen: list[int]  # new-class indices kept from the old model but absent from the data (the "absent" classes)
 
 
 def plan_classes(
     old_classes: list[SegmentClass], data_names: list[str], new_classes: list[SegmentClass], keep_absent: bool
 ) -> ClassPlan:
-    """Match the data's classes to the model's by name (case-insensitive).
+    """Match the data's classes to the model's by name, ignoring case, spaces, '_' and '-' ("Left_Kidney" is the
+    model's "left kidney").
 
     ``new_classes``: the dataset's classes (label values and names from its dataset.json). Classes of the
-    old model absent from the data are kept (frozen) when ``keep_absent``, else dropped.
+    old model absent from the data are kept when ``keep_absent``, else dropped. Two data classes whose names differ
+    only in case or spacing are refused (ValueError): they would be two classes a user cannot tell apart.
     """
-    old_by_name = {c.name.lower(): i for i, c in enumerate(old_classes)}
+    old_by_name = {class_key(c.name): i for i, c in enumerate(old_classes)}
+    seen: dict[str, str] = {}
+    for segment_class in new_classes:
+        other = seen.setdefault(class_key(segment_class.name), segment_class.name)
+        if other != segment_class.name:
+            raise ValueError(f"the dataset names two classes {other!r} and {segment_class.name!r}, which differ only "
+                             "in case or spacing: give them distinct names, or one label value")
     classes, sources, frozen = [], [], []
     for segment_class in new_classes:
-        source = old_by_name.get(segment_class.name.lower())
+        source = old_by_name.get(class_key(segment_class.name))
         if source is not None:
             old = old_classes[source]
             # Keep the old colour and terminology: the data only says the name and label value.
             segment_class = SegmentClass(segment_class.label, old.name, old.color, old.terminology)
         classes.append(segment_class)
         sources.append(source)
-    present = {name.lower() for name in data_names}
+    present = {class_key(name) for name in data_names}
     if keep_absent:
         used_labels = {c.label for c in classes}
         for index, old in enumerate(old_classes):
-            if old.name.lower() not in present:
+            if class_key(old.name) not in present:
                 label = old.label if old.label not in used_labels else max(used_labels) + 1
                 used_labels.add(label)
                 frozen.append(len(classes))
                 classes.append(SegmentClass(label, old.name, old.color, old.terminology))
                 sources.append(index)
     return ClassPlan(classes=classes, source_index=sources, frozen=frozen)
+
+
+def class_key(name: str) -> str:
+    """The form in which two class names are the same class: lower case, '_' and '-' as spaces, single spaces."""
+    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
 
 
 def adapt_state_dict(
@@ -124,3 +140,95 @@ def load_encoder_weights(model: MaskMed, state_dict: dict[str, torch.Tensor]) ->
 def freeze_encoder(model: MaskMed) -> None:
     for parameter in model.encoder.parameters():
         parameter.requires_grad_(False)
+
+
+@torch.no_grad()
+def imprint_new_class_rows(
+    model: MaskMed, patches: list[tuple[torch.Tensor, torch.Tensor]], new_classes: list[int]
+) -> dict[int, float]:
+    """Initialise the class-head row of each new class from the shared queries that already cover it.
+
+    The decoupled head's queries are class-agnostic: before any fine-tuning, some query's mask often follows a
+    structure the model has no class for (it was trained to call it "no object"). For each new class, the query whose
+    mask best overlaps the class in each patch (soft Dice on the mask-feature grid) is taken, and the new row becomes
+    the mean of those queries' class-head inputs, scaled to the norm of the model's existing class rows, with their
+    mean bias (weight imprinting, Qi et al. 2018): the new class starts out as "what those queries look like" instead
+    of a random row that must fight the old classes.
+
+    model: a decoupled MaskMed whose head already has the rows (``adapt_state_dict``). patches: (image (1, 1, z, y, x)
+    on the model grid, class indices (z, y, x), 0..C) pairs, each holding at least one new class. new_classes: the
+    0-based class indices to imprint. Returns class index -> the soft Dice of its best queries (mean over patches);
+    a class absent from every patch keeps its row and is left out.
+    """
+    if not model.decoupled or not new_classes or not patches:
+        return {}
+    head = model.query_decoder.class_embed
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+    features: dict[int, list[torch.Tensor]] = {c: [] for c in new_classes}
+    overlaps: dict[int, list[float]] = {c: [] for c in new_classes}
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        for image, labels in patches:
+            image, labels = image.to(device), labels.to(device)
+            captured.clear()
+            outputs = model(image)
+            query_features = captured[-1][0]  # (Q, d): the last layer's input to the class head
+            masks = torch.einsum("qe,ezyx->qzyx", outputs["pred_mask_embed"][0], outputs["mask_features"][0]).sigmoid()
+            for c in new_classes:
+                target = (labels == c + 1).float()[None, None]
+                if not target.any():
+                    continue
+                target = torch.nn.functional.adaptive_avg_pool3d(target, masks.shape[1:])[0, 0]
+                dice = 2 * (masks * target).flatten(1).sum(1) / (masks.flatten(1).sum(1) + target.sum() + 1e-6)
+                best = int(dice.argmax())
+                features[c].append(query_features[best])
+                overlaps[c].append(float(dice[best]))
+    finally:
+        hook.remove()
+        model.train(was_training)
+    old_rows = [i for i in range(head.weight.shape[0] - 1) if i not in new_classes]
+    if not old_rows:
+        return {}
+    scale = head.weight[old_rows].norm(dim=1).mean()
+    bias = head.bias[old_rows].mean()
+    imprinted = {}
+    for c in new_classes:
+        if features[c]:
+            mean = torch.stack(features[c]).mean(0)
+            head.weight[c] = mean / mean.norm().clamp_min(1e-6) * scale
+            head.bias[c] = bias
+            imprinted[c] = sum(overlaps[c]) / len(overlaps[c])
+    return imprinted
+
+
+def patches_around_classes(
+    cases, class_indices: list[int], patch_size: tuple[int, int, int], per_class: int, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Up to ``per_class`` (image (1, 1, z, y, x), labels (z, y, x)) patches per class (0-based index), each centred on
+    a random voxel of the class in a real case (``PreprocessedCase.foreground``), zero-padded where the case is
+    smaller than the patch."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    patches = []
+    for c in class_indices:
+        holders = [case for case in cases if case.image is not None and c + 1 in case.foreground]
+        for k in range(min(per_class, 4 * len(holders))):
+            case = holders[k % len(holders)]
+            voxels = case.foreground[c + 1]
+            center = voxels[rng.integers(len(voxels))]
+            image = np.zeros(patch_size, dtype=np.float32)
+            labels = np.zeros(patch_size, dtype=np.int64)
+            source, target = [], []
+            for axis, size in enumerate(patch_size):
+                start = int(center[axis]) - size // 2
+                low, high = max(0, start), min(case.image.shape[axis], start + size)
+                source.append(slice(low, high))
+                target.append(slice(low - start, high - start))
+            image[tuple(target)] = case.image[tuple(source)]
+            labels[tuple(target)] = case.labels[tuple(source)]
+            patches.append((torch.from_numpy(image)[None, None], torch.from_numpy(labels)))
+    return patches

@@ -22,7 +22,7 @@ from __future__ import annotations
 import copy
 import itertools
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +65,10 @@ class PatchDataset(IterableDataset):
             given, a share ``synthesis.options.synthetic_ratio`` of the samples comes from it.
         synthesis: enables synthesised images and contrast-phase changes (needs ``augmenter``); None = real
             images only, exactly as without it.
+        unannotated: case name -> the 0-based class indices its label map does not annotate (rehearsal label maps
+            know the starting model's classes, not the ones a fine-tune adds); with ``num_classes``, every sample then
+            carries ``"unannotated"``: bool (C,), for the criterion (see ``maskmed_core.model.criterion``).
+        num_classes: C; 0 (default) leaves the ``"unannotated"`` key out.
     """
 
     def __init__(
@@ -78,8 +82,12 @@ class PatchDataset(IterableDataset):
         block_size: int = 1,
         label_only_sampler: PatchSampler | None = None,
         synthesis: SynthesisSetup | None = None,
+        unannotated: Mapping[str, Sequence[int]] | None = None,
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
+        self.unannotated = {name: list(indices) for name, indices in (unannotated or {}).items()}
+        self.num_classes = int(num_classes)
         if (label_only_sampler is not None or synthesis is not None) and (synthesis is None or augmenter is None):
             raise ValueError("label-only cases and synthesis need both a SynthesisSetup and an augmenter")
         if label_only_sampler is not None and tuple(label_only_sampler.patch_size) != tuple(sampler.patch_size):
@@ -127,7 +135,7 @@ class PatchDataset(IterableDataset):
             image, labels = self.augmenter(image_np, labels_np, rng)
         else:
             image, labels = torch.from_numpy(image_np), torch.from_numpy(labels_np.astype(np.int64))
-        return {"image": image, "labels": labels, "case": self.sampler.cases[region.case_index].name}
+        return self._sample_dict(image, labels, self.sampler.cases[region.case_index].name)
 
     def _sample_with_synthesis(self, rng: np.random.Generator, size) -> dict[str, Any]:
         setup = self.synthesis
@@ -146,7 +154,15 @@ class PatchDataset(IterableDataset):
         image, labels = self.augmenter(
             image_np, labels_np, rng, tissue=tissue_np if source is not None else None, intensity_source=source
         )
-        return {"image": image, "labels": labels, "case": case.name}
+        return self._sample_dict(image, labels, case.name)
+
+    def _sample_dict(self, image: torch.Tensor, labels: torch.Tensor, case: str) -> dict[str, Any]:
+        sample: dict[str, Any] = {"image": image, "labels": labels, "case": case}
+        if self.num_classes:
+            unannotated = torch.zeros(self.num_classes, dtype=torch.bool)
+            unannotated[self.unannotated.get(case, [])] = True
+            sample["unannotated"] = unannotated
+        return sample
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()

@@ -74,6 +74,9 @@ class PatchSampler:
         class_voxel_counts: class index -> voxel count over the dataset. If None it is counted once here with
             ``np.bincount`` over every case's labels (one full read of the labels; pass it when it is known).
         seed: seed of the generator used when ``sample``/``draw`` get no ``rng``.
+        focus_classes: class indices that get ``focus_share`` of the foreground draws together (split among them by
+            the same rare-class weights): the classes a fine-tune adds, which the model must see often, among the
+            many it keeps.
     """
 
     def __init__(
@@ -85,6 +88,8 @@ class PatchSampler:
         center_jitter: float = 0.5,
         class_voxel_counts: Mapping[int, int] | None = None,
         seed: int = 0,
+        focus_classes: Sequence[int] = (),
+        focus_share: float = 0.5,
     ) -> None:
         if not cases:
             raise ValueError("PatchSampler needs at least one case")
@@ -110,6 +115,10 @@ class PatchSampler:
         self.classes = np.array(sorted(c for c in self.cases_with_class if counts.get(c, 0) > 0), dtype=np.int64)
         if len(self.classes):
             weights = np.array([float(counts[c]) for c in self.classes]) ** -self.rare_class_power
+            focus = np.isin(self.classes, np.asarray(list(focus_classes), dtype=np.int64))
+            if focus.any() and not focus.all():
+                weights[focus] *= focus_share / weights[focus].sum()
+                weights[~focus] *= (1.0 - focus_share) / weights[~focus].sum()
             self.class_probabilities = weights / weights.sum()
         else:
             # No foreground anywhere: every draw is uniform.

@@ -94,11 +94,12 @@ class TrainingStateError(ValueError):
 RESUME_MUST_MATCH = (
     "dataset", "preset", "init", "label_mapping", "spacing", "patch_size", "batch_size", "steps_per_epoch",
     "learning_rate", "weight_decay", "warmup_steps", "schedule", "seed", "augmentation", "head", "transformer",
-    "init_encoder_only", "freeze_encoder", "keep_absent_classes", "amp", "mirror_axes",
-    "mask_loss",
+    "init_encoder_only", "freeze_encoder", "absent_classes", "rehearsal", "amp", "mirror_axes",
+    "mask_loss", "synthetic_ratio",
 )
 # Settings that states written before they existed lack, with the value those runs had.
-ADDED_LATER = {"init_encoder_only": False, "mirror_axes": "zyx", "mask_loss": "points"}
+ADDED_LATER = {"init_encoder_only": False, "mirror_axes": "zyx", "mask_loss": "points", "absent_classes": "drop",
+               "rehearsal": 0.0}
 # The history of a long run: at most this much JSON per metadata field.
 _MAX_STATE_JSON = 64 << 20
 
@@ -140,10 +141,18 @@ def load_state(path: str | Path) -> TrainingState:
         ) from error
 
 
+def _renamed_settings(run_config: dict[str, Any]) -> dict[str, Any]:
+    """A state written before ``absent_classes`` had ``keep_absent_classes``: True kept them frozen, False dropped
+    them."""
+    if "absent_classes" not in run_config and "keep_absent_classes" in run_config:
+        run_config["absent_classes"] = "freeze" if run_config["keep_absent_classes"] else "drop"
+    return run_config
+
+
 def check_resumable(state: TrainingState, run_config: dict[str, Any], model: torch.nn.Module, path: Path) -> None:
     """Raise TrainingStateError unless ``state`` was written by this run: the settings in RESUME_MUST_MATCH
     equal (after a JSON round trip, so tuples and lists compare equal) and the weights fit ``model``."""
-    stored = {**ADDED_LATER, **json.loads(json.dumps(state.run_config))}
+    stored = {**ADDED_LATER, **_renamed_settings(json.loads(json.dumps(state.run_config)))}
     current = {**ADDED_LATER, **json.loads(json.dumps(run_config))}
     differing = [name for name in RESUME_MUST_MATCH if stored.get(name) != current.get(name)]
     if differing:

@@ -30,10 +30,13 @@ from maskmed_core.model.criterion import MASK_LOSSES, build_criterion
 from maskmed_core.plans import Plans
 from maskmed_core.training import distributed
 from maskmed_core.training.finetune import (
+    ABSENT_CLASSES,
     adapt_state_dict,
     freeze_class_rows,
     freeze_encoder,
+    imprint_new_class_rows,
     load_encoder_weights,
+    patches_around_classes,
     plan_classes,
 )
 from maskmed_core.training.state import TrainingState, check_resumable, load_state, save_state
@@ -68,7 +71,9 @@ class TrainConfig:
     batch_size: int = 2
     learning_rate: float = 3e-4
     weight_decay: float = 0.05
-    warmup_steps: int = 50
+    # Linear warm-up of the learning rate; None: 50 steps for a new model, 10 for a fine-tune (--init), whose few
+    # hundred steps in minutes on a CPU must not spend a third of themselves warming up a model that already works.
+    warmup_steps: int | None = None
     schedule: str = "poly"
     grad_clip: float = 12.0
     val_every: int = 5
@@ -79,12 +84,19 @@ class TrainConfig:
     resume: bool = False
     skip_bad_cases: bool = False
     freeze_encoder: bool = False
-    keep_absent_classes: bool = False
+    # With --init, the model's classes the dataset does not label: "distill" keeps them, taught on the dataset's own
+    # images by the starting model's predictions (written where the labels say background, so an unlabelled organ is
+    # not taught as background); "freeze" keeps them with their class rows frozen and no targets; "drop" removes them.
+    absent_classes: str = "distill"
+    # With --init: the share of patches synthesised from the label maps shipped in maskmed_core/resources/rehearsal,
+    # labelled with the model's own classes (0: none). With --synthetic-labels they join those, at synthetic_ratio.
+    rehearsal: float = 0.25
     augmentation: str = "default"
     # Axes the augmentation mirrors along, as letters of z, y, x ("" none): "zyx" is nnU-Net's. Mirrors make a
     # vessel on the wrong side or behind the spine a training example (the aorta and the vena cava are told apart by
     # side); TotalSegmentator trains without them. Recorded in the model file: --tta mirrors along these only.
-    mirror_axes: str = "zyx"
+    # None: "zyx" for a new model, the --init model's own axes for a fine-tune (a model that learnt sides keeps them).
+    mirror_axes: str | None = None
     amp: str = "bf16"
     # Mask losses (decoupled head) on Mask2Former's sampled points, on every cell of the mask-feature grid, or on the
     # grid with each mask's inside and outside weighted alike ("balanced"), where structures of a few hundred voxels
@@ -113,7 +125,7 @@ class TrainConfig:
     CHOICES = {
         "preset": ("small", "base"), "schedule": ("poly", "cosine"), "device": ("auto", "cpu", "cuda"),
         "augmentation": ("default", "strong", "none"), "amp": ("bf16", "fp16", "none"), "head": ("decoupled", "conv"),
-        "mask_loss": MASK_LOSSES,
+        "mask_loss": MASK_LOSSES, "absent_classes": ABSENT_CLASSES,
     }
 
     def __post_init__(self) -> None:
@@ -125,15 +137,17 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.weight_decay < 0 or self.grad_clip <= 0 or self.num_workers < 0:
             raise ValueError("learning_rate and grad_clip must be positive, weight_decay and num_workers >= 0")
-        for name in ("synthetic_ratio", "synthetic_prob", "contrast_prob"):
+        for name in ("synthetic_ratio", "synthetic_prob", "contrast_prob", "rehearsal"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if self.time_limit_minutes is not None and self.time_limit_minutes <= 0:
             raise ValueError(f"time_limit_minutes must be positive, got {self.time_limit_minutes}")
-        if len(set(self.mirror_axes)) != len(self.mirror_axes) or not set(self.mirror_axes) <= set("zyx"):
+        axes = self.mirror_axes
+        if axes is not None and (len(set(axes)) != len(axes) or not set(axes) <= set("zyx")):
             raise ValueError(f"mirror_axes must be letters among z, y, x, each once, got {self.mirror_axes!r}")
-        if self.init_encoder_only and (self.init is None or self.keep_absent_classes):
-            raise ValueError("init_encoder_only needs init and a fresh head: it cannot keep the model's absent classes")
+        if self.init_encoder_only and (self.init is None or self.absent_classes == "freeze"):
+            raise ValueError("init_encoder_only needs init and a fresh head: it cannot freeze the model's absent "
+                             "classes (distill or drop them)")
 
 
 Reporter = Callable[[Event], None]  # gets StepEvent, EpochEvent and MessageEvent (maskmed_core.events)
@@ -153,9 +167,11 @@ def learning_rate_factor(step: int, total: int, warmup: int, schedule: str, time
     return (1 - progress) ** 0.9
 
 
-def _dataset_classes(labels: dict[str, int]) -> list[SegmentClass]:
-    """Classes from a dataset's labels (name -> value); AMOS names get their colour and terminology."""
+def _dataset_classes(labels: dict[str, int], details: dict[str, SegmentClass] | None = None) -> list[SegmentClass]:
+    """Classes from a dataset's labels (name -> value): the colour and terminology its ``maskmed_classes`` give a
+    name (``details``), else the AMOS ones for an AMOS name, else a palette colour."""
     known = {c.name.lower(): c for c in AMOS15_CLASSES}
+    known.update({name.lower(): detail for name, detail in (details or {}).items()})
     palette = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180)]
     classes = []
     for index, (name, value) in enumerate(sorted(labels.items(), key=lambda item: item[1])):
@@ -186,13 +202,19 @@ class TrainingData:
     label_only_cases: list
     holdout: Any
     manifest_path: Path | None
+    # case name -> 0-based indices of the classes its label map does not annotate (rehearsal cases)
+    unannotated: dict[str, list[int]] = field(default_factory=dict)
 
 
 def _start_model(config: TrainConfig, data_classes: list[SegmentClass], make_plans) -> tuple:
     """(plans, classes, model config, init file, class plan): from ``--init`` or a new preset."""
     init_file = load_model_file(config.init) if config.init else None
     if init_file is not None:
-        plan = plan_classes(init_file.classes, [c.name for c in data_classes], data_classes, config.keep_absent_classes)
+        try:
+            plan = plan_classes(init_file.classes, [c.name for c in data_classes], data_classes,
+                                keep_absent=config.absent_classes != "drop")
+        except ValueError as error:  # the dataset's class names
+            raise TrainingError(str(error)) from None
         model_config = copy.deepcopy(init_file.config)
         model_config.num_classes = len(plan.classes)
         if config.init_encoder_only:
@@ -237,7 +259,7 @@ def _data_from_files(config: TrainConfig, context, report: Reporter, cache_dir: 
         if not spec.cases:
             raise TrainingError("no usable case is left after skipping the bad ones")
     plans, classes, model_config, init_file, class_plan = _start_model(
-        config, _dataset_classes(spec.labels),
+        config, _dataset_classes(spec.labels, spec.class_details),
         lambda: plans_from_fingerprint(compute_fingerprint(spec, label_mapping=config.label_mapping),
                                        patch_size=config.patch_size, spacing=config.spacing),
     )
@@ -307,9 +329,11 @@ def run_training(config: TrainConfig, report: Reporter | None = None) -> dict[st
         if config.prepare_only:
             return {"manifest": str(data.manifest_path), "cases": len(data.cases),
                     "label_only_cases": len(data.label_only_cases), "holdout": data.holdout is not None}
-        # The head the run trains, recorded as such in its state (None asked for the default or --init's).
-        config = replace(config, head=data.model_config.head.kind)
-        run = _build(config, data, context)
+        # The head and mirror axes the run trains with, recorded as such in its state (None asked for the default
+        # or --init's).
+        config = replace(config, head=data.model_config.head.kind, mirror_axes=_mirror_axes(config, data),
+                         warmup_steps=_warmup_steps(config))
+        run = _build(config, data, context, report)
         progress = _resume(run, report)
         _train(run, progress, report)
         return _summary(run, progress)
@@ -360,22 +384,96 @@ def _set_up(config: TrainConfig, context, report: Reporter) -> TrainingData:
     if is_manifest(config.dataset):
         data = _data_from_manifest(config)
     else:
-        cache_dir = Path(config.cache_dir) if config.cache_dir else output / "cache"
-        data = _data_from_files(config, context, report, cache_dir)
+        data = _data_from_files(config, context, report, _cache_dir(config))
     if data.label_only_cases:
         report(MessageEvent("info", f"{len(data.cases)} real cases and {len(data.label_only_cases)} label-only cases "
                                     "(synthesised CT)"))
-    return data
+    return _fine_tune_classes(config, data, context, report)
 
 
-def _build(config: TrainConfig, data: TrainingData, context) -> _Run:
+def _cache_dir(config: TrainConfig) -> Path:
+    return Path(config.cache_dir) if config.cache_dir else Path(config.output) / "cache"
+
+
+def _new_class_indices(data: TrainingData) -> list[int]:
+    """0-based indices of the classes a fine-tune adds (none in the starting model)."""
+    plan = data.class_plan
+    return [] if plan is None else [i for i, source in enumerate(plan.source_index) if source is None]
+
+
+def _fine_tune_classes(config: TrainConfig, data: TrainingData, context, report: Reporter) -> TrainingData:
+    """With --init: refuse what cannot be learnt (more classes than object queries, a new class with no labelled
+    voxel), then let the starting model teach the classes the data does not label (``absent_classes`` "distill")."""
+    plan = data.class_plan
+    if plan is None:
+        return data
+    queries = data.model_config.head.num_queries
+    if data.model_config.head.kind == "decoupled" and len(data.classes) > queries:
+        raise TrainingError(f"the fine-tuned model would have {len(data.classes)} classes, more than the {queries} "
+                            f"object queries of --init {config.init} (each class needs one): label fewer classes, or "
+                            "drop the model's other classes with --absent-classes drop")
+    present = {index for case in data.cases + data.label_only_cases for index in case.foreground}
+    empty = [data.classes[i].name for i in _new_class_indices(data) if i + 1 not in present]
+    if empty:
+        raise TrainingError(f"new class(es) {', '.join(map(repr, empty))} have no labelled voxel in any case: check "
+                            "the label values of dataset.json (or --label-mapping) against the label maps")
+    if config.prepare_only:
+        return data
+    data = _with_rehearsal(config, data, context, report)
+    if config.absent_classes != "distill" or not plan.frozen:
+        return data
+    from maskmed_core.training.distillation import distill_absent_classes, teacher_to_student_classes
+
+    teacher = MaskMed(data.init_file.config)
+    teacher.load_state_dict(data.init_file.state_dict)
+    names = ", ".join(data.classes[i].name for i in plan.frozen)
+    report(MessageEvent("info", f"distillation: --init's model labels the classes your data does not ({names}) on "
+                                f"your {sum(c.image is not None for c in data.cases)} images"))
+    cases = distill_absent_classes(data.cases, teacher, data.plans, teacher_to_student_classes(
+        plan.source_index, plan.frozen), len(data.classes), context.device, config.seed)
+    return replace(data, cases=cases)
+
+
+def _with_rehearsal(config: TrainConfig, data: TrainingData, context, report: Reporter) -> TrainingData:
+    """``data`` with the shipped rehearsal label maps as label-only cases in the model's classes (``rehearsal``)."""
+    from maskmed_core.training.cache import preprocess_label_only
+    from maskmed_core.training.rehearsal import rehearsal_set
+
+    found = rehearsal_set(data.classes) if config.rehearsal > 0 else None
+    if found is None:
+        return data
+
+    def preprocess() -> list:
+        values = [c.label for c in data.classes]
+        return [preprocess_label_only(path, data.plans, values, _cache_dir(config), found.label_mapping)
+                for path in found.files]
+
+    cases = preprocess() if context.is_main else []
+    distributed.barrier(context)  # rank 0 fills the cache first; the other ranks then read it
+    if not context.is_main:
+        cases = preprocess()
+    labelled = len(data.classes) - len(found.unannotated)
+    report(MessageEvent("info", f"rehearsal: {len(cases)} shipped label maps (TotalSegmentator dataset, CC BY 4.0) "
+                                f"label {labelled} of the {len(data.classes)} classes; "
+                                f"{config.rehearsal:.0%} of patches are synthesised from them"))
+    unannotated = {**data.unannotated, **{case.name: list(found.unannotated) for case in cases}}
+    return replace(data, label_only_cases=data.label_only_cases + cases, unannotated=unannotated)
+
+
+def _build(config: TrainConfig, data: TrainingData, context, report: Reporter) -> _Run:
     """The model (a new preset or ``--init``'s weights, adapted to the classes), the loss, AdamW and the schedule."""
     model = MaskMed(data.model_config)
     if data.init_file is not None and config.init_encoder_only:
         load_encoder_weights(model, data.init_file.state_dict)
     elif data.init_file is not None and data.class_plan is not None:
         model.load_state_dict(adapt_state_dict(data.init_file.state_dict, model, data.class_plan))
-        freeze_class_rows(model, data.class_plan.frozen)
+        if config.absent_classes == "freeze":
+            freeze_class_rows(model, data.class_plan.frozen)
+        new = _new_class_indices(data)
+        patches = patches_around_classes(data.cases, new, data.plans.patch_size, per_class=4, seed=config.seed)
+        for index, overlap in imprint_new_class_rows(model, patches, new).items():
+            report(MessageEvent("info", f"new class {data.classes[index].name!r} starts from the object queries that "
+                                        f"cover it best (soft Dice {overlap:.2f})"))
     if config.freeze_encoder:
         freeze_encoder(model)
     model.to(context.device)
@@ -391,7 +489,7 @@ def _build(config: TrainConfig, data: TrainingData, context) -> _Run:
     clock = _TrainingClock(config.time_limit_minutes)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda step: learning_rate_factor(step, total_steps, config.warmup_steps, config.schedule, clock.fraction),
+        lambda step: learning_rate_factor(step, total_steps, _warmup_steps(config), config.schedule, clock.fraction),
     )
     return _Run(config, context, Path(config.output), data, model, criterion, parameters, optimizer, scheduler,
                 clock, total_steps)
@@ -421,7 +519,8 @@ def _train(run: _Run, progress: _Progress, report: Reporter) -> None:
         device_ids = [context.local_rank] if context.device.type == "cuda" else None
         training_model = torch.nn.parallel.DistributedDataParallel(run.model, device_ids=device_ids)
     loader = _make_loader(config, run.data.cases, run.data.label_only_cases, run.data.classes, run.data.plans,
-                          context, progress.step)
+                          context, progress.step, [index + 1 for index in _new_class_indices(run.data)],
+                          run.data.unannotated)
     autocast = _autocast(config, context.device)
     scaler = torch.amp.GradScaler("cuda", enabled=autocast is not None and config.amp == "fp16")
     run.model.train()
@@ -460,7 +559,10 @@ def _train_step(run: _Run, training_model: torch.nn.Module, batch: dict[str, Any
     labels = batch["labels"].to(device, non_blocking=True)
     with autocast if autocast is not None else contextlib.nullcontext():
         outputs = training_model(image)
-        losses = run.criterion(outputs, labels)
+        if "unannotated" in batch:  # rehearsal patches: classes their label maps do not annotate
+            losses = run.criterion(outputs, labels, batch["unannotated"].to(device))
+        else:
+            losses = run.criterion(outputs, labels)
     loss = losses["loss"]
     if not torch.isfinite(loss):
         names = batch.get("case", ["?"] * image.shape[0])
@@ -580,7 +682,8 @@ class _TrainingClock:
         return left if self.limit is None else min(left, max(0.0, self.limit - elapsed))
 
 
-def _make_loader(config, cases, label_only_cases, classes, plans: Plans, context, start_step: int):
+def _make_loader(config, cases, label_only_cases, classes, plans: Plans, context, start_step: int,
+                 focus_classes: list[int], unannotated: dict[str, list[int]]):
     from maskmed_core.training.augmentation import Augmenter, augmentation_preset
     from maskmed_core.training.intensity_sources import SynthesisOptions, from_hu
     from maskmed_core.training.loader import PatchDataset, SynthesisSetup, make_loader
@@ -588,7 +691,8 @@ def _make_loader(config, cases, label_only_cases, classes, plans: Plans, context
     from maskmed_core.training.synthesis import SynthesisPriors
 
     per_rank = max(1, config.batch_size // context.world_size)
-    sampler = PatchSampler(cases, plans.patch_size, seed=config.seed)
+    # A fine-tune's new classes (focus_classes, 1-based) get half of the foreground patches of the real cases.
+    sampler = PatchSampler(cases, plans.patch_size, seed=config.seed, focus_classes=focus_classes)
     air = float(from_hu(torch.tensor(plans.intensity.clip_low), plans.intensity))  # what inference pads with
     augmentation = replace(augmentation_preset(config.augmentation), mirror_axes=mirror_axes_of(config))
     augmenter = Augmenter(augmentation, plans.patch_size,
@@ -597,7 +701,9 @@ def _make_loader(config, cases, label_only_cases, classes, plans: Plans, context
     label_only_sampler = None
     if label_only_cases or config.synthetic_prob > 0 or config.contrast_prob > 0:
         options = SynthesisOptions(
-            synthetic_ratio=config.synthetic_ratio if label_only_cases else 0.0,
+            # Without --synthetic-labels the label-only cases are the rehearsal maps alone, at their own share.
+            synthetic_ratio=(config.synthetic_ratio if config.synthetic_labels else config.rehearsal)
+            if label_only_cases else 0.0,
             synthetic_prob=config.synthetic_prob, contrast_prob=config.contrast_prob,
         )
         synthesis = SynthesisSetup(options, SynthesisPriors.load(), plans.intensity, plans.spacing)
@@ -605,7 +711,8 @@ def _make_loader(config, cases, label_only_cases, classes, plans: Plans, context
             label_only_sampler = PatchSampler(label_only_cases, plans.patch_size, seed=config.seed)
     dataset = PatchDataset(sampler, augmenter, seed=config.seed, rank=context.rank,
                            world_size=context.world_size, start_step=start_step * per_rank,
-                           label_only_sampler=label_only_sampler, synthesis=synthesis)
+                           label_only_sampler=label_only_sampler, synthesis=synthesis,
+                           unannotated=unannotated, num_classes=len(classes) if unannotated else 0)
     return make_loader(dataset, per_rank, config.num_workers)
 
 
@@ -642,9 +749,27 @@ def _autocast(config: TrainConfig, device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16 if config.amp == "bf16" else torch.float16)
 
 
+def _warmup_steps(config: TrainConfig) -> int:
+    """``config.warmup_steps``, or when None: 10 for a fine-tune (--init), 50 for a new model."""
+    if config.warmup_steps is not None:
+        return config.warmup_steps
+    return 10 if config.init else 50
+
+
+def _mirror_axes(config: TrainConfig, data: TrainingData) -> str:
+    """``config.mirror_axes``, or when None: the --init model's axes (letters of zyx), else all three."""
+    if config.mirror_axes is not None:
+        return config.mirror_axes
+    if data.init_file is not None:
+        return "".join("zyx"[axis] for axis in data.init_file.mirror_axes)
+    return "zyx"
+
+
 def mirror_axes_of(config: TrainConfig) -> tuple[int, ...]:
-    """The config's mirror axes as array axes (0 = z, 1 = y, 2 = x), in that order."""
-    return tuple(axis for axis, letter in enumerate("zyx") if letter in config.mirror_axes)
+    """The config's mirror axes as array axes (0 = z, 1 = y, 2 = x), in that order (None, before run_training
+    resolves it: all three)."""
+    letters = "zyx" if config.mirror_axes is None else config.mirror_axes
+    return tuple(axis for axis, letter in enumerate("zyx") if letter in letters)
 
 
 def _save_model(path: Path, model: MaskMed, data: TrainingData, record: dict, config: TrainConfig) -> None:

@@ -62,11 +62,11 @@ class MaskMedSegmentationSelfTest(ScriptedLoadableModuleTest):
         self.assertEqual(widget.currentDevice(), "cpu")
         self.assertTrue(widget.ui.fineTuneSceneRadioButton.checked)
         widget.ui.classConfidenceSlider.value = 0.7  # widgets -> parameter node
-        widget.ui.fineTuneEpochsSpinBox.value = 3
+        widget.ui.fineTuneMinutesSpinBox.value = 3
         widget.ui.fineTuneFolderRadioButton.checked = True
         widget.ui.largestComponentCheckBox.checked = True
         widget.ui.testTimeAugmentationCheckBox.checked = True
-        self.assertEqual((parameters.classThreshold, parameters.fineTuneEpochs), (0.7, 3))
+        self.assertEqual((parameters.classThreshold, parameters.fineTuneMinutes), (0.7, 3))
         self.assertTrue(parameters.largestComponent and parameters.testTimeAugmentation)
         self.assertFalse(parameters.fineTuneFromScene)
 
@@ -79,7 +79,7 @@ class MaskMedSegmentationSelfTest(ScriptedLoadableModuleTest):
         self._processEventsFor(0.2)
         self.assertEqual(widget.ui.inputVolumeSelector.currentNode().GetName(), volume.GetName())
         self.assertEqual((widget.ui.queryConfidenceSlider.value, widget.ui.classConfidenceSlider.value), (0.4, 0.7))
-        self.assertEqual((widget.ui.fineTuneEpochsSpinBox.value, widget.currentDevice()), (3, "cpu"))
+        self.assertEqual((widget.ui.fineTuneMinutesSpinBox.value, widget.currentDevice()), (3, "cpu"))
         self.assertTrue(widget.ui.fineTuneFolderRadioButton.checked)
         self.assertTrue(widget.ui.largestComponentCheckBox.checked and widget.ui.testTimeAugmentationCheckBox.checked)
         os.remove(path)
