@@ -143,7 +143,7 @@ def synthesise_ct(path: str, size_xyz=LARGE_SIZE_XYZ, spacing_xyz=LARGE_SPACING_
 
 
 def make_nnunet_folder(folder: str, env_root: str, threads: int) -> dict:
-    import nnunet_peer
+    from benchmarks import nnunet_peer
 
     nnunet_peer.set_environment(env_root, threads)
     from maskmed_core.classes import AMOS15_CLASSES
@@ -265,7 +265,7 @@ def _stage_times(events, loaded, predicted, first_label_map, end) -> dict[str, f
 
 
 def measure_nnunet(folder: str, image_path: str, output_path: str, tta: bool, threads: int, env_root: str) -> dict:
-    import nnunet_peer
+    from benchmarks import nnunet_peer
 
     nnunet_peer.set_environment(env_root, threads)
     import torch
