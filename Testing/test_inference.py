@@ -239,3 +239,36 @@ def test_mirroring_tta_matches_queries_that_swap_with_the_mirror(monkeypatch):
 def test_model_file_is_used_as_saved(model_path):
     model_file = load_model_file(model_path)
     assert model_file.plans.patch_size == (32, 48, 48)
+
+
+def test_seg_nrrd_names_beyond_ascii_are_written_as_slicer_writes_them(tmp_path):
+    """Non-ASCII class names ("Leber (Hépar)", "Milz 脾臓") are UTF-8 bytes in the header, as Slicer's own storage node
+    writes them, and Slicer's reader gives the names back (they crashed the writer after inference before)."""
+    slicer = pytest.importorskip("slicer")
+    from maskmed_core.classes import SegmentClass
+    from maskmed_core.inference.writers import write_seg_nrrd
+
+    voxels = np.zeros((4, 5, 6), dtype=np.uint8)
+    voxels[1], voxels[2] = 1, 2
+    classes = [SegmentClass(1, "Leber (Hépar)", (1, 2, 3)), SegmentClass(2, "Milz 脾臓", (3, 4, 5)),
+               SegmentClass(3, "liver", (5, 6, 7))]
+    path = write_seg_nrrd(sitk.GetImageFromArray(voxels), classes, tmp_path / "ours.seg.nrrd")
+    scene = slicer.vtkMRMLScene()
+    node = slicer.vtkMRMLSegmentationNode()
+    scene.AddNode(node)
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node)
+    segmentation = node.GetSegmentation()
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    assert names == [c.name for c in classes]
+    # Slicer writing the segmentation it read: the name lines carry the same bytes.
+    storage.SetFileName(str(tmp_path / "slicer.seg.nrrd"))
+    assert storage.WriteData(node)
+
+    def name_lines(file):
+        header = file.read_bytes().split(b"\n\n", 1)[0]
+        return sorted(line.split(b":=", 1)[1] for line in header.split(b"\n") if b"_Name:=" in line)
+
+    assert name_lines(path) == name_lines(tmp_path / "slicer.seg.nrrd") == sorted(c.name.encode() for c in classes)

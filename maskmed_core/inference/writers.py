@@ -53,10 +53,14 @@ def write_seg_nrrd(label_image, classes: list[SegmentClass], path: str | Path) -
     ijk_to_lps[:3, :3] = direction * np.array(label_image.GetSpacing())[None, :]
     ijk_to_lps[:3, 3] = label_image.GetOrigin()
     segments = []
+    # pynrrd writes ASCII headers only; Slicer writes a segment's name as its UTF-8 bytes. A name beyond ASCII is
+    # written as an ASCII placeholder first and replaced by its UTF-8 bytes in the header afterwards.
+    utf8_names = {f"MaskMedUtf8Name{index:05d}": c.name for index, c in enumerate(classes) if not c.name.isascii()}
+    placeholder_of = {name: placeholder for placeholder, name in utf8_names.items()}
     for segment_class in classes:
         segment = {
             "id": f"Segment_{segment_class.label}",
-            "name": segment_class.name,
+            "name": placeholder_of.get(segment_class.name, segment_class.name),
             "color": [c / 255.0 for c in segment_class.color],
             "labelValue": int(segment_class.label),
             "layer": 0,
@@ -76,7 +80,21 @@ def write_seg_nrrd(label_image, classes: list[SegmentClass], path: str | Path) -
     path = Path(path)
     with atomic_output(path, verify=lambda written: _verify_seg_nrrd(written, len(segments))) as temporary:
         slicerio.write_segmentation(str(temporary), segmentation)
+        if utf8_names:
+            _replace_in_header(temporary, {k.encode("ascii"): v.encode("utf-8") for k, v in utf8_names.items()})
     return path
+
+
+def _replace_in_header(path: Path, replacements: dict[bytes, bytes]) -> None:
+    """Replace byte strings in the (attached) NRRD header of ``path``, up to the blank line; the data stays as is."""
+    content = path.read_bytes()
+    end = content.index(b"\n\n") + 2
+    header = content[:end]
+    for old, new in replacements.items():
+        if header.count(old) != 1:
+            raise OSError(f"the segmentation header written to {path} does not hold {old!r} once")
+        header = header.replace(old, new)
+    path.write_bytes(header + content[end:])
 
 
 def _check_header_text(classes: list[SegmentClass]) -> None:
