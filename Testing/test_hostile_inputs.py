@@ -488,6 +488,48 @@ def test_full_disk_leaves_no_file_under_a_final_name(model_path, ct_path, tmp_pa
     assert list(out.iterdir()) == []  # neither a final name nor a temporary one
 
 
+def test_a_failed_rerun_leaves_the_previous_runs_files_as_they_were(model_path, ct_path, tmp_path):
+    """A second run into a folder holding a complete earlier run fails on a full disk after its label map was
+    written: the earlier label map, result and probability maps are byte for byte as they were, and no temporary
+    file is left (the earlier run's label map was replaced, then deleted, before)."""
+    out = tmp_path / "out"
+    extra = ("--save-result", "--probabilities")
+    first = predict(tmp_path, [ct_path], model_path, out, extra)
+    assert first.code == ExitCode.OK, first.messages
+    before = {path: path.read_bytes() for path in sorted(out.rglob("*")) if path.is_file()}
+    label_size = (out / "ct.nii.gz").stat().st_size
+    result_size = next(p for p in before if p.name.endswith(".maskmed-result")).stat().st_size
+    assert label_size < result_size
+    second = predict(tmp_path, [ct_path], model_path, out, extra,
+                     preexec_fn=_file_size_limit((label_size + result_size) // 2))
+    assert second.code == ExitCode.ERROR, second.messages
+    assert {path: path.read_bytes() for path in sorted(out.rglob("*")) if path.is_file()} == before
+
+
+def test_an_output_batch_puts_all_files_in_place_or_none(tmp_path):
+    from maskmed_core.atomic import atomic_path, output_batch
+
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("old a")
+    second.write_text("old b")
+    with pytest.raises(RuntimeError), output_batch():
+        with atomic_path(first, sync=False) as temporary:
+            temporary.write_text("new a")
+        assert first.read_text() == "old a"  # complete, but not in place before the batch ends
+        raise RuntimeError("the second file failed")
+    assert (first.read_text(), second.read_text()) == ("old a", "old b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+    committed = []
+    with pytest.raises(KeyboardInterrupt), output_batch() as batch:
+        for path in (first, second):
+            with atomic_path(path, sync=False) as temporary:
+                temporary.write_text(f"new {path.stem}")
+        # A Ctrl+C while the files are put in place waits until the last one is there (and recorded).
+        batch.on_commit = lambda: (os.kill(os.getpid(), signal.SIGINT), committed.append(True))
+    assert (first.read_text(), second.read_text(), committed) == ("new a", "new b", [True])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+
+
 def test_every_atomic_write_checks_the_file_before_the_rename(tmp_path):
     from maskmed_core.atomic import atomic_path, verify_safetensors
 

@@ -6,8 +6,11 @@ without SimpleITK.
 
 from __future__ import annotations
 
+import contextvars
 import errno
 import os
+import signal
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,6 +18,77 @@ from pathlib import Path
 
 # Multi-part extensions that must survive in the temporary name (".seg.nrrd": Slicer segmentation files).
 _COMPOUND_SUFFIXES = (".nii.gz", ".seg.nrrd")
+
+
+class OutputBatch:
+    """Files written under temporary names that replace their targets together (see :func:`output_batch`).
+
+    ``on_commit``: called right after the last replace, with SIGINT and SIGTERM still deferred, so a caller can record
+    what is now in place before an interrupt can land.
+    """
+
+    def __init__(self) -> None:
+        self.staged: list[tuple[Path, Path]] = []  # (temporary, target), in write order
+        self.on_commit: Callable[[], None] | None = None
+
+    def stage(self, temporary: Path, target: Path) -> None:
+        if any(staged_target == target for _, staged_target in self.staged):
+            raise ValueError(f"{target} is written twice in one output batch")
+        self.staged.append((temporary, target))
+
+    def commit(self) -> None:
+        with _signals_deferred():
+            for temporary, target in self.staged:
+                os.replace(temporary, target)
+            for folder in dict.fromkeys(target.parent for _, target in self.staged):
+                _fsync_folder(folder)
+            self.staged = []
+            if self.on_commit is not None:
+                self.on_commit()
+
+    def discard(self) -> None:
+        for temporary, _ in self.staged:
+            temporary.unlink(missing_ok=True)
+        self.staged = []
+
+
+_BATCH: contextvars.ContextVar[OutputBatch | None] = contextvars.ContextVar("maskmed_output_batch", default=None)
+
+
+@contextmanager
+def output_batch() -> Iterator[OutputBatch]:
+    """All or nothing for several files: inside the block every :func:`atomic_path` write is completed, checked and
+    fsynced under its temporary name but replaces nothing; when the block ends normally all of them replace their
+    targets at once, with SIGINT and SIGTERM deferred until the last is in place. When the block raises (an error, a
+    Ctrl+C, a full disk), the temporaries are removed and every target, e.g. a previous run's complete outputs, stays
+    exactly as it was."""
+    batch = OutputBatch()
+    token = _BATCH.set(batch)
+    try:
+        yield batch
+        batch.commit()
+    finally:
+        _BATCH.reset(token)
+        batch.discard()
+
+
+@contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM that arrive inside the block are delivered (as KeyboardInterrupt) when it ends; only the
+    main thread can set handlers, elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {number: signal.signal(number, lambda signum, frame: received.append(signum))
+                for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if received:
+        raise KeyboardInterrupt(signal.Signals(received[0]).name)
 
 
 @contextmanager
@@ -28,11 +102,13 @@ def atomic_path(
     complete: some writers ignore a failed write, so a full disk would otherwise leave a truncated file with no
     error), and with ``sync`` (the default) it is fsynced, so that a write error the kernel reports late (a full
     disk, a quota) fails here rather than after the rename, and the folder is fsynced after the rename. When the
-    block or a check raises, the temporary file is deleted and ``path`` stays as it was.
+    block or a check raises, the temporary file is deleted and ``path`` stays as it was. Inside
+    :func:`output_batch` the checked temporary file is handed to the batch instead of replacing ``path``.
     Raises FileNotFoundError when the block wrote nothing, OSError when a check fails.
     """
     target = Path(path)
     temporary = temporary_sibling(target)
+    batch = _BATCH.get()
     try:
         yield temporary
         if not temporary.is_file():
@@ -46,12 +122,18 @@ def atomic_path(
                 os.fsync(handle.fileno())
         # Some writers (safetensors) create their file 0600; give it the permissions a plain open() would.
         os.chmod(temporary, 0o666 & ~_umask())
-        os.replace(temporary, target)
-        if sync:
-            _fsync_folder(target.parent)
-    finally:
-        # After a successful os.replace the temporary name no longer exists; after an error it goes here.
+        if batch is not None:
+            batch.stage(temporary, target)  # the batch replaces the target, or removes the temporary
+        else:
+            os.replace(temporary, target)
+            if sync:
+                _fsync_folder(target.parent)
+    except BaseException:
         temporary.unlink(missing_ok=True)
+        raise
+    else:
+        if batch is None:  # after a successful os.replace the temporary name no longer exists
+            temporary.unlink(missing_ok=True)
 
 
 def _umask() -> int:

@@ -227,8 +227,8 @@ def _run_cases(args: argparse.Namespace, reporter: Reporter, written: list[str])
 
 
 def _write_probabilities(result, query_threshold: float, folder: Path, files: list[str]) -> None:
-    """One uint8 map per class (probability * 255, clipped), on the input grid, written atomically; each path is
-    appended to ``files`` as soon as it is complete (so a failure midway knows what to remove)."""
+    """One uint8 map per class (probability * 255, clipped), on the input grid; each path is appended to ``files``
+    (inside the caller's output batch: put in place with the case's other files)."""
     import numpy as np
 
     from maskmed_core.io.writing import write_image
@@ -245,6 +245,7 @@ def _write_probabilities(result, query_threshold: float, folder: Path, files: li
 def _predict_case(
     predictor, case: Path, output_folder: Path, args: argparse.Namespace, reporter: Reporter, written: list[str]
 ) -> None:
+    from maskmed_core.atomic import output_batch
     from maskmed_core.inference.writers import write_labels
 
     name = case_name(case)
@@ -261,20 +262,22 @@ def _predict_case(
     label_image = result.label_map(args.query_threshold, args.class_threshold, args.largest_component)
     output_folder.mkdir(parents=True, exist_ok=True)  # only now: a refused input leaves no folder either
     files: list[str] = []
+    probabilities_folder = output_folder / f"{name}_probabilities"
+    new_folder = args.probabilities and not probabilities_folder.exists()
     try:
-        files.append(str(write_labels(label_image, result.classes, output_folder / f"{name}.{args.format}")))
-        if args.save_result:
-            files.append(str(result.save(output_folder / f"{name}{RESULT_SUFFIX}")))
-        if args.probabilities:
-            folder = output_folder / f"{name}_probabilities"
-            _write_probabilities(result, args.query_threshold, folder, files)
+        # A case is all or nothing, and replaces a previous run's files only once all of its own are complete: each
+        # file is written and checked under a temporary name, and they are put in place together at the end.
+        with output_batch() as batch:
+            files.append(str(write_labels(label_image, result.classes, output_folder / f"{name}.{args.format}")))
+            if args.save_result:
+                files.append(str(result.save(output_folder / f"{name}{RESULT_SUFFIX}")))
+            if args.probabilities:
+                _write_probabilities(result, args.query_threshold, probabilities_folder, files)
+            batch.on_commit = lambda: written.extend(files)
     except BaseException:
-        # A case is all or nothing: remove the complete files of this case written before the failure or the
-        # interrupt, so that no case is left half-written under final names.
-        for path in files:
-            Path(path).unlink(missing_ok=True)
+        if new_folder and probabilities_folder.is_dir() and not any(probabilities_folder.iterdir()):
+            probabilities_folder.rmdir()
         raise
-    written.extend(files)
     seconds = time.perf_counter() - start
     statistics = result.statistics(args.query_threshold, args.class_threshold, args.largest_component)
     reporter.emit(OutputEvent(name, files, round(seconds, 2), [asdict(s) for s in statistics]))
