@@ -506,6 +506,43 @@ def test_a_failed_rerun_leaves_the_previous_runs_files_as_they_were(model_path, 
     assert {path: path.read_bytes() for path in sorted(out.rglob("*")) if path.is_file()} == before
 
 
+def test_a_symlinked_probabilities_folder_is_refused_and_nothing_is_written_through_it(model_path, ct_path, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "ct_probabilities").symlink_to(elsewhere)
+    run = predict(tmp_path, [ct_path], model_path, out, ("--probabilities",))
+    assert run.code == ExitCode.USAGE and "is a symbolic link" in run.messages, run.messages
+    assert list(elsewhere.iterdir()) == [] and sorted(p.name for p in out.iterdir()) == ["ct_probabilities"]
+
+
+def test_a_long_input_name_and_control_characters_in_a_name_are_handled(model_path, ct_path, tmp_path):
+    """A 245-character name fits once written, so its temporary name must fit too; a newline or ESC in a name cannot
+    fake a line of output or reach the terminal raw."""
+    long_input = tmp_path / ("c" * 238 + ".nii.gz")  # 245 characters
+    long_input.symlink_to(ct_path)
+    run = predict(tmp_path, [long_input], model_path, tmp_path / "long")
+    assert run.code == ExitCode.OK, run.messages
+    assert (tmp_path / "long" / ("c" * 238 + ".nii.gz")).is_file()
+    hostile = tmp_path / "a\nmaskmed: info: fake\x1b[31m.nii.gz"
+    hostile.symlink_to(ct_path)
+    run = predict(tmp_path, [hostile], model_path, tmp_path / "hostile")
+    assert run.code == ExitCode.OK, run.messages
+    assert "\nmaskmed: info: fake" not in run.err and "\x1b" not in run.err
+    assert "a\\nmaskmed: info: fake\\x1b[31m" in run.err
+
+
+def test_the_case_name_of_a_folder_given_as_dot_is_the_folders_name(tmp_path, monkeypatch):
+    from maskmed_core.predict_command import case_name
+
+    folder = tmp_path / "series_07"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    assert case_name(Path(".")) == "series_07" and case_name(Path("sub/..")) == "series_07"
+    assert case_name(Path("ct.nii.gz")) == "ct"
+
+
 def test_an_output_batch_puts_all_files_in_place_or_none(tmp_path):
     from maskmed_core.atomic import atomic_path, output_batch
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 # Multi-part extensions that must survive in the temporary name (".seg.nrrd": Slicer segmentation files).
 _COMPOUND_SUFFIXES = (".nii.gz", ".seg.nrrd")
+_MAX_NAME_BYTES = 255  # NAME_MAX of Linux, macOS and Windows file systems
 
 
 class OutputBatch:
@@ -175,6 +176,9 @@ def temporary_sibling(target: Path) -> Path:
         extension = "".join(target.suffixes[-2:]) if lower.endswith(".gz") else target.suffix
     split = len(name) - len(extension)
     stem = name[:split].lstrip(".")  # one leading dot is added below (hidden file); avoid "..name"
+    # A file name has at most 255 bytes: the stem is shortened so that a target that fits has a temporary that fits.
+    room = _MAX_NAME_BYTES - len(f"..{uuid.uuid4().hex[:12]}.tmp{name[split:]}".encode())
+    stem = stem.encode()[: max(0, room)].decode(errors="ignore")
     return target.with_name(f".{stem}.{uuid.uuid4().hex[:12]}.tmp{name[split:]}")
 
 

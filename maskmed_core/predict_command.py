@@ -9,6 +9,7 @@ output events, and finally a done event with the exit code.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -52,7 +53,7 @@ class Reporter:
             self.emit(ProgressEvent(case, stage, round(fraction, 4)))
             return
         filled = int(fraction * 30)
-        bar = f"\r{case}: [{'#' * filled}{'.' * (30 - filled)}] {fraction * 100:5.1f}% {stage:10s}"
+        bar = f"\r{printable(case)}: [{'#' * filled}{'.' * (30 - filled)}] {fraction * 100:5.1f}% {stage:10s}"
         if bar != self._last_bar:
             sys.stderr.write(bar)
             sys.stderr.flush()
@@ -65,11 +66,17 @@ class Reporter:
             if self._last_bar:
                 sys.stderr.write("\n")
                 self._last_bar = ""
-            print(f"maskmed: {level}: {text}", file=sys.stderr)
+            print(f"maskmed: {level}: {printable(text)}", file=sys.stderr)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (a newline or ESC in a file name) escaped, so that a name can neither fake a
+    line of output nor send escape sequences to the terminal."""
+    return "".join(ch if ch.isprintable() or ch == " " else ascii(ch)[1:-1] for ch in text)
 
 
 def case_name(path: Path) -> str:
-    name = path.name
+    name = Path(os.path.abspath(path)).name  # "." or "dir/.." name the folder they stand for (links not followed)
     for suffix in IMAGE_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
@@ -247,8 +254,13 @@ def _predict_case(
 ) -> None:
     from maskmed_core.atomic import output_batch
     from maskmed_core.inference.writers import write_labels
+    from maskmed_core.io.errors import OutputLocationError
 
     name = case_name(case)
+    probabilities_folder = output_folder / f"{name}_probabilities"
+    if args.probabilities and probabilities_folder.is_symlink():  # it would write into whatever folder it points to
+        raise OutputLocationError(f"{probabilities_folder} is a symbolic link: remove it or choose another -o; MaskMed "
+                                  "writes the probability maps into a folder of its own")
     start = time.perf_counter()
     result = predictor.predict(
         case,
@@ -262,7 +274,6 @@ def _predict_case(
     label_image = result.label_map(args.query_threshold, args.class_threshold, args.largest_component)
     output_folder.mkdir(parents=True, exist_ok=True)  # only now: a refused input leaves no folder either
     files: list[str] = []
-    probabilities_folder = output_folder / f"{name}_probabilities"
     new_folder = args.probabilities and not probabilities_folder.exists()
     try:
         # A case is all or nothing, and replaces a previous run's files only once all of its own are complete: each
