@@ -86,7 +86,8 @@ def test_a_new_class_row_is_imprinted_from_the_query_that_covers_it():
     image = torch.randn(1, 1, 32, 32, 32)
     labels = torch.zeros(32, 32, 32, dtype=torch.int64)
     labels[8:24, 8:24, 8:24] = 1
-    overlaps = imprint_new_class_rows(model, [(image, labels)], [0])
+    # Any query, any overlap: the geometry of imprinting (the defaults' rules are tested below).
+    overlaps = imprint_new_class_rows(model, [(image, labels)], [0], min_overlap=0.0, free_queries_only=False)
     assert set(overlaps) == {0} and 0.0 < overlaps[0] <= 1.0
     rows = model.query_decoder.class_embed.weight.detach()
     assert torch.equal(rows[1:], rows_before[1:])  # the old classes and the no-object row are unchanged
@@ -102,6 +103,26 @@ def test_a_new_class_row_is_imprinted_from_the_query_that_covers_it():
     dice = 2 * (masks * target).flatten(1).sum(1) / (masks.flatten(1).sum(1) + target.sum() + 1e-6)
     best_feature = captured[-1][0, int(dice.argmax())]
     assert torch.nn.functional.cosine_similarity(rows[0], best_feature, dim=0) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_imprinting_never_takes_a_query_that_holds_another_class_nor_a_far_one():
+    old = tiny_model(num_classes=3, seed=1)
+    plan = plan_classes(list(AMOS15_CLASSES[:3]), ["psoas"], [SegmentClass(1, "psoas", (1, 2, 3))], keep_absent=True)
+    model = tiny_model(num_classes=4, seed=2)
+    model.load_state_dict(adapt_state_dict(old.state_dict(), model, plan))
+    image = torch.randn(1, 1, 32, 32, 32)
+    labels = torch.zeros(32, 32, 32, dtype=torch.int64)
+    labels[8:24, 8:24, 8:24] = 1
+    head = model.query_decoder.class_embed
+    with torch.no_grad():
+        head.bias[-1] = -100.0  # every query holds a class: none is free
+    before = head.weight.detach().clone()
+    assert imprint_new_class_rows(model, [(image, labels)], [0], min_overlap=0.0) == {}
+    with torch.no_grad():
+        head.bias[-1] = 100.0  # every query is free, but none overlaps that much
+    assert imprint_new_class_rows(model, [(image, labels)], [0], min_overlap=1.01) == {}
+    assert torch.equal(head.weight, before)
+    assert set(imprint_new_class_rows(model, [(image, labels)], [0], min_overlap=0.0)) == {0}
 
 
 def test_imprinting_leaves_a_conv_head_and_absent_classes_alone():

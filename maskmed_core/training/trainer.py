@@ -471,9 +471,13 @@ def _build(config: TrainConfig, data: TrainingData, context, report: Reporter) -
             freeze_class_rows(model, data.class_plan.frozen)
         new = _new_class_indices(data)
         patches = patches_around_classes(data.cases, new, data.plans.patch_size, per_class=4, seed=config.seed)
-        for index, overlap in imprint_new_class_rows(model, patches, new).items():
-            report(MessageEvent("info", f"new class {data.classes[index].name!r} starts from the object queries that "
-                                        f"cover it best (soft Dice {overlap:.2f})"))
+        imprinted = imprint_new_class_rows(model, patches, new)
+        for index in new:
+            name = data.classes[index].name
+            report(MessageEvent("info", f"new class {name!r} starts from the free object queries that cover it "
+                                        f"(soft Dice {imprinted[index]:.2f})" if index in imprinted else
+                                        f"new class {name!r}: no free object query covers it yet; its class row "
+                                        "starts fresh"))
     if config.freeze_encoder:
         freeze_encoder(model)
     model.to(context.device)
