@@ -217,3 +217,14 @@ def test_a_segments_terminology_tag_reads_back_as_the_terminology_written():
         assert Terminology.from_slicer_tag(terminology.slicer_tag()) == terminology
     assert Terminology.from_slicer_tag("") is None
     assert Terminology.from_slicer_tag("context~^^~^^~^^~x~^^~^^") is None  # an empty entry: no category, no type
+
+
+def test_the_slicer_export_and_training_match_class_names_alike():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MaskMedSegmentation"))
+    from MaskMedSegmentationLib.finetunesession import _normalizedName
+
+    for name in ("Left_Kidney", " left  kidney", "LEFT-KIDNEY", "Leber (Hépar)"):
+        assert _normalizedName(name) == class_key(name)

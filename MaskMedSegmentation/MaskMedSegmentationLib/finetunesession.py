@@ -38,7 +38,9 @@ RUN_FOLDER_FORMAT = "maskmed-finetune-%Y%m%d-%H%M%S"
 
 
 def _normalizedName(name: str) -> str:
-    return " ".join(str(name).strip().lower().split())
+    """The form in which two class names are the same class: maskmed_core.training.finetune.class_key's rule (lower
+    case, '_' and '-' as spaces), so a segment "Left_Kidney" is the model's "left kidney" here as in training."""
+    return " ".join(str(name).lower().replace("_", " ").replace("-", " ").split())
 
 
 def scenePairs(scene) -> list[tuple]:
