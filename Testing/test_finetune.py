@@ -22,6 +22,7 @@ from maskmed_core.training.finetune import (
     imprint_new_class_rows,
     patches_around_classes,
     plan_classes,
+    queries_holding_classes,
 )
 from maskmed_core.training.sampling import PatchSampler
 
@@ -132,6 +133,22 @@ def test_imprinting_leaves_a_conv_head_and_absent_classes_alone():
     before = model.query_decoder.class_embed.weight.detach().clone()
     assert imprint_new_class_rows(model, [(torch.zeros(1, 1, 32, 32, 32), torch.zeros(32, 32, 32))], [0]) == {}
     assert torch.equal(model.query_decoder.class_embed.weight, before)
+
+
+def test_queries_that_hold_a_class_are_found_and_new_classes_do_not_count():
+    model = tiny_model(num_classes=3, seed=2)
+    patch = [(torch.randn(1, 1, 32, 32, 32), torch.zeros(32, 32, 32))]
+    head = model.query_decoder.class_embed
+    queries = model.query_decoder.query_feat.num_embeddings
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([0.0, 0.0, 0.0, 5.0]))  # every query: no object
+        assert not queries_holding_classes(model, patch, exclude=[]).any()
+        head.bias.copy_(torch.tensor([0.0, 5.0, 0.0, 0.0]))  # every query: class 1
+        assert queries_holding_classes(model, patch, exclude=[]).all()
+        assert not queries_holding_classes(model, patch, exclude=[1]).any()  # class 1 is the fine-tune's new one
+        assert len(queries_holding_classes(model, patch, exclude=[])) == queries
+    assert model.training  # left as it was found
 
 
 def test_patches_around_a_class_are_centred_on_it_and_padded():

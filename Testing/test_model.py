@@ -177,6 +177,37 @@ def test_hungarian_match_finds_the_right_queries():
     rows, cols = hungarian_match(class_logits, mask_embed, features, target_labels, regions, 512, 2.0, 5.0, 5.0)
     assignment = dict(zip(cols.tolist(), rows.tolist(), strict=True))
     assert assignment == {0: 1, 1: 3, 2: 0}
+    # Forbidding query 1 for target 0 moves that target to the only free query (2), whatever its cost.
+    forbidden = torch.zeros(4, 3, dtype=torch.bool)
+    forbidden[1, 0] = True
+    rows, cols = hungarian_match(class_logits, mask_embed, features, target_labels, regions, 512, 2.0, 5.0, 5.0,
+                                 forbidden=forbidden)
+    assert dict(zip(cols.tolist(), rows.tolist(), strict=True)) == {0: 2, 1: 3, 2: 0}
+
+
+def test_reserved_queries_are_never_matched_to_a_new_class(monkeypatch):
+    import maskmed_core.model.criterion as criterion_module
+
+    config = tiny_config(patch=(16, 32, 32), spacing=(3.0, 3.0, 3.0))  # 3 classes, 6 queries
+    criterion = build_criterion(config)
+    held = torch.ones(config.head.num_queries, dtype=torch.bool)
+    held[-1] = False  # every query but the last holds one of the starting model's classes
+    criterion.reserve_queries(held, [2])  # class 3 (index 2) is new
+    matched: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def recording_match(*args, **kwargs):
+        rows, cols = hungarian_match(*args, **kwargs)
+        matched.append((rows, args[3][cols]))  # (queries, their target classes)
+        return rows, cols
+
+    monkeypatch.setattr(criterion_module, "hungarian_match", recording_match)
+    torch.manual_seed(0)
+    labels = torch.zeros(1, 16, 32, 32, dtype=torch.long)
+    labels[:, 2:8, 4:20, 4:12] = 1
+    labels[:, 6:14, 10:28, 16:30] = 3
+    criterion(MaskMed(config)(torch.randn(1, 1, 16, 32, 32)), labels)
+    assert len(matched) >= 2  # the final and the auxiliary (deep supervision) outputs
+    assert all(rows[classes == 2].tolist() == [len(held) - 1] for rows, classes in matched)
 
 
 def test_fast_training_step_computes_the_same_loss_and_gradients():

@@ -228,6 +228,7 @@ def test_fine_tune_keeps_the_classes_the_data_lacks_taught_by_the_starting_model
     assert "distillation: --init's model labels the classes your data does not (spleen, right kidney, left kidney)" \
         in err
     assert "new class 'liver'" in err and "new class 'stomach'" in err  # imprinted, or said to start fresh
+    assert "object queries hold the model's classes; the new classes are matched to the others" in err
     assert "rehearsal: 7 shipped label maps (TotalSegmentator dataset, CC BY 4.0) label 5 of the 5 classes" in err
     predictor = Predictor.from_file(output / "last.maskmed", "cpu")
     assert [c.name for c in predictor.classes] == ["liver", "stomach", "spleen", "right kidney", "left kidney"]

@@ -10,7 +10,8 @@ label maps know nothing else), plus the options of the variant:
   label maps, the new class row imprinted from the queries that cover it, the model's own mirror axes);
 * ``no-distill``: ``--absent-classes freeze`` (the former ``--keep-absent-classes``); ``no-rehearsal``:
   ``--rehearsal 0``; ``former``: ``--absent-classes freeze --rehearsal 0 --mirror-axes zyx``, what a fine-tune did
-  before these levers existed (when asked to keep the model's classes).
+  before these levers existed (when asked to keep the model's classes); ``freeze-encoder``: ``--freeze-encoder`` (only
+  the transformer, pixel decoder and head learn).
 
 Usage (from the repository root, with ../shared/data beside it):
     python3 -m benchmarks.finetune [--scenarios iliopsoas portal_vein vertebrae] [--cases 1 2 3] [--minutes 5 10 20]
@@ -28,7 +29,9 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +74,7 @@ VARIANTS = {
     "no-distill": ["--absent-classes", "freeze"],
     "no-rehearsal": ["--rehearsal", "0"],
     "former": ["--absent-classes", "freeze", "--rehearsal", "0", "--mirror-axes", "zyx"],
+    "freeze-encoder": ["--freeze-encoder"],
 }
 
 
@@ -114,13 +118,15 @@ def score_on_s0009(model: Path, ids_by_name: dict[str, tuple[int, ...]]) -> dict
     return {name: score["dice"] for name, score in scores.items() if score["status"] != "false_positive"}
 
 
-def fine_tune(case_list: Path, mapping: Path, output: Path, minutes: float, extra: list[str], threads: int) -> dict:
+def fine_tune(case_list: Path, mapping: Path | None, output: Path, minutes: float, extra: list[str], threads: int,
+              init: Path = DEFAULT_MODEL) -> dict:
     """One ``maskmed train --init`` run in a child process; (steps, seconds, peak RSS of the process tree)."""
     import psutil
 
     command = [sys.executable, "-m", "maskmed_core.cli", "train", str(case_list), "-o", str(output), "--init",
-               str(DEFAULT_MODEL), "--label-mapping", str(mapping), "--time-limit", str(minutes), "--device", "cpu",
-               *extra]
+               str(init), "--time-limit", str(minutes), "--device", "cpu", *extra]
+    if mapping is not None:
+        command += ["--label-mapping", str(mapping)]
     environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     start, peak = time.perf_counter(), 0
     with open(output.parent / f"{output.name}.log", "w", encoding="utf-8") as log:
@@ -139,6 +145,39 @@ def fine_tune(case_list: Path, mapping: Path, output: Path, minutes: float, extr
     return {"steps": history[-1]["step"], "seconds": time.perf_counter() - start, "peak_rss_gib": peak / 2**30}
 
 
+def add_structure(scenario: str, cases: int, folder: Path, minutes: float, extra: list[str], threads: int,
+                  init: Path = DEFAULT_MODEL) -> dict:
+    """Fine-tune ``init`` on the scenario's first ``cases`` CTs (the new structure's labels only) with the options
+    ``extra``; the run's record with the fine-tuned model's Dice on s0009."""
+    case_list, mapping = write_dataset(SCENARIOS[scenario], cases, folder)
+    record = fine_tune(case_list, mapping, folder / "out", minutes, extra, threads, init=init)
+    ids = totalseg_ids_by_name(SCENARIOS[scenario])
+    return {**record, "dice": score_on_s0009(folder / "out" / "best.maskmed", ids)}
+
+
+def score_record(model: Path, ids_by_name: dict[str, tuple[int, ...]]) -> dict:
+    return {"dice": score_on_s0009(model, ids_by_name)}
+
+
+class Results:
+    """``WORKDIR/results.jsonl``: one record per run, appended when it ends, so an interrupted benchmark continues
+    (a run already there is not run again)."""
+
+    def __init__(self, workdir: Path):
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.file = workdir / "results.jsonl"
+        lines = self.file.read_text().splitlines() if self.file.is_file() else []
+        self.done = {json.loads(line)["run"]: json.loads(line) for line in lines}
+
+    def get(self, key: str, run: Callable[[], dict]) -> dict:
+        """The record of run ``key``, running ``run`` for it first if there is none."""
+        if key not in self.done:
+            self.done[key] = {"run": key, **run()}
+            with self.file.open("a", encoding="utf-8") as results:
+                results.write(json.dumps(self.done[key]) + "\n")
+        return self.done[key]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenarios", nargs="+", choices=list(SCENARIOS), default=["iliopsoas"])
@@ -149,10 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", default="runs/finetune_benchmark", help="runs and results.jsonl (kept)")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    results_file = workdir / "results.jsonl"
-    done = {json.loads(line)["run"]: json.loads(line) for line in results_file.read_text().splitlines()} \
-        if results_file.is_file() else {}
+    results = Results(workdir)
     print_machine("numpy")
     print(f"scoring CT: {SCORING_CT.name} (held out); threads per fine-tune: {args.threads}")
     print(f"{'scenario':12s} {'CTs':>3s} {'variant':13s} {'min':>4s} {'steps':>5s} {'RSS GiB':>7s} "
@@ -160,27 +196,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.scenarios:
         scenario = SCENARIOS[name]
         ids = totalseg_ids_by_name(scenario)
-        before_key = f"{name}/before"
-        if before_key not in done:
-            done[before_key] = {"run": before_key, "dice": score_on_s0009(DEFAULT_MODEL, ids)}
-            with results_file.open("a", encoding="utf-8") as results:
-                results.write(json.dumps(done[before_key]) + "\n")
-        before = done[before_key]["dice"]
+        before = results.get(f"{name}/before", partial(score_record, DEFAULT_MODEL, ids))["dice"]
         own_before = float(np.mean([before.get(c, 0.0) for c in before if c not in scenario.new_classes]))
         for cases in [c for c in args.cases if c <= len(scenario.cases)]:
             for variant in args.variants:
                 for minutes in args.minutes:
                     key = f"{name}/{cases}/{variant}/{minutes:g}"
-                    if key not in done:
-                        folder = workdir / key.replace("/", "_")
-                        case_list, mapping = write_dataset(scenario, cases, folder)
-                        record = fine_tune(case_list, mapping, folder / "out", minutes, VARIANTS[variant],
-                                           args.threads)
-                        record.update(run=key, dice=score_on_s0009(folder / "out" / "best.maskmed", ids))
-                        with results_file.open("a", encoding="utf-8") as results:
-                            results.write(json.dumps(record) + "\n")
-                        done[key] = record
-                    record = done[key]
+                    record = results.get(key, partial(add_structure, name, cases, workdir / key.replace("/", "_"),
+                                                      minutes, VARIANTS[variant], args.threads))
                     new = " ".join(f"{record['dice'].get(c, 0.0):.3f}" for c in scenario.new_classes)
                     own = [record["dice"].get(c, 0.0) for c in before if c not in scenario.new_classes]
                     print(f"{name:12s} {cases:3d} {variant:13s} {minutes:4g} {record['steps']:5d} "

@@ -36,6 +36,7 @@ def hungarian_match(
     mask_bce_weight: float,
     mask_dice_weight: float,
     grid: bool = False,
+    forbidden: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Optimal one-to-one assignment for one image (scipy's ``linear_sum_assignment``).
 
@@ -43,7 +44,8 @@ def hungarian_match(
     target_masks (T, D', H', W') float in {0, 1} (any resolution: both are sampled at the same
     normalised points). ``grid``: the mask costs on every cell of the mask-feature grid instead of on
     ``num_points`` random points (the targets are then area-averaged onto that grid). Returns (query indices,
-    target indices), each (min(Q, T),) int64.
+    target indices), each (min(Q, T),) int64. ``forbidden`` (Q, T) bool: pairs given a prohibitive cost, taken only
+    where no allowed assignment exists.
     """
     if target_labels.numel() == 0:
         empty = torch.empty(0, dtype=torch.int64)
@@ -62,5 +64,7 @@ def hungarian_match(
         + mask_dice_weight * pairwise_dice(logits, targets)
     )
     cost = torch.nan_to_num(cost, nan=1e6, posinf=1e6, neginf=-1e6)
+    if forbidden is not None:
+        cost = cost.masked_fill(forbidden.to(cost.device), 1e6)
     rows, cols = linear_sum_assignment(cost.cpu().numpy())
     return torch.as_tensor(np.asarray(rows), dtype=torch.int64), torch.as_tensor(np.asarray(cols), dtype=torch.int64)

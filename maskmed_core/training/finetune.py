@@ -220,6 +220,29 @@ def imprint_new_class_rows(
     return imprinted
 
 
+@torch.no_grad()
+def queries_holding_classes(
+    model: MaskMed, patches: list[tuple[torch.Tensor, torch.Tensor]], exclude: list[int]
+) -> torch.Tensor:
+    """(Q,) bool: the object queries whose most probable class is one of the model's classes (not "no object", not
+    one of ``exclude``, 0-based) in at least one patch: the queries a fine-tune must not hand to a new class
+    (``SetCriterion.reserve_queries``). The decoupled head's queries keep their class from image to image (on the
+    held-out CT each of the default model's 15 classes comes from the same query as on the training CTs), so a few
+    patches of the user's images find them. patches: (image (1, 1, z, y, x), labels) pairs as for imprinting."""
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        held = torch.zeros(model.query_decoder.query_feat.num_embeddings, dtype=torch.bool)
+        for image, _ in patches:
+            logits = model(image.to(device))["pred_logits"][0].cpu()  # (Q, C+1)
+            best = logits.argmax(-1)
+            held |= (best != logits.shape[-1] - 1) & ~torch.isin(best, torch.tensor(exclude, dtype=best.dtype))
+    finally:
+        model.train(was_training)
+    return held
+
+
 def patches_around_classes(
     cases, class_indices: list[int], patch_size: tuple[int, int, int], per_class: int, seed: int = 0
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:

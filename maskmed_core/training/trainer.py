@@ -38,6 +38,7 @@ from maskmed_core.training.finetune import (
     load_encoder_weights,
     patches_around_classes,
     plan_classes,
+    queries_holding_classes,
 )
 from maskmed_core.training.state import TrainingState, check_resumable, load_state, save_state
 from maskmed_core.training.validation import validate
@@ -463,6 +464,7 @@ def _with_rehearsal(config: TrainConfig, data: TrainingData, context, report: Re
 def _build(config: TrainConfig, data: TrainingData, context, report: Reporter) -> _Run:
     """The model (a new preset or ``--init``'s weights, adapted to the classes), the loss, AdamW and the schedule."""
     model = MaskMed(data.model_config)
+    held_queries = None
     if data.init_file is not None and config.init_encoder_only:
         load_encoder_weights(model, data.init_file.state_dict)
     elif data.init_file is not None and data.class_plan is not None:
@@ -471,6 +473,8 @@ def _build(config: TrainConfig, data: TrainingData, context, report: Reporter) -
             freeze_class_rows(model, data.class_plan.frozen)
         new = _new_class_indices(data)
         patches = patches_around_classes(data.cases, new, data.plans.patch_size, per_class=4, seed=config.seed)
+        if new and model.decoupled:
+            held_queries = _held_queries(model, data, patches, new, config.seed, report)
         imprinted = imprint_new_class_rows(model, patches, new)
         for index in new:
             name = data.classes[index].name
@@ -483,6 +487,8 @@ def _build(config: TrainConfig, data: TrainingData, context, report: Reporter) -
     model.to(context.device)
     criterion = build_criterion(data.model_config, logits_first=config.fast_step, mask_loss=config.mask_loss)
     criterion = criterion.to(context.device)
+    if held_queries is not None:
+        criterion.reserve_queries(held_queries, _new_class_indices(data))
     if model.transformer is not None:
         model.transformer.fused_value_projection = config.fast_step
     if config.fast_step:
@@ -497,6 +503,18 @@ def _build(config: TrainConfig, data: TrainingData, context, report: Reporter) -
     )
     return _Run(config, context, Path(config.output), data, model, criterion, parameters, optimizer, scheduler,
                 clock, total_steps)
+
+
+def _held_queries(model: MaskMed, data: TrainingData, new_patches: list, new: list[int], seed: int,
+                  report: Reporter) -> torch.Tensor:
+    """(Q,) bool: the starting model's queries that hold one of its classes on the user's images (around the new
+    classes and one patch around each old class they show), which the new classes may not take (reserve_queries)."""
+    old = sorted({c - 1 for case in data.cases if case.image is not None for c in case.foreground} - set(new))
+    patches = new_patches + patches_around_classes(data.cases, old, data.plans.patch_size, per_class=1, seed=seed)
+    held = queries_holding_classes(model, patches, exclude=new)
+    report(MessageEvent("info", f"{int(held.sum())} of the {len(held)} object queries hold the model's classes; "
+                                "the new classes are matched to the others"))
+    return held
 
 
 def _resume(run: _Run, report: Reporter) -> _Progress:
