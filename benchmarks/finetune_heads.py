@@ -82,7 +82,7 @@ def pseudo_labelled_cases(cases: tuple[tuple[Path, Path], ...], folder: Path) ->
         label_path = folder / f"case{index}_default_model_labels.nii.gz"
         if not label_path.is_file():
             sitk.WriteImage(predictor.predict(read_image(image_path)).label_map(), str(label_path))
-        entries.append({"image": str(image_path), "label": str(label_path)})
+        entries.append({"image": str(image_path), "label": str(label_path.resolve())})
     labels = {"background": 0, **{c.name: c.label for c in predictor.classes}}
     case_list = folder / "cases.json"
     case_list.write_text(json.dumps({"labels": labels, "cases": entries}, indent=1))
