@@ -41,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from maskmed_core.evaluation import class_scores, format_scores, summarize
     from maskmed_core.inference import Predictor
     from maskmed_core.io import InputError, read_image
+    from maskmed_core.label_mapping import read_label_mapping
     from maskmed_core.predict_command import DEFAULT_MODEL
-    from maskmed_core.train_command import read_label_mapping
     from maskmed_core.training.dataset import read_label
 
     model_path = DEFAULT_MODEL if args.model == "default" else Path(args.model)
