@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from maskmed_core.devices import DEVICES
+
 RESOURCES = Path(__file__).resolve().parent / "resources"
 DEMO_CT = RESOURCES / "demo" / "abdomen_ct_3mm.nii.gz"
 DEMO_LABELS = RESOURCES / "demo" / "abdomen_ct_3mm_totalseg.nii.gz"
@@ -37,7 +39,7 @@ CASES = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", default="maskmed_demo", help="output folder (default ./maskmed_demo)")
     parser.add_argument("--model", help="model file (default: the bundled default model)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--case", default="s0009", choices=tuple(CASES),
                         help="s0009: a CT the default model never saw (default); abdomen: one it was trained on")
     parser.add_argument("--crop", type=int, nargs=6, metavar=("X0", "X1", "Y0", "Y1", "Z0", "Z1"),

@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from maskmed_core.devices import DEVICES
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from maskmed_core.predict_command import add_largest_component_option
@@ -23,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", help="CT volume file or DICOM series folder")
     parser.add_argument("labels", help="its reference label map")
     parser.add_argument("--label-mapping", help="JSON file mapping the reference's label values to the model's")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--query-threshold", type=float, default=None, help="default: the model's default")
     parser.add_argument("--class-threshold", type=float, default=None, help="default: the model's default")
     add_largest_component_option(parser)

@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from maskmed_core.devices import DEVICES
 from maskmed_core.events import (
     DoneEvent,
     Event,
@@ -28,7 +29,6 @@ from maskmed_core.events import (
     to_json,
 )
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 RESULT_SUFFIX = ".maskmed-result"
 DEFAULT_MODEL = Path(__file__).resolve().parent / "resources" / "default.maskmed"
 
@@ -76,8 +76,10 @@ def printable(text: str) -> str:
 
 
 def case_name(path: Path) -> str:
+    from maskmed_core.io.reading import VOLUME_SUFFIXES
+
     name = Path(os.path.abspath(path)).name  # "." or "dir/.." name the folder they stand for (links not followed)
-    for suffix in IMAGE_SUFFIXES:
+    for suffix in VOLUME_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -86,6 +88,7 @@ def case_name(path: Path) -> str:
 def collect_cases(inputs: list[str]) -> list[Path]:
     """Each input: an image file, a DICOM series folder, or a folder of image files (one case each)."""
     from maskmed_core.io.errors import InputError
+    from maskmed_core.io.reading import VOLUME_SUFFIXES
 
     cases: list[Path] = []
     for raw in inputs:
@@ -93,7 +96,7 @@ def collect_cases(inputs: list[str]) -> list[Path]:
         if not path.exists():
             raise InputError(f"input {path} does not exist: check the path")
         if path.is_dir():
-            images = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+            images = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES))
             cases.extend(images if images else [path])  # no image files: treat it as a DICOM series folder
         else:
             cases.append(path)
@@ -105,12 +108,12 @@ def collect_cases(inputs: list[str]) -> list[Path]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from maskmed_core.inference.result import DEFAULT_CLASS_THRESHOLD, DEFAULT_QUERY_THRESHOLD
+    from maskmed_core.model.semantic import DEFAULT_CLASS_THRESHOLD, DEFAULT_QUERY_THRESHOLD
 
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="CT files, folders of them, or DICOM folders")
     parser.add_argument("-o", "--output", required=True, help="output folder (created if needed)")
     parser.add_argument("--model", help="model file (.maskmed); default: the bundled default model")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--device", default="auto", choices=DEVICES)
     parser.add_argument("--query-threshold", type=float, default=DEFAULT_QUERY_THRESHOLD,
                         help="drop queries whose best class probability is below this (0..1)")
     parser.add_argument("--class-threshold", type=float, default=DEFAULT_CLASS_THRESHOLD,

@@ -21,11 +21,10 @@ import torch
 from maskmed_core.atomic import atomic_path, verify_safetensors
 from maskmed_core.classes import SegmentClass
 from maskmed_core.inference.postprocessing import keep_largest_components
+from maskmed_core.model.semantic import DEFAULT_CLASS_THRESHOLD, DEFAULT_QUERY_THRESHOLD
 
 RESULT_FORMAT = "maskmed-result"
 RESULT_FORMAT_VERSION = 1
-DEFAULT_QUERY_THRESHOLD = 0.25
-DEFAULT_CLASS_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from maskmed_core.devices import TRAINING_DEVICES
 from maskmed_core.label_mapping import read_label_mapping
 from maskmed_core.model.criterion import MASK_LOSSES
 from maskmed_core.training.finetune import ABSENT_CLASSES
@@ -56,7 +57,7 @@ class TrainConfig:
     grad_clip: float = option(12.0, flag="--grad-clip", above=0, must_match=True, metavar="NORM",
                               help="clip the gradients' global L2 norm to this (default: 12)")
     val_every: int = option(5, flag="--val-every", at_least=1, help="validate every N epochs")
-    device: str = option("auto", flag="--device", choices=("auto", "cpu", "cuda"))
+    device: str = option("auto", flag="--device", choices=TRAINING_DEVICES)
     num_workers: int = option(2, flag="--workers", metavar="WORKERS", at_least=0,
                               help="data-loading worker processes per rank")
     seed: int = option(0, flag="--seed", must_match=True)

@@ -636,15 +636,16 @@ def _make_loader(config, cases, label_only_cases, classes, plans: Plans, context
 def _label_only_files(entries: list[str]) -> list[Path]:
     """Label-map files named directly or found in named folders (NIfTI, NRRD, MetaImage), sorted per folder."""
     from maskmed_core.io import InputError
+    from maskmed_core.io.reading import VOLUME_SUFFIXES
 
-    suffixes = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
     files: list[Path] = []
     for entry in entries:
         path = Path(entry)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(suffixes))
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES))
             if not found:
-                raise InputError(f"--synthetic-labels {path}: no label map (.nii.gz, .nrrd, .mha) in this folder.")
+                raise InputError(f"--synthetic-labels {path}: no label map ({' '.join(VOLUME_SUFFIXES)}) in this "
+                                 "folder.")
             files += found
         elif path.is_file():
             files.append(path)
