@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from maskmed_core.devices import DEVICES
+from maskmed_core.exit_codes import ExitCode, exit_codes_help, print_error, run_reporting
 
 RESOURCES = Path(__file__).resolve().parent / "resources"
 DEMO_CT = RESOURCES / "demo" / "abdomen_ct_3mm.nii.gz"
@@ -34,6 +35,9 @@ CASES = {
     "abdomen": (DEMO_CT, DEMO_LABELS, "agreement with TotalSegmentator (the reference labels are its predictions)",
                 True),
 }
+
+
+EXIT_CODES_HELP = exit_codes_help(ExitCode.OK, ExitCode.ERROR, ExitCode.USAGE, ExitCode.BAD_MODEL, ExitCode.CANCELLED)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -131,9 +135,12 @@ def overlay_png(image, labels, classes, path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_reporting(lambda: _run(args), print_error, "interrupted")
+
+
+def _run(args: argparse.Namespace) -> int:
     import SimpleITK as sitk  # noqa: N813
 
-    from maskmed_core.checkpoint import ModelFileError
     from maskmed_core.inference import Predictor
     from maskmed_core.inference.writers import write_labels
     from maskmed_core.predict_command import DEFAULT_MODEL
@@ -143,13 +150,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"maskmed: error: no model at {model_path}: the default model is built by the recipe in the README "
               "(`maskmed train recipes/default_model/dataset.json ... --export ...`), or pass --model FILE",
               file=sys.stderr)
-        return 4
+        return ExitCode.BAD_MODEL
     start = time.perf_counter()
-    try:
-        predictor = Predictor.from_file(model_path, args.device)
-    except ModelFileError as error:
-        print(f"maskmed: error: {error}", file=sys.stderr)
-        return 4
+    predictor = Predictor.from_file(model_path, args.device)
     ct_file, labels_file, agreement, _ = CASES[args.case]
     image = sitk.ReadImage(str(ct_file))
     if args.crop:
@@ -159,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"maskmed: error: --crop {x0} {x1} {y0} {y1} {z0} {z1} is not a box inside the demo CT "
                   f"({size[0]} x {size[1]} x {size[2]} voxels): give X0 X1 Y0 Y1 Z0 Z1 with 0 <= start < end <= size",
                   file=sys.stderr)
-            return 2
+            return ExitCode.USAGE
         image = image[x0:x1, y0:y1, z0:z1]
 
     def progress(fraction: float, stage: str) -> None:
@@ -189,4 +192,4 @@ def run(args: argparse.Namespace) -> int:
     print(held_out_note(args.case, model_path == DEFAULT_MODEL))
     print(f"time: {seconds:.1f} s (model loading, inference and writing) on {predictor.device}")
     print("files: " + ", ".join(str(f) for f in files))
-    return 0
+    return ExitCode.OK

@@ -3,19 +3,21 @@
 Prints per-class Dice and HD95 (mm) on the CT's own grid for the model's classes, and their means over the classes
 present in the reference (a class the model misses counts Dice 0). The reference label map is matched to the CT by
 physical position; ``--label-mapping`` maps its values to the model's class label values (e.g. TotalSegmentator v2
-ids to the 15 AMOS classes with ../shared/data/amos15_from_totalseg_v2.json). Exit codes: 0 ok, 1 error, 2 usage,
-3 bad input, 4 bad model file.
+ids to the 15 AMOS classes with ../shared/data/amos15_from_totalseg_v2.json).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 from maskmed_core.devices import DEVICES
+from maskmed_core.exit_codes import ExitCode, exit_codes_help, print_error, run_reporting
+
+EXIT_CODES_HELP = exit_codes_help(ExitCode.OK, ExitCode.ERROR, ExitCode.USAGE, ExitCode.BAD_INPUT, ExitCode.BAD_MODEL,
+                                  ExitCode.CANCELLED)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,31 +38,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_reporting(lambda: _run(args), print_error, "interrupted; nothing was written")
+
+
+def _run(args: argparse.Namespace) -> int:
     import numpy as np
     import SimpleITK as sitk  # noqa: N813
 
-    from maskmed_core.checkpoint import ModelFileError
     from maskmed_core.evaluation import class_scores, format_scores, summarize
     from maskmed_core.inference import Predictor
-    from maskmed_core.io import InputError, read_image
+    from maskmed_core.io import read_image
     from maskmed_core.label_mapping import read_label_mapping
     from maskmed_core.predict_command import DEFAULT_MODEL
     from maskmed_core.training.dataset import read_label
 
     model_path = DEFAULT_MODEL if args.model == "default" else Path(args.model)
     start = time.perf_counter()
-    try:
-        predictor = Predictor.from_file(model_path, args.device)
-    except (ModelFileError, FileNotFoundError) as error:
-        print(f"maskmed: error: {error}", file=sys.stderr)
-        return 4
-    try:
-        mapping = read_label_mapping(args.label_mapping) if args.label_mapping else None
-        image = read_image(args.image)
-        reference_image = read_label(args.labels, mapping)
-    except (InputError, OSError, ValueError, KeyError) as error:
-        print(f"maskmed: error: {error}", file=sys.stderr)
-        return 3
+    predictor = Predictor.from_file(model_path, args.device)
+    mapping = read_label_mapping(args.label_mapping) if args.label_mapping else None
+    image = read_image(args.image)
+    reference_image = read_label(args.labels, mapping)
     reference_image = sitk.Resample(reference_image, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
                                     reference_image.GetPixelID())
     result = predictor.predict(image, tta=args.tta)
@@ -80,11 +77,11 @@ def run(args: argparse.Namespace) -> int:
                           "classes": scores, **summarize(scores), "tta": args.tta,
                           "largest_component": args.largest_component, "seconds": seconds,
                           "device": str(predictor.device)}))
-        return 0
+        return ExitCode.OK
     print(f"{Path(args.image).name}: {int(np.prod(prediction.shape))} voxels, spacing "
           f"{' x '.join(f'{s:g}' for s in spacing_zyx)} mm (z, y, x); model {model_path.name}"
           f"{'; mirrored test-time augmentation' if args.tta else ''}"
           f"{'; largest component per class' if args.largest_component else ''}")
     print("\n".join(format_scores(scores, list(classes))))
     print(f"time: {seconds:.1f} s on {predictor.device}")
-    return 0
+    return ExitCode.OK

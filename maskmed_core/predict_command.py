@@ -18,22 +18,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from maskmed_core.devices import DEVICES
-from maskmed_core.events import (
-    DoneEvent,
-    Event,
-    ExitCode,
-    MessageEvent,
-    OutputEvent,
-    ProgressEvent,
-    exit_codes_help,
-    to_json,
-)
+from maskmed_core.events import DoneEvent, Event, MessageEvent, OutputEvent, ProgressEvent, to_json
+from maskmed_core.exit_codes import ExitCode, exit_code_for, exit_codes_help, report_failure
 
 RESULT_SUFFIX = ".maskmed-result"
 DEFAULT_MODEL = Path(__file__).resolve().parent / "resources" / "default.maskmed"
 
 
-# ExitCode (maskmed_core.events) is shared with `maskmed train`; predict never diverges.
+# ExitCode (maskmed_core.exit_codes) is shared by every command; predict never diverges.
 EXIT_CODES_HELP = exit_codes_help(*(code for code in ExitCode if code != ExitCode.DIVERGED))
 
 
@@ -137,24 +129,6 @@ def add_largest_component_option(parser: argparse.ArgumentParser) -> None:
                         "elsewhere in the body)")
 
 
-def exit_code_for(error: BaseException) -> ExitCode:
-    """The exit code of an error, by its type (the nearest class in its MRO that has one), never by its text."""
-    from maskmed_core.checkpoint import ModelFileError
-    from maskmed_core.inference.result import ResultFileError
-    from maskmed_core.inference.sliding_window import InferenceCancelled
-    from maskmed_core.io.errors import InputError, OutputLocationError
-
-    codes: dict[type, ExitCode] = {
-        OutputLocationError: ExitCode.USAGE,
-        InputError: ExitCode.BAD_INPUT,
-        ModelFileError: ExitCode.BAD_MODEL,
-        ResultFileError: ExitCode.BAD_MODEL,
-        InferenceCancelled: ExitCode.CANCELLED,
-        KeyboardInterrupt: ExitCode.CANCELLED,
-    }
-    return next((codes[kind] for kind in type(error).__mro__ if kind in codes), ExitCode.ERROR)
-
-
 def _raise_keyboard_interrupt(signum: int, frame) -> None:
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
@@ -184,11 +158,14 @@ def _run(args: argparse.Namespace, reporter: Reporter) -> ExitCode:
         done = f"the files written before it are complete: {', '.join(written)}" if written else "no file was written"
         reporter.message("error", f"interrupted ({how}); {done}; nothing else was left behind")
         return ExitCode.CANCELLED
+    except Exception as error:  # a refused output folder, input, model file or device; anything else is a bug
+        return report_failure(error, lambda text: reporter.message("error", text))
 
 
 def _run_cases(args: argparse.Namespace, reporter: Reporter, written: list[str]) -> ExitCode:
-    from maskmed_core.checkpoint import ModelFileError
-    from maskmed_core.io.errors import InputError, OutputLocationError
+    """Check the arguments, then segment each case; errors before the first case end the run (``_run`` maps them to
+    their exit code), a case's bad input is reported and the next case goes on."""
+    from maskmed_core.io.errors import InputError
     from maskmed_core.io.writing import check_output_folder
 
     for name in ("query_threshold", "class_threshold"):
@@ -201,27 +178,11 @@ def _run_cases(args: argparse.Namespace, reporter: Reporter, written: list[str])
         reporter.message("error", "no default model is bundled with this maskmed_core yet: pass --model FILE "
                          "(a .maskmed file made by `maskmed train`)")
         return ExitCode.BAD_MODEL
-    try:
-        # Before anything slow: a file given as -o, a read-only folder or file system.
-        check_output_folder(args.output)
-    except OutputLocationError as error:
-        reporter.message("error", str(error))
-        return exit_code_for(error)
-    try:
-        cases = collect_cases(args.inputs)
-    except InputError as error:
-        reporter.message("error", str(error))
-        return exit_code_for(error)
-    try:
-        from maskmed_core.inference import Predictor
+    check_output_folder(args.output)  # before anything slow: a file given as -o, a read-only folder or file system
+    cases = collect_cases(args.inputs)
+    from maskmed_core.inference import Predictor
 
-        predictor = Predictor.from_file(model_path, args.device)
-    except ModelFileError as error:
-        reporter.message("error", str(error))
-        return exit_code_for(error)
-    except ValueError as error:  # e.g. --device cuda without a GPU
-        reporter.message("error", str(error))
-        return ExitCode.USAGE
+    predictor = Predictor.from_file(model_path, args.device)
     output_folder = Path(args.output)
     worst = ExitCode.OK
     for case in cases:

@@ -17,18 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-from maskmed_core.events import (
-    EpochEvent,
-    Event,
-    ExitCode,
-    MessageEvent,
-    StepEvent,
-    SummaryEvent,
-    exit_codes_help,
-    to_json,
-)
+from maskmed_core.events import EpochEvent, Event, MessageEvent, StepEvent, SummaryEvent, to_json
+from maskmed_core.exit_codes import ExitCode, exit_codes_help, report_failure
 
-# ExitCode (maskmed_core.events) is shared with `maskmed predict`. Here BAD_INPUT: the dataset check found problems
+# ExitCode (maskmed_core.exit_codes) is shared by every command. Here USAGE: an option refused (its value, or
+# --resume with nothing or another run to continue); BAD_INPUT: the dataset check found problems
 # (report printed) or an input cannot be read; CANCELLED: the last completed epoch's files are kept, --resume
 # continues; DIVERGED: the loss became NaN or infinite, the last good files are kept.
 EXIT_HELP = exit_codes_help()
@@ -84,30 +77,18 @@ class _Progress:
 def run(args: argparse.Namespace) -> int:
     if args.nproc > 1:
         return _relaunch_with_torchrun(args)
-    from maskmed_core.checkpoint import ModelFileError
-    from maskmed_core.io.errors import InputError
-    from maskmed_core.training.trainer import DivergedError, TrainingError, run_training
+    from maskmed_core.training.trainer import run_training
 
     is_main = int(os.environ.get("RANK", "0")) == 0
     progress = _Progress(args.json, is_main)
     try:
         config = _config_from_args(args)
         summary = run_training(config, progress)
-    except ModelFileError as error:
-        progress.error(str(error))
-        return ExitCode.BAD_MODEL
-    except DivergedError as error:
-        progress.error(str(error))
-        return ExitCode.DIVERGED
-    except (TrainingError, InputError) as error:
-        progress.error(str(error))
-        return ExitCode.BAD_INPUT
-    except (ValueError, OSError) as error:
-        progress.error(str(error))
-        return ExitCode.USAGE if isinstance(error, ValueError) else ExitCode.ERROR
     except KeyboardInterrupt:
         progress.error("interrupted; the files of the last completed epoch are kept: add --resume to continue")
         return ExitCode.CANCELLED
+    except Exception as error:  # its exit code by its type (maskmed_core.exit_codes); a bug is reported as one
+        return report_failure(error, progress.error)
     if "manifest" in summary:  # --prepare-only
         if is_main:
             text = (f"prepared {summary['cases']} real and {summary['label_only_cases']} label-only cases"

@@ -48,7 +48,7 @@ _STAGE_SPANS = {
     "writing": (0.93, 0.95),
 }
 
-# maskmed predict exit codes (maskmed_core.events.ExitCode names) -> what the user is told first.
+# maskmed predict exit codes (maskmed_core.exit_codes.ExitCode names) -> what the user is told first.
 _EXIT_EXPLANATIONS = {
     "ERROR": "MaskMed failed unexpectedly",
     "USAGE": "MaskMed was called with invalid options",
@@ -307,7 +307,7 @@ class MaskMedLogic(ChildRun):
             self.classStatistics = list(event.classes)
 
     def _describeFailure(self, code: int | None, details: str) -> str:
-        from maskmed_core.events import ExitCode
+        from maskmed_core.exit_codes import ExitCode
 
         if code == 0:
             explanation = "MaskMed finished but wrote no result"
