@@ -130,3 +130,33 @@ def test_every_command_lists_its_exit_codes_and_the_readme_lists_them_all(comman
     readme = " ".join((REPO / "README.md").read_text(encoding="utf-8").split())
     assert exit_codes_help() in readme
 
+
+# ----- commands stand beside each other, above what they share -----------------------------------------------------
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module ``path`` imports (at its top or inside functions), as dotted names."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "maskmed_core").glob("*_command.py")), ids=lambda p: p.name)
+def test_no_command_imports_another_command(path):
+    commands = {f"maskmed_core.{p.stem}" for p in (REPO / "maskmed_core").glob("*_command.py")}
+    assert len(commands) >= 4
+    assert not (_imported_modules(path) & (commands - {f"maskmed_core.{path.stem}"}))
+
+
+def test_the_import_check_sees_a_command_imported_inside_a_function(tmp_path):
+    planted = tmp_path / "x_command.py"
+    planted.write_text("def run():\n    from maskmed_core.predict_command import case_name\n"
+                       "    from maskmed_core import train_command\n")
+    assert {"maskmed_core.predict_command", "maskmed_core.train_command"} <= _imported_modules(planted)

@@ -13,7 +13,8 @@ import json
 import time
 from pathlib import Path
 
-from maskmed_core.devices import DEVICES
+from maskmed_core import bundled
+from maskmed_core.command_options import add_device_option, add_largest_component_option
 from maskmed_core.exit_codes import ExitCode, exit_codes_help, print_error, run_reporting
 
 EXIT_CODES_HELP = exit_codes_help(ExitCode.OK, ExitCode.ERROR, ExitCode.USAGE, ExitCode.BAD_INPUT, ExitCode.BAD_MODEL,
@@ -21,13 +22,11 @@ EXIT_CODES_HELP = exit_codes_help(ExitCode.OK, ExitCode.ERROR, ExitCode.USAGE, E
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from maskmed_core.predict_command import add_largest_component_option
-
     parser.add_argument("model", help="model file (.maskmed), or 'default' for the bundled model")
     parser.add_argument("image", help="CT volume file or DICOM series folder")
     parser.add_argument("labels", help="its reference label map")
     parser.add_argument("--label-mapping", help="JSON file mapping the reference's label values to the model's")
-    parser.add_argument("--device", default="auto", choices=DEVICES)
+    add_device_option(parser)
     parser.add_argument("--query-threshold", type=float, default=None, help="default: the model's default")
     parser.add_argument("--class-threshold", type=float, default=None, help="default: the model's default")
     add_largest_component_option(parser)
@@ -49,10 +48,9 @@ def _run(args: argparse.Namespace) -> int:
     from maskmed_core.inference import Predictor
     from maskmed_core.io import read_image
     from maskmed_core.label_mapping import read_label_mapping
-    from maskmed_core.predict_command import DEFAULT_MODEL
     from maskmed_core.training.dataset import read_label
 
-    model_path = DEFAULT_MODEL if args.model == "default" else Path(args.model)
+    model_path = bundled.DEFAULT_MODEL if args.model == "default" else Path(args.model)
     start = time.perf_counter()
     predictor = Predictor.from_file(model_path, args.device)
     mapping = read_label_mapping(args.label_mapping) if args.label_mapping else None

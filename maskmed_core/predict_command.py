@@ -17,12 +17,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from maskmed_core.devices import DEVICES
+from maskmed_core import bundled
+from maskmed_core.command_options import add_device_option, add_largest_component_option
 from maskmed_core.events import DoneEvent, Event, MessageEvent, OutputEvent, ProgressEvent, to_json
 from maskmed_core.exit_codes import ExitCode, exit_code_for, exit_codes_help, report_failure
 
 RESULT_SUFFIX = ".maskmed-result"
-DEFAULT_MODEL = Path(__file__).resolve().parent / "resources" / "default.maskmed"
 
 
 # ExitCode (maskmed_core.exit_codes) is shared by every command; predict never diverges.
@@ -105,7 +105,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="CT files, folders of them, or DICOM folders")
     parser.add_argument("-o", "--output", required=True, help="output folder (created if needed)")
     parser.add_argument("--model", help="model file (.maskmed); default: the bundled default model")
-    parser.add_argument("--device", default="auto", choices=DEVICES)
+    add_device_option(parser)
     parser.add_argument("--query-threshold", type=float, default=DEFAULT_QUERY_THRESHOLD,
                         help="drop queries whose best class probability is below this (0..1)")
     parser.add_argument("--class-threshold", type=float, default=DEFAULT_CLASS_THRESHOLD,
@@ -120,13 +120,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(0..255) on the input grid")
     parser.add_argument("--series-uid", help="DICOM folder with several series: the one to read")
     parser.add_argument("--json", action="store_true", help="JSON lines on stdout instead of a progress bar")
-
-
-def add_largest_component_option(parser: argparse.ArgumentParser) -> None:
-    """``--largest-component``, shared by ``predict`` and ``evaluate``."""
-    parser.add_argument("--largest-component", action="store_true",
-                        help="keep only each class's largest connected piece (drops stray blobs of a class "
-                        "elsewhere in the body)")
 
 
 def _raise_keyboard_interrupt(signum: int, frame) -> None:
@@ -173,7 +166,7 @@ def _run_cases(args: argparse.Namespace, reporter: Reporter, written: list[str])
         if not 0.0 <= value <= 1.0:
             reporter.message("error", f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
             return ExitCode.USAGE
-    model_path = Path(args.model) if args.model else DEFAULT_MODEL
+    model_path = Path(args.model) if args.model else bundled.DEFAULT_MODEL
     if args.model is None and not model_path.is_file():
         reporter.message("error", "no default model is bundled with this maskmed_core yet: pass --model FILE "
                          "(a .maskmed file made by `maskmed train`)")
