@@ -32,13 +32,14 @@ def test_every_command_offers_the_one_device_list(command):
     assert set(TRAINING_DEVICES) < set(DEVICES)
 
 
-def test_predict_thresholds_default_to_the_semantic_defaults():
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_thresholds_default_to_the_semantic_defaults(command):
     from maskmed_core.inference import result
     from maskmed_core.model import semantic
 
-    predict = _command_parsers()["predict"]
-    assert _action(predict, "query_threshold").default == semantic.DEFAULT_QUERY_THRESHOLD
-    assert _action(predict, "class_threshold").default == semantic.DEFAULT_CLASS_THRESHOLD
+    parser = _command_parsers()[command]
+    assert _action(parser, "query_threshold").default == semantic.DEFAULT_QUERY_THRESHOLD
+    assert _action(parser, "class_threshold").default == semantic.DEFAULT_CLASS_THRESHOLD
     assert result.DEFAULT_CLASS_THRESHOLD is semantic.DEFAULT_CLASS_THRESHOLD
 
 

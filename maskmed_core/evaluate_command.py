@@ -22,13 +22,17 @@ EXIT_CODES_HELP = exit_codes_help(ExitCode.OK, ExitCode.ERROR, ExitCode.USAGE, E
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from maskmed_core.model.semantic import DEFAULT_CLASS_THRESHOLD, DEFAULT_QUERY_THRESHOLD
+
     parser.add_argument("model", help="model file (.maskmed), or 'default' for the bundled model")
     parser.add_argument("image", help="CT volume file or DICOM series folder")
     parser.add_argument("labels", help="its reference label map")
     parser.add_argument("--label-mapping", help="JSON file mapping the reference's label values to the model's")
     add_device_option(parser)
-    parser.add_argument("--query-threshold", type=float, default=None, help="default: the model's default")
-    parser.add_argument("--class-threshold", type=float, default=None, help="default: the model's default")
+    parser.add_argument("--query-threshold", type=float, default=DEFAULT_QUERY_THRESHOLD,
+                        help=f"as `maskmed predict --query-threshold` (default: {DEFAULT_QUERY_THRESHOLD})")
+    parser.add_argument("--class-threshold", type=float, default=DEFAULT_CLASS_THRESHOLD,
+                        help=f"as `maskmed predict --class-threshold` (default: {DEFAULT_CLASS_THRESHOLD})")
     add_largest_component_option(parser)
     parser.add_argument("--tta", action="store_true",
                         help="average over mirrored inputs, as `maskmed predict --tta` (up to 8 passes, along the "
@@ -59,12 +63,8 @@ def _run(args: argparse.Namespace) -> int:
     reference_image = sitk.Resample(reference_image, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
                                     reference_image.GetPixelID())
     result = predictor.predict(image, tta=args.tta)
-    thresholds = {}
-    if args.query_threshold is not None:
-        thresholds["query_threshold"] = args.query_threshold
-    if args.class_threshold is not None:
-        thresholds["class_threshold"] = args.class_threshold
-    prediction = sitk.GetArrayFromImage(result.label_map(**thresholds, largest_component=args.largest_component))
+    prediction = sitk.GetArrayFromImage(result.label_map(args.query_threshold, args.class_threshold,
+                                                         largest_component=args.largest_component))
     reference = sitk.GetArrayFromImage(reference_image)
     spacing_zyx = tuple(float(s) for s in image.GetSpacing()[::-1])
     classes = {c.name: c.label for c in result.classes}

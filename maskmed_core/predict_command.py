@@ -23,6 +23,8 @@ from maskmed_core.events import DoneEvent, Event, MessageEvent, OutputEvent, Pro
 from maskmed_core.exit_codes import ExitCode, exit_code_for, exit_codes_help, report_failure
 
 RESULT_SUFFIX = ".maskmed-result"
+# What --format may ask for: the label-map files inference/writers.write_labels writes (by the file's suffix).
+LABEL_FORMATS = ("nii.gz", "nrrd", "seg.nrrd")
 
 
 # ExitCode (maskmed_core.exit_codes) is shared by every command; predict never diverges.
@@ -111,7 +113,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--class-threshold", type=float, default=DEFAULT_CLASS_THRESHOLD,
                         help="voxels whose winning class probability is below this become background (0..1)")
     add_largest_component_option(parser)
-    parser.add_argument("--format", default="nii.gz", choices=("nii.gz", "nrrd", "seg.nrrd"))
+    parser.add_argument("--format", default=LABEL_FORMATS[0], choices=LABEL_FORMATS)
     parser.add_argument("--tta", action="store_true", help="average over mirrored inputs (slower, steadier)")
     parser.add_argument("--save-result", action="store_true",
                         help=f"also write <case>{RESULT_SUFFIX}, re-thresholdable without the network")

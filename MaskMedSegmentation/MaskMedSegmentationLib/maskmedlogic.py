@@ -146,7 +146,6 @@ class SegmentationRunState:
     resultPath: Path | None = None
     childStart: float | None = None
     firstProgress: float | None = None
-    outputFiles: list[str] = field(default_factory=list)
 
 
 class MaskMedLogic(ChildRun):
@@ -303,7 +302,6 @@ class MaskMedLogic(ChildRun):
         elif isinstance(event, MessageEvent) and event.level != "error":  # errors: ChildRun.childErrors
             self.messages.append(event.text)
         elif isinstance(event, OutputEvent):
-            run.outputFiles = list(event.files)
             self.classStatistics = list(event.classes)
 
     def _describeFailure(self, code: int | None, details: str) -> str:

@@ -358,12 +358,6 @@ def stitched_class_probabilities(
     return (torch.from_numpy(weights).T @ flat).reshape(num_classes, *spatial)
 
 
-def _grid_from_json(data: dict[str, Any]) -> Grid:
-    return Grid(
-        tuple(data["size"]), tuple(data["spacing"]), tuple(data["origin"]), tuple(data["direction"])  # type: ignore[arg-type]
-    )
-
-
 def _nearest_resample(array: np.ndarray, source: Grid, target: Grid) -> np.ndarray:
     """Nearest-neighbour resampling of a (z, y, x) array from ``source`` onto ``target``'s (z, y, x) array.
 
