@@ -6,10 +6,10 @@ import re
 
 import pytest
 
+from maskmed_core.bundled import DEFAULT_MODEL
 from maskmed_core.checkpoint import load_model_file
 from maskmed_core.classes import AMOS15_CLASSES
 from maskmed_core.cli import main
-from maskmed_core.predict_command import DEFAULT_MODEL
 
 # X0 X1 Y0 Y1 Z0 Z1 (voxels of the 122 x 101 x 112 demo CT): both kidneys, liver, spleen, aorta, vena cava.
 KIDNEY_CROP = ["10", "110", "10", "90", "56", "112"]
@@ -58,6 +58,6 @@ def test_demo_refuses_a_crop_outside_the_ct(tmp_path, capsys, crop):
 
 
 def test_demo_without_a_model_says_how_to_get_one(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("maskmed_core.predict_command.DEFAULT_MODEL", tmp_path / "absent.maskmed")
+    monkeypatch.setattr("maskmed_core.bundled.DEFAULT_MODEL", tmp_path / "absent.maskmed")
     assert main(["demo", "-o", str(tmp_path / "demo")]) == 4
     assert "no model at" in capsys.readouterr().err

@@ -798,7 +798,7 @@ def test_damaged_or_foreign_state_is_refused(tmp_path, model_path):
 def test_bundled_model_is_half_precision_and_small():
     from safetensors import safe_open
 
-    from maskmed_core.predict_command import DEFAULT_MODEL
+    from maskmed_core.bundled import DEFAULT_MODEL
 
     with safe_open(str(DEFAULT_MODEL), framework="pt") as handle:
         assert handle.metadata()["weights_dtype"] == "float16"
@@ -835,8 +835,8 @@ def test_half_model_label_map_matches_float32(shared_data, tmp_path):
     (so that storing them as float16 rounds each one as converting the original float32 file did), segment a
     real CT; the float16 and the float32 file give label maps that differ in under 0.1 % of voxels. (Against
     the original float32 file, the demo CT's label map differed in 24 of 1 380 064 voxels, 0.0017 %.)"""
+    from maskmed_core.bundled import DEFAULT_MODEL
     from maskmed_core.inference import Predictor
-    from maskmed_core.predict_command import DEFAULT_MODEL
 
     bundled = load_model_file(DEFAULT_MODEL)
     model = bundled.build_model()

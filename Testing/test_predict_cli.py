@@ -180,7 +180,7 @@ def test_without_model_the_bundled_default_segments_amos_classes(capsys, ct_file
 
 
 def test_missing_default_model_is_reported(capsys, ct_file, tmp_path, monkeypatch):
-    monkeypatch.setattr("maskmed_core.predict_command.DEFAULT_MODEL", tmp_path / "absent.maskmed")
+    monkeypatch.setattr("maskmed_core.bundled.DEFAULT_MODEL", tmp_path / "absent.maskmed")
     assert_refused(capsys, tmp_path / "out", ExitCode.BAD_MODEL, "no default model", ct_file)
 
 

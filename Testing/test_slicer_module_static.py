@@ -292,6 +292,24 @@ def test_parameter_node_defaults_are_the_logic_defaults(module_tree, ui):
     assert defaults["device"] == "auto"
 
 
+def test_the_logic_thresholds_and_the_panel_devices_are_maskmed_cores(module_tree):
+    """The Logic repeats maskmed_core's threshold defaults (it imports before maskmed_core is installed), and the
+    panel offers a subset of the devices maskmed_core accepts: one fact each, the copies checked against it."""
+    import sys
+
+    from maskmed_core.devices import DEVICES
+    from maskmed_core.model.semantic import DEFAULT_CLASS_THRESHOLD, DEFAULT_QUERY_THRESHOLD
+
+    sys.path.insert(0, str(MODULE_DIR))
+    import MaskMedSegmentationLib as Logic
+
+    assert (Logic.DEFAULT_QUERY_THRESHOLD, Logic.DEFAULT_CLASS_THRESHOLD) == (DEFAULT_QUERY_THRESHOLD,
+                                                                              DEFAULT_CLASS_THRESHOLD)
+    panel_devices = next(ast.literal_eval(node.value) for node in module_tree.body if isinstance(node, ast.Assign)
+                         and any(getattr(target, "id", None) == "DEVICES" for target in node.targets))
+    assert panel_devices and set(panel_devices) <= set(DEVICES)
+
+
 # ----- the Logic stays Qt-free ------------------------------------------------------------------------------------
 
 

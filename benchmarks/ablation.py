@@ -278,7 +278,7 @@ def worker(job_path: str) -> None:
     from maskmed_core.atomic import atomic_path
     from maskmed_core.checkpoint import load_model_file
     from maskmed_core.events import Event, StepEvent
-    from maskmed_core.train_command import read_label_mapping
+    from maskmed_core.label_mapping import read_label_mapping
     from maskmed_core.training.cache import preprocess_cases
     from maskmed_core.training.dataset import load_dataset
     from maskmed_core.training.trainer import TrainConfig, run_training
@@ -465,7 +465,7 @@ def main() -> None:
         mapping_path = None
     mapping_path = str(Path(mapping_path).resolve()) if mapping_path else None
 
-    from maskmed_core.train_command import read_label_mapping
+    from maskmed_core.label_mapping import read_label_mapping
     from maskmed_core.training.dataset import load_dataset
 
     mapping = read_label_mapping(mapping_path) if mapping_path else None

@@ -123,8 +123,8 @@ class _Window:
 def _cases(cache_dir: str, patch, image_path: str, label_path: str, mapping_path: str):
     """The real CT as a preprocessed training case (from the cache when it is there), its plans and classes."""
     from maskmed_core.classes import AMOS15_CLASSES
+    from maskmed_core.label_mapping import read_label_mapping
     from maskmed_core.plans import Plans
-    from maskmed_core.train_command import read_label_mapping
     from maskmed_core.training.cache import preprocess_cases
     from maskmed_core.training.dataset import Case, DatasetSpec
 

@@ -35,7 +35,6 @@ from maskmed_core.untrusted import UntrustedValueError, check_int, check_sequenc
 
 FORMAT_NAME = "maskmed-model"
 FORMAT_VERSION = 1
-MODEL_SUFFIX = ".maskmed"
 REQUIRED_METADATA = ("format", "format_version", "config", "plans", "classes")
 WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 FLOAT16_MAX = 65504.0

@@ -1,7 +1,7 @@
-"""The ``maskmed`` command line: ``info``, ``build-ops``, ``predict``, ``train`` and ``demo``.
+"""The ``maskmed`` command line: ``info``, ``build-ops``, ``predict``, ``train``, ``evaluate`` and ``demo``.
 
-Exit codes: 0 success, 1 the command failed (message on stderr), 2 bad usage (argparse); ``predict``
-adds its own (``maskmed predict --help``).
+Exit codes: ``maskmed_core.exit_codes.ExitCode``, the same for every command (2 also for arguments argparse refuses);
+each command's ``--help`` lists those it uses.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import platform
 import sys
+
+from maskmed_core.exit_codes import ExitCode
 
 
 def _cpu_name() -> str:
@@ -57,7 +59,7 @@ def _cmd_info(_: argparse.Namespace) -> int:
         cuda_active = active_backend("cuda") if torch.cuda.is_available() else "n/a (no CUDA device)"
     print(f"active for CPU tensors: {cpu_active}")
     print(f"active for CUDA tensors: {cuda_active}")
-    return 0
+    return ExitCode.OK
 
 
 def _cmd_build_ops(args: argparse.Namespace) -> int:
@@ -75,8 +77,8 @@ def _cmd_build_ops(args: argparse.Namespace) -> int:
             "(slower). Re-run with --verbose to see the compiler output.",
             file=sys.stderr,
         )
-        return 1
-    return 0
+        return ExitCode.ERROR
+    return ExitCode.OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,14 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     from maskmed_core import demo_command
 
     demo = commands.add_parser("demo", help="segment the bundled real CT with the default model",
-                               description=demo_command.__doc__,
+                               description=demo_command.__doc__, epilog=demo_command.EXIT_CODES_HELP,
                                formatter_class=argparse.RawDescriptionHelpFormatter)
     demo_command.add_arguments(demo)
     demo.set_defaults(handler=demo_command.run)
     from maskmed_core import evaluate_command
 
     evaluate = commands.add_parser("evaluate", help="score a model on a labelled CT (per-class Dice and HD95)",
-                                   description=evaluate_command.__doc__,
+                                   description=evaluate_command.__doc__, epilog=evaluate_command.EXIT_CODES_HELP,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     evaluate_command.add_arguments(evaluate)
     evaluate.set_defaults(handler=evaluate_command.run)

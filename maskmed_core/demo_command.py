@@ -18,7 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-RESOURCES = Path(__file__).resolve().parent / "resources"
+from maskmed_core import bundled
+from maskmed_core.command_options import add_device_option
+from maskmed_core.exit_codes import ExitCode, exit_codes_help, print_error, run_reporting
+
+RESOURCES = bundled.RESOURCES
 DEMO_CT = RESOURCES / "demo" / "abdomen_ct_3mm.nii.gz"
 DEMO_LABELS = RESOURCES / "demo" / "abdomen_ct_3mm_totalseg.nii.gz"
 DEMO_MAPPING = RESOURCES / "demo" / "amos15_from_totalseg_v2.json"
@@ -34,10 +38,13 @@ CASES = {
 }
 
 
+EXIT_CODES_HELP = exit_codes_help(ExitCode.OK, ExitCode.ERROR, ExitCode.USAGE, ExitCode.BAD_MODEL, ExitCode.CANCELLED)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", default="maskmed_demo", help="output folder (default ./maskmed_demo)")
     parser.add_argument("--model", help="model file (default: the bundled default model)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    add_device_option(parser)
     parser.add_argument("--case", default="s0009", choices=tuple(CASES),
                         help="s0009: a CT the default model never saw (default); abdomen: one it was trained on")
     parser.add_argument("--crop", type=int, nargs=6, metavar=("X0", "X1", "Y0", "Y1", "Z0", "Z1"),
@@ -129,25 +136,23 @@ def overlay_png(image, labels, classes, path: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    return run_reporting(lambda: _run(args), print_error, "interrupted")
+
+
+def _run(args: argparse.Namespace) -> int:
     import SimpleITK as sitk  # noqa: N813
 
-    from maskmed_core.checkpoint import ModelFileError
     from maskmed_core.inference import Predictor
     from maskmed_core.inference.writers import write_labels
-    from maskmed_core.predict_command import DEFAULT_MODEL
 
-    model_path = Path(args.model) if args.model else DEFAULT_MODEL
+    model_path = Path(args.model) if args.model else bundled.DEFAULT_MODEL
     if not model_path.is_file():
         print(f"maskmed: error: no model at {model_path}: the default model is built by the recipe in the README "
               "(`maskmed train recipes/default_model/dataset.json ... --export ...`), or pass --model FILE",
               file=sys.stderr)
-        return 4
+        return ExitCode.BAD_MODEL
     start = time.perf_counter()
-    try:
-        predictor = Predictor.from_file(model_path, args.device)
-    except ModelFileError as error:
-        print(f"maskmed: error: {error}", file=sys.stderr)
-        return 4
+    predictor = Predictor.from_file(model_path, args.device)
     ct_file, labels_file, agreement, _ = CASES[args.case]
     image = sitk.ReadImage(str(ct_file))
     if args.crop:
@@ -157,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"maskmed: error: --crop {x0} {x1} {y0} {y1} {z0} {z1} is not a box inside the demo CT "
                   f"({size[0]} x {size[1]} x {size[2]} voxels): give X0 X1 Y0 Y1 Z0 Z1 with 0 <= start < end <= size",
                   file=sys.stderr)
-            return 2
+            return ExitCode.USAGE
         image = image[x0:x1, y0:y1, z0:z1]
 
     def progress(fraction: float, stage: str) -> None:
@@ -184,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name:22s} {'   -' if score is None else f'{score:.3f}'}")
     if scored:
         print(f"  {'mean (classes present)':22s} {np.mean(scored):.3f}")
-    print(held_out_note(args.case, model_path == DEFAULT_MODEL))
+    print(held_out_note(args.case, model_path == bundled.DEFAULT_MODEL))
     print(f"time: {seconds:.1f} s (model loading, inference and writing) on {predictor.device}")
     print("files: " + ", ".join(str(f) for f in files))
-    return 0
+    return ExitCode.OK

@@ -1,4 +1,4 @@
-"""The JSON-lines events of ``maskmed predict --json`` and ``maskmed train --json``, and their exit codes.
+"""The JSON-lines events of ``maskmed predict --json`` and ``maskmed train --json`` (exit codes: ``exit_codes``).
 
 One schema for the writers (the two commands) and the reader (the Slicer module's Lib, which runs them as child
 processes). Each event is a small frozen dataclass; on the wire it is one JSON object per line whose ``"event"``
@@ -16,29 +16,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, fields
-from enum import IntEnum
 from typing import Any, ClassVar
 
-
-class ExitCode(IntEnum):
-    """Exit codes of ``maskmed predict`` and ``maskmed train`` (listed in their ``--help``)."""
-
-    OK = 0
-    ERROR = 1  # an unexpected failure (a bug: please report it with the message)
-    USAGE = 2  # bad command-line arguments
-    BAD_INPUT = 3  # an input image or dataset cannot be used (missing, unreadable, not 3D, failed checks, ...)
-    BAD_MODEL = 4  # the model file is missing, damaged, foreign or too new
-    CANCELLED = 5  # interrupted (Ctrl+C or SIGTERM): predict leaves no partial output, train keeps the last epoch
-    DIVERGED = 6  # train only: the loss became NaN or infinite; the last good files are kept
-
+# The exit codes (declared in maskmed_core.exit_codes) are part of what a reader of these events needs: DoneEvent's
+# exit_code is one of them.
+from maskmed_core.exit_codes import ExitCode as ExitCode
+from maskmed_core.exit_codes import exit_codes_help as exit_codes_help
 
 # ProgressEvent.stage of `maskmed predict`, in order (the Predictor reports the first four, predict adds "writing").
 PREDICT_STAGES = ("reading", "preparing", "inference", "finishing", "writing")
-
-
-def exit_codes_help(*codes: ExitCode) -> str:
-    """``"exit codes: 0 ok, 1 error, ..."`` for an argparse epilog (all codes when none are given)."""
-    return "exit codes: " + ", ".join(f"{code.value} {code.name.lower()}" for code in (codes or tuple(ExitCode)))
 
 
 @dataclass(frozen=True)

@@ -17,23 +17,17 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from maskmed_core.events import (
-    DoneEvent,
-    Event,
-    ExitCode,
-    MessageEvent,
-    OutputEvent,
-    ProgressEvent,
-    exit_codes_help,
-    to_json,
-)
+from maskmed_core import bundled
+from maskmed_core.command_options import add_device_option, add_largest_component_option
+from maskmed_core.events import DoneEvent, Event, MessageEvent, OutputEvent, ProgressEvent, to_json
+from maskmed_core.exit_codes import ExitCode, exit_code_for, exit_codes_help, report_failure
 
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 RESULT_SUFFIX = ".maskmed-result"
-DEFAULT_MODEL = Path(__file__).resolve().parent / "resources" / "default.maskmed"
+# What --format may ask for: the label-map files inference/writers.write_labels writes (by the file's suffix).
+LABEL_FORMATS = ("nii.gz", "nrrd", "seg.nrrd")
 
 
-# ExitCode (maskmed_core.events) is shared with `maskmed train`; predict never diverges.
+# ExitCode (maskmed_core.exit_codes) is shared by every command; predict never diverges.
 EXIT_CODES_HELP = exit_codes_help(*(code for code in ExitCode if code != ExitCode.DIVERGED))
 
 
@@ -76,8 +70,10 @@ def printable(text: str) -> str:
 
 
 def case_name(path: Path) -> str:
+    from maskmed_core.io.reading import VOLUME_SUFFIXES
+
     name = Path(os.path.abspath(path)).name  # "." or "dir/.." name the folder they stand for (links not followed)
-    for suffix in IMAGE_SUFFIXES:
+    for suffix in VOLUME_SUFFIXES:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -86,6 +82,7 @@ def case_name(path: Path) -> str:
 def collect_cases(inputs: list[str]) -> list[Path]:
     """Each input: an image file, a DICOM series folder, or a folder of image files (one case each)."""
     from maskmed_core.io.errors import InputError
+    from maskmed_core.io.reading import VOLUME_SUFFIXES
 
     cases: list[Path] = []
     for raw in inputs:
@@ -93,7 +90,7 @@ def collect_cases(inputs: list[str]) -> list[Path]:
         if not path.exists():
             raise InputError(f"input {path} does not exist: check the path")
         if path.is_dir():
-            images = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES))
+            images = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES))
             cases.extend(images if images else [path])  # no image files: treat it as a DICOM series folder
         else:
             cases.append(path)
@@ -105,18 +102,18 @@ def collect_cases(inputs: list[str]) -> list[Path]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from maskmed_core.inference.result import DEFAULT_CLASS_THRESHOLD, DEFAULT_QUERY_THRESHOLD
+    from maskmed_core.model.semantic import DEFAULT_CLASS_THRESHOLD, DEFAULT_QUERY_THRESHOLD
 
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="CT files, folders of them, or DICOM folders")
     parser.add_argument("-o", "--output", required=True, help="output folder (created if needed)")
     parser.add_argument("--model", help="model file (.maskmed); default: the bundled default model")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    add_device_option(parser)
     parser.add_argument("--query-threshold", type=float, default=DEFAULT_QUERY_THRESHOLD,
                         help="drop queries whose best class probability is below this (0..1)")
     parser.add_argument("--class-threshold", type=float, default=DEFAULT_CLASS_THRESHOLD,
                         help="voxels whose winning class probability is below this become background (0..1)")
     add_largest_component_option(parser)
-    parser.add_argument("--format", default="nii.gz", choices=("nii.gz", "nrrd", "seg.nrrd"))
+    parser.add_argument("--format", default=LABEL_FORMATS[0], choices=LABEL_FORMATS)
     parser.add_argument("--tta", action="store_true", help="average over mirrored inputs (slower, steadier)")
     parser.add_argument("--save-result", action="store_true",
                         help=f"also write <case>{RESULT_SUFFIX}, re-thresholdable without the network")
@@ -125,31 +122,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(0..255) on the input grid")
     parser.add_argument("--series-uid", help="DICOM folder with several series: the one to read")
     parser.add_argument("--json", action="store_true", help="JSON lines on stdout instead of a progress bar")
-
-
-def add_largest_component_option(parser: argparse.ArgumentParser) -> None:
-    """``--largest-component``, shared by ``predict`` and ``evaluate``."""
-    parser.add_argument("--largest-component", action="store_true",
-                        help="keep only each class's largest connected piece (drops stray blobs of a class "
-                        "elsewhere in the body)")
-
-
-def exit_code_for(error: BaseException) -> ExitCode:
-    """The exit code of an error, by its type (the nearest class in its MRO that has one), never by its text."""
-    from maskmed_core.checkpoint import ModelFileError
-    from maskmed_core.inference.result import ResultFileError
-    from maskmed_core.inference.sliding_window import InferenceCancelled
-    from maskmed_core.io.errors import InputError, OutputLocationError
-
-    codes: dict[type, ExitCode] = {
-        OutputLocationError: ExitCode.USAGE,
-        InputError: ExitCode.BAD_INPUT,
-        ModelFileError: ExitCode.BAD_MODEL,
-        ResultFileError: ExitCode.BAD_MODEL,
-        InferenceCancelled: ExitCode.CANCELLED,
-        KeyboardInterrupt: ExitCode.CANCELLED,
-    }
-    return next((codes[kind] for kind in type(error).__mro__ if kind in codes), ExitCode.ERROR)
 
 
 def _raise_keyboard_interrupt(signum: int, frame) -> None:
@@ -181,11 +153,14 @@ def _run(args: argparse.Namespace, reporter: Reporter) -> ExitCode:
         done = f"the files written before it are complete: {', '.join(written)}" if written else "no file was written"
         reporter.message("error", f"interrupted ({how}); {done}; nothing else was left behind")
         return ExitCode.CANCELLED
+    except Exception as error:  # a refused output folder, input, model file or device; anything else is a bug
+        return report_failure(error, lambda text: reporter.message("error", text))
 
 
 def _run_cases(args: argparse.Namespace, reporter: Reporter, written: list[str]) -> ExitCode:
-    from maskmed_core.checkpoint import ModelFileError
-    from maskmed_core.io.errors import InputError, OutputLocationError
+    """Check the arguments, then segment each case; errors before the first case end the run (``_run`` maps them to
+    their exit code), a case's bad input is reported and the next case goes on."""
+    from maskmed_core.io.errors import InputError
     from maskmed_core.io.writing import check_output_folder
 
     for name in ("query_threshold", "class_threshold"):
@@ -193,32 +168,16 @@ def _run_cases(args: argparse.Namespace, reporter: Reporter, written: list[str])
         if not 0.0 <= value <= 1.0:
             reporter.message("error", f"--{name.replace('_', '-')} must be between 0 and 1, got {value}")
             return ExitCode.USAGE
-    model_path = Path(args.model) if args.model else DEFAULT_MODEL
+    model_path = Path(args.model) if args.model else bundled.DEFAULT_MODEL
     if args.model is None and not model_path.is_file():
         reporter.message("error", "no default model is bundled with this maskmed_core yet: pass --model FILE "
                          "(a .maskmed file made by `maskmed train`)")
         return ExitCode.BAD_MODEL
-    try:
-        # Before anything slow: a file given as -o, a read-only folder or file system.
-        check_output_folder(args.output)
-    except OutputLocationError as error:
-        reporter.message("error", str(error))
-        return exit_code_for(error)
-    try:
-        cases = collect_cases(args.inputs)
-    except InputError as error:
-        reporter.message("error", str(error))
-        return exit_code_for(error)
-    try:
-        from maskmed_core.inference import Predictor
+    check_output_folder(args.output)  # before anything slow: a file given as -o, a read-only folder or file system
+    cases = collect_cases(args.inputs)
+    from maskmed_core.inference import Predictor
 
-        predictor = Predictor.from_file(model_path, args.device)
-    except ModelFileError as error:
-        reporter.message("error", str(error))
-        return exit_code_for(error)
-    except ValueError as error:  # e.g. --device cuda without a GPU
-        reporter.message("error", str(error))
-        return ExitCode.USAGE
+    predictor = Predictor.from_file(model_path, args.device)
     output_folder = Path(args.output)
     worst = ExitCode.OK
     for case in cases:

@@ -73,11 +73,6 @@ class ChildRun:
         self.returncode = process.returncode
         self.onChildCancelled()
 
-    @property
-    def childProcess(self) -> BackgroundProcess | None:
-        """The running child (its pid for tests), None when none runs."""
-        return self._process
-
     # ----- hooks -------------------------------------------------------------------------------------------
     def onChildEvent(self, event: Event) -> None:
         """One event of the child, on the caller's thread (may touch the scene)."""

@@ -33,6 +33,8 @@ from .volumeio import exportVolumeToFile
 if TYPE_CHECKING:
     from maskmed_core.events import Event
 
+# maskmed_core.model.semantic's defaults, repeated because this package must import before maskmed_core is installed
+# (Testing/test_slicer_module_static.py checks that they are equal, and equal to the panel's and the .ui's).
 DEFAULT_QUERY_THRESHOLD = 0.25
 DEFAULT_CLASS_THRESHOLD = 0.5
 INPUT_CASE_NAME = "input"
@@ -46,7 +48,7 @@ _STAGE_SPANS = {
     "writing": (0.93, 0.95),
 }
 
-# maskmed predict exit codes (maskmed_core.events.ExitCode names) -> what the user is told first.
+# maskmed predict exit codes (maskmed_core.exit_codes.ExitCode names) -> what the user is told first.
 _EXIT_EXPLANATIONS = {
     "ERROR": "MaskMed failed unexpectedly",
     "USAGE": "MaskMed was called with invalid options",
@@ -144,7 +146,6 @@ class SegmentationRunState:
     resultPath: Path | None = None
     childStart: float | None = None
     firstProgress: float | None = None
-    outputFiles: list[str] = field(default_factory=list)
 
 
 class MaskMedLogic(ChildRun):
@@ -189,9 +190,10 @@ class MaskMedLogic(ChildRun):
     ) -> bool:
         """Start segmenting ``volumeNode``; returns True if the child process started.
 
-        modelPath: a .maskmed file, None for the bundled default. device: "auto", "cpu" (also hides every GPU
-        from the child) or "cuda". segmentationNode: an existing node to update in place (its MaskMed segments
-        are replaced, others kept), or None for a new node "<volume> MaskMed" (created only on success).
+        modelPath: a .maskmed file, None for the bundled default. device: one of maskmed_core.devices.DEVICES:
+        "auto", "cpu" (also hides every GPU from the child), "cuda" or "mps". segmentationNode: an existing node to
+        update in place (its MaskMed segments are replaced, others kept), or None for a new node "<volume> MaskMed"
+        (created only on success).
         onProgress(fraction 0..1, text) and onFinished(success, message) are called from poll()/cancel().
         largestComponent: each class keeps only its largest connected piece (``setThresholds`` switches it later).
         testTimeAugmentation: average the network over the mirrors the model was trained with (``maskmed predict
@@ -204,8 +206,10 @@ class MaskMedLogic(ChildRun):
             raise RuntimeError("a MaskMed segmentation is already running; cancel it first")
         if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode"):
             raise ValueError("select a scalar volume to segment")
-        if device not in ("auto", "cpu", "cuda", "mps"):
-            raise ValueError(f"device must be auto, cpu or cuda, not {device!r}")
+        from maskmed_core.devices import DEVICES
+
+        if device not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
         self.lastError = ""
         self.messages = []
         self.classStatistics = []
@@ -298,11 +302,10 @@ class MaskMedLogic(ChildRun):
         elif isinstance(event, MessageEvent) and event.level != "error":  # errors: ChildRun.childErrors
             self.messages.append(event.text)
         elif isinstance(event, OutputEvent):
-            run.outputFiles = list(event.files)
             self.classStatistics = list(event.classes)
 
     def _describeFailure(self, code: int | None, details: str) -> str:
-        from maskmed_core.events import ExitCode
+        from maskmed_core.exit_codes import ExitCode
 
         if code == 0:
             explanation = "MaskMed finished but wrote no result"

@@ -77,10 +77,6 @@ class ThresholdSession:
         self._queryNodes: dict[int, object] = {}
 
     # ----- sliders ---------------------------------------------------------------------------------------
-    def labelImage(self, queryThreshold: float, classThreshold: float, largestComponent: bool = False):
-        """SimpleITK label map on the volume's grid for these thresholds (what ``maskmed predict`` writes)."""
-        return self.result.label_map(queryThreshold, classThreshold, largestComponent)
-
     def update(self, queryThreshold: float, classThreshold: float, largestComponent: bool = False) -> list[str]:
         """Show the label map for these thresholds; returns the IDs of the segments whose voxels changed.
 

@@ -11,6 +11,7 @@ import torch
 
 from maskmed_core.checkpoint import ModelFile, load_model_file
 from maskmed_core.classes import SegmentClass, lateral_pairs
+from maskmed_core.devices import DeviceError
 from maskmed_core.inference.checks import check_memory, check_spacing, check_windows
 from maskmed_core.inference.preprocessing import normalize_ct, prepare
 from maskmed_core.inference.result import Grid, SegmentationResult
@@ -26,7 +27,7 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is usable here; use --device cpu or auto")
+        raise DeviceError("--device cuda was asked for but no CUDA GPU is usable here; use --device cpu or auto")
     return torch.device(name)
 
 

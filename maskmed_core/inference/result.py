@@ -21,11 +21,10 @@ import torch
 from maskmed_core.atomic import atomic_path, verify_safetensors
 from maskmed_core.classes import SegmentClass
 from maskmed_core.inference.postprocessing import keep_largest_components
+from maskmed_core.model.semantic import DEFAULT_CLASS_THRESHOLD, DEFAULT_QUERY_THRESHOLD
 
 RESULT_FORMAT = "maskmed-result"
 RESULT_FORMAT_VERSION = 1
-DEFAULT_QUERY_THRESHOLD = 0.25
-DEFAULT_CLASS_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -357,12 +356,6 @@ def stitched_class_probabilities(
         selected = masks[torch.from_numpy(kept)]
     flat = selected.reshape(selected.shape[0], -1)
     return (torch.from_numpy(weights).T @ flat).reshape(num_classes, *spatial)
-
-
-def _grid_from_json(data: dict[str, Any]) -> Grid:
-    return Grid(
-        tuple(data["size"]), tuple(data["spacing"]), tuple(data["origin"]), tuple(data["direction"])  # type: ignore[arg-type]
-    )
 
 
 def _nearest_resample(array: np.ndarray, source: Grid, target: Grid) -> np.ndarray:

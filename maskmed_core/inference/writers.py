@@ -12,8 +12,6 @@ import numpy as np
 from maskmed_core.classes import SegmentClass
 from maskmed_core.io.writing import atomic_output, write_image
 
-LABEL_FORMATS = ("nii.gz", "nrrd", "seg.nrrd")
-
 
 def _terminology(segment_class: SegmentClass) -> dict | None:
     terminology = segment_class.terminology

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import torch
 
+# The defaults of the two confidence thresholds (``maskmed predict``, the result file, validation, the Slicer panel's
+# sliders): a query counts when its best class probability reaches DEFAULT_QUERY_THRESHOLD, a voxel keeps its winning
+# class when that class's probability reaches DEFAULT_CLASS_THRESHOLD.
+DEFAULT_QUERY_THRESHOLD = 0.25
+DEFAULT_CLASS_THRESHOLD = 0.5
+
 
 def query_confidence(class_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Best real-class probability of each query and that class.
@@ -35,7 +41,9 @@ def semantic_probabilities_from_queries(
     return torch.einsum("bqc,bqdhw->bcdhw", probabilities, mask_logits.sigmoid())
 
 
-def labels_from_probabilities(probabilities: torch.Tensor, class_threshold: float = 0.5) -> torch.Tensor:
+def labels_from_probabilities(
+    probabilities: torch.Tensor, class_threshold: float = DEFAULT_CLASS_THRESHOLD
+) -> torch.Tensor:
     """Label map from per-class probabilities (B, C, D, H, W) -> (B, D, H, W) int64 in 0..C.
 
     A voxel takes 1 + the index of its winning class, or 0 (background) when the winning p_c is below

@@ -40,6 +40,7 @@ import SimpleITK as sitk
 import maskmed_core
 from maskmed_core.inference.preprocessing import prepare
 from maskmed_core.io import InputError
+from maskmed_core.io.reading import VOLUME_SUFFIXES
 from maskmed_core.plans import Plans
 from maskmed_core.training.cache_entries import PreprocessedCase, foreground_samples, load_entry, write_entry
 from maskmed_core.training.dataset import Case, DatasetSpec, LabelMapping, apply_label_mapping, read_case
@@ -169,7 +170,7 @@ def preprocess_label_only(
 
 def _label_only_name(path: Path) -> str:
     name = Path(path).name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd"):
+    for suffix in VOLUME_SUFFIXES:
         if name.lower().endswith(suffix):
             return "labels-" + name[: -len(suffix)]
     return "labels-" + name

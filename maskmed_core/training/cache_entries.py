@@ -27,6 +27,7 @@ import numpy as np
 
 from maskmed_core.atomic import atomic_path
 from maskmed_core.classes import SegmentClass
+from maskmed_core.io.errors import InputError
 from maskmed_core.plans import Plans
 
 MANIFEST_FILE = "manifest.json"
@@ -195,18 +196,18 @@ def write_manifest(cache_dir: Path, manifest: CacheManifest) -> Path:
 
 
 def read_manifest(path: str | os.PathLike[str]) -> tuple[CacheManifest, Path]:
-    """The manifest and the cache folder it describes. Raises ValueError naming what is wrong."""
+    """The manifest and the cache folder it describes. Raises InputError naming what is wrong."""
     path = Path(path)
     if path.is_dir():
         path = path / MANIFEST_FILE
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise ValueError(f"{path} is not a readable training-cache manifest ({error})") from error
+        raise InputError(f"{path} is not a readable training-cache manifest ({error})") from error
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise ValueError(f"{path} is not a MaskMed training-cache manifest")
+        raise InputError(f"{path} is not a MaskMed training-cache manifest")
     if int(data.get("version", 0)) > MANIFEST_VERSION:
-        raise ValueError(f"{path} was written by a newer MaskMed (manifest version {data.get('version')})")
+        raise InputError(f"{path} was written by a newer MaskMed (manifest version {data.get('version')})")
     manifest = CacheManifest(
         plans=Plans.from_dict(data["plans"]),
         classes=[SegmentClass.from_dict(c) for c in data["classes"]],
@@ -219,13 +220,13 @@ def read_manifest(path: str | os.PathLike[str]) -> tuple[CacheManifest, Path]:
 
 
 def load_cached(cache_dir: Path, entry_name: str) -> PreprocessedCase:
-    """One entry named in a manifest; ValueError when it is missing or damaged."""
+    """One entry named in a manifest; InputError when it is missing or damaged."""
     entry = Path(cache_dir) / entry_name
     try:
         meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise ValueError(f"the cache entry {entry} is missing or damaged ({error}); prepare the cache again") from error
+        raise InputError(f"the cache entry {entry} is missing or damaged ({error}); prepare the cache again") from error
     loaded = load_entry(entry, str(meta.get("name", entry_name)), str(meta.get("key")))
     if loaded is None:
-        raise ValueError(f"the cache entry {entry} is damaged; prepare the cache again")
+        raise InputError(f"the cache entry {entry} is damaged; prepare the cache again")
     return loaded

@@ -550,7 +550,7 @@ def apply_label_mapping(array: np.ndarray, label_mapping: LabelMapping) -> np.nd
     label_mapping = _int_mapping(label_mapping)
     targets = list(label_mapping.values())
     if any(not 0 <= t <= MAX_LABEL_VALUE for t in targets):
-        raise ValueError(f"label_mapping targets must be in 0..{MAX_LABEL_VALUE}, got {sorted(set(targets))}")
+        raise InputError(f"label_mapping targets must be in 0..{MAX_LABEL_VALUE}, got {sorted(set(targets))}")
     out_dtype = np.uint8 if max(targets, default=0) <= 255 else np.uint16
     array = np.asarray(array)
     values = label_values(array)

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from maskmed_core.devices import DeviceError
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -36,7 +38,7 @@ def setup(device_name: str) -> DistributedContext:
     """
     want_cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
     if device_name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA GPU is usable here; use --device cpu")
+        raise DeviceError("--device cuda was asked for but no CUDA GPU is usable here; use --device cpu")
     if not launched_by_torchrun():
         device = torch.device("cuda" if want_cuda else "cpu")
         return DistributedContext(rank=0, world_size=1, local_rank=0, device=device)

@@ -18,6 +18,7 @@ import SimpleITK as sitk
 from maskmed_core.io import InputError, to_canonical
 from maskmed_core.plans import IntensityNormalization, Plans
 from maskmed_core.training.dataset import DatasetSpec, LabelMapping, read_case
+from maskmed_core.training.options import OptionError
 
 # The total stride of the `small` network (four 2x downsamplings): every patch axis must be a multiple of it.
 NETWORK_STRIDE = 16
@@ -130,11 +131,11 @@ def plans_from_fingerprint(
     """
     target = tuple(float(s) for s in (spacing if spacing is not None else fp.median_spacing_zyx))
     if len(target) != 3 or any(s <= 0 for s in target):
-        raise ValueError(f"spacing must be three positive millimetre values (z, y, x), got {spacing}")
+        raise OptionError(f"spacing must be three positive millimetre values (z, y, x), got {spacing}")
     if patch_size is not None:
         patch = [int(s) for s in patch_size]
         if len(patch) != 3 or any(s % NETWORK_STRIDE or s < MIN_PATCH_AXIS for s in patch):
-            raise ValueError(
+            raise OptionError(
                 f"patch_size must be three voxel counts (z, y, x), each a multiple of {NETWORK_STRIDE} and at least "
                 f"{MIN_PATCH_AXIS}, got {patch_size}"
             )

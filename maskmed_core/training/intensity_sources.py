@@ -38,10 +38,6 @@ class SynthesisOptions:
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
 
-    @property
-    def needs_tissue(self) -> bool:
-        return self.synthetic_prob > 0 or self.contrast_prob > 0
-
 
 def to_hu(image: torch.Tensor, intensity: IntensityNormalization) -> torch.Tensor:
     return image * intensity.std + intensity.mean

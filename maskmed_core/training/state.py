@@ -15,6 +15,8 @@ from typing import Any
 import torch
 
 from maskmed_core.atomic import atomic_path, verify_safetensors
+from maskmed_core.training.config import TrainConfig
+from maskmed_core.training.options import must_match_on_resume, values_before
 
 STATE_FORMAT = "maskmed-training-state"
 STATE_VERSION = 1
@@ -88,18 +90,13 @@ class TrainingStateError(ValueError):
     configuration. The message gives the reason; nothing was changed in the output folder."""
 
 
-# Settings that make a run what it is: resuming with any of them changed would silently continue another
-# experiment (a different dataset, network or optimisation). The rest (epochs, time limit, device, workers,
-# validation interval, output path) may change between the interrupted run and its resumption.
-RESUME_MUST_MATCH = (
-    "dataset", "preset", "init", "label_mapping", "spacing", "patch_size", "batch_size", "steps_per_epoch",
-    "learning_rate", "weight_decay", "warmup_steps", "schedule", "seed", "augmentation", "head", "transformer",
-    "init_encoder_only", "freeze_encoder", "absent_classes", "rehearsal", "amp", "mirror_axes",
-    "mask_loss", "synthetic_ratio",
-)
-# Settings that states written before they existed lack, with the value those runs had.
-ADDED_LATER = {"init_encoder_only": False, "mirror_axes": "zyx", "mask_loss": "points", "absent_classes": "drop",
-               "rehearsal": 0.0}
+# Settings that make a run what it is (``option(..., must_match=True)`` in TrainConfig): resuming with any of them
+# changed would silently continue another experiment (a different dataset, data mix, network or optimisation). The
+# rest (epochs, time limit, device, workers, validation interval, output path) may change between the interrupted run
+# and its resumption.
+RESUME_MUST_MATCH = must_match_on_resume(TrainConfig)
+# Settings that states written before they existed lack, with the value those runs had (``option(..., before=)``).
+ADDED_LATER = values_before(TrainConfig)
 # The history of a long run: at most this much JSON per metadata field.
 _MAX_STATE_JSON = 64 << 20
 
@@ -139,6 +136,16 @@ def load_state(path: str | Path) -> TrainingState:
         raise TrainingStateError(
             f"{path} is not a readable training state ({str(error)[:200]}); start without --resume"
         ) from error
+
+
+def require_saved_state(path: Path) -> None:
+    """``--resume`` needs the state file ``path``: without it the run would silently start from scratch. Raises
+    TrainingStateError naming the folder and what to do."""
+    if not path.is_file():
+        raise TrainingStateError(
+            f"--resume: {path.parent} holds no saved training state ({path.name}), so there is nothing to continue: "
+            "give -o the output folder of the run to continue, or start afresh without --resume"
+        )
 
 
 def _renamed_settings(run_config: dict[str, Any]) -> dict[str, Any]:

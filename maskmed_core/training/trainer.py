@@ -26,11 +26,11 @@ from maskmed_core.checkpoint import load_model_file, save_model_file
 from maskmed_core.classes import AMOS15_CLASSES, SegmentClass, lateral_pairs
 from maskmed_core.events import EpochEvent, Event, MessageEvent, StepEvent
 from maskmed_core.model import MaskMed, ModelConfig, preset
-from maskmed_core.model.criterion import MASK_LOSSES, build_criterion
+from maskmed_core.model.criterion import build_criterion
 from maskmed_core.plans import Plans
 from maskmed_core.training import distributed
+from maskmed_core.training.config import TrainConfig
 from maskmed_core.training.finetune import (
-    ABSENT_CLASSES,
     adapt_state_dict,
     freeze_class_rows,
     freeze_encoder,
@@ -40,7 +40,13 @@ from maskmed_core.training.finetune import (
     plan_classes,
     queries_holding_classes,
 )
-from maskmed_core.training.state import TrainingState, check_resumable, load_state, save_state
+from maskmed_core.training.state import (
+    TrainingState,
+    check_resumable,
+    load_state,
+    require_saved_state,
+    save_state,
+)
 from maskmed_core.training.validation import validate
 
 STATE_FILE = "training_state.safetensors"
@@ -54,101 +60,6 @@ class TrainingError(RuntimeError):
 
 class DivergedError(TrainingError):
     """The loss became NaN or infinite (``maskmed train`` exits with ExitCode.DIVERGED)."""
-
-
-@dataclass
-class TrainConfig:
-    """What ``maskmed train`` was asked to do. Spacing (mm) and patch size (voxels) are (z, y, x)."""
-
-    dataset: str
-    output: str
-    preset: str = "small"
-    init: str | None = None
-    label_mapping: dict[int, int] | None = None
-    spacing: tuple[float, float, float] | None = None
-    patch_size: tuple[int, int, int] | None = None
-    epochs: int = 50
-    steps_per_epoch: int = 50
-    batch_size: int = 2
-    learning_rate: float = 3e-4
-    weight_decay: float = 0.05
-    # Linear warm-up of the learning rate; None: 50 steps for a new model, 10 for a fine-tune (--init), whose few
-    # hundred steps in minutes on a CPU must not spend a third of themselves warming up a model that already works.
-    warmup_steps: int | None = None
-    schedule: str = "poly"
-    grad_clip: float = 12.0
-    val_every: int = 5
-    device: str = "auto"
-    num_workers: int = 2
-    seed: int = 0
-    deterministic: bool = False
-    resume: bool = False
-    skip_bad_cases: bool = False
-    freeze_encoder: bool = False
-    # With --init, the model's classes the dataset does not label: "distill" keeps them, taught on the dataset's own
-    # images by the starting model's predictions (written where the labels say background, so an unlabelled organ is
-    # not taught as background); "freeze" keeps them with their class rows frozen and no targets; "drop" removes them.
-    absent_classes: str = "distill"
-    # With --init: the share of patches synthesised from the label maps shipped in maskmed_core/resources/rehearsal,
-    # labelled with the model's own classes (0: none). With --synthetic-labels they join those, at synthetic_ratio.
-    rehearsal: float = 0.25
-    augmentation: str = "default"
-    # Axes the augmentation mirrors along, as letters of z, y, x ("" none): "zyx" is nnU-Net's. Mirrors make a
-    # vessel on the wrong side or behind the spine a training example (the aorta and the vena cava are told apart by
-    # side); TotalSegmentator trains without them. Recorded in the model file: --tta mirrors along these only.
-    # None: "zyx" for a new model, the --init model's own axes for a fine-tune (a model that learnt sides keeps them).
-    mirror_axes: str | None = None
-    amp: str = "bf16"
-    # Mask losses (decoupled head) on Mask2Former's sampled points, on every cell of the mask-feature grid, or on the
-    # grid with each mask's inside and outside weighted alike ("balanced"), where structures of a few hundred voxels
-    # (adrenal glands) are learnt too (see SetCriterion).
-    mask_loss: str = "points"
-    head: str | None = None  # "decoupled" or "conv"; None: decoupled for a new model, --init's own head with --init
-    transformer: bool = True  # False: the no-FSA ablation
-    # With --init: take only its plans and encoder weights; the transformer, decoder and head (of ``head``) start
-    # fresh. For comparing heads on one pretrained encoder.
-    init_encoder_only: bool = False
-    cache_dir: str | None = None
-    time_limit_minutes: float | None = None
-    # Label maps without images (files or folders of them), trained on through synthesised CT; their values and
-    # those of the dataset's label maps must then be TotalSegmentator v2 ids (the synthesis priors' classes).
-    synthetic_labels: list[str] = field(default_factory=list)
-    synthetic_ratio: float = 0.5  # share of patches from the label-only cases
-    synthetic_prob: float = 0.0  # a real case's patch gets a synthesised image from its own label map
-    contrast_prob: float = 0.0  # otherwise its real image is shown in another contrast phase
-    fast_step: bool = True  # False: the former training step (benchmarks/training.py compares both)
-    # (image, labels) of a held-out case: preprocessed with the others, never trained on, scored at the end
-    holdout: tuple[str, str] | None = None
-    prepare_only: bool = False  # preprocess, write the cache and its manifest, then stop
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    # The choices of each text option; a typo must not silently pick another behaviour (e.g. fp16 without a scaler).
-    CHOICES = {
-        "preset": ("small", "base"), "schedule": ("poly", "cosine"), "device": ("auto", "cpu", "cuda"),
-        "augmentation": ("default", "strong", "none"), "amp": ("bf16", "fp16", "none"), "head": ("decoupled", "conv"),
-        "mask_loss": MASK_LOSSES, "absent_classes": ABSENT_CLASSES,
-    }
-
-    def __post_init__(self) -> None:
-        for name, allowed in self.CHOICES.items():
-            if getattr(self, name) not in allowed and not (name == "head" and self.head is None):
-                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        for name in ("epochs", "steps_per_epoch", "batch_size", "val_every"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.learning_rate <= 0 or self.weight_decay < 0 or self.grad_clip <= 0 or self.num_workers < 0:
-            raise ValueError("learning_rate and grad_clip must be positive, weight_decay and num_workers >= 0")
-        for name in ("synthetic_ratio", "synthetic_prob", "contrast_prob", "rehearsal"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
-        if self.time_limit_minutes is not None and self.time_limit_minutes <= 0:
-            raise ValueError(f"time_limit_minutes must be positive, got {self.time_limit_minutes}")
-        axes = self.mirror_axes
-        if axes is not None and (len(set(axes)) != len(axes) or not set(axes) <= set("zyx")):
-            raise ValueError(f"mirror_axes must be letters among z, y, x, each once, got {self.mirror_axes!r}")
-        if self.init_encoder_only and (self.init is None or self.absent_classes == "freeze"):
-            raise ValueError("init_encoder_only needs init and a fresh head: it cannot freeze the model's absent "
-                             "classes (distill or drop them)")
 
 
 Reporter = Callable[[Event], None]  # gets StepEvent, EpochEvent and MessageEvent (maskmed_core.events)
@@ -324,6 +235,8 @@ def run_training(config: TrainConfig, report: Reporter | None = None) -> dict[st
     ``_end_epoch`` (validation, model files, state), and ``_summary``.
     """
     report = report or (lambda event: None)
+    if config.resume:  # before any slow work
+        require_saved_state(Path(config.output) / STATE_FILE)
     context = distributed.setup(config.device)
     try:
         data = _set_up(config, context, report)
@@ -741,15 +654,16 @@ def _make_loader(config, cases, label_only_cases, classes, plans: Plans, context
 def _label_only_files(entries: list[str]) -> list[Path]:
     """Label-map files named directly or found in named folders (NIfTI, NRRD, MetaImage), sorted per folder."""
     from maskmed_core.io import InputError
+    from maskmed_core.io.reading import VOLUME_SUFFIXES
 
-    suffixes = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
     files: list[Path] = []
     for entry in entries:
         path = Path(entry)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(suffixes))
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES))
             if not found:
-                raise InputError(f"--synthetic-labels {path}: no label map (.nii.gz, .nrrd, .mha) in this folder.")
+                raise InputError(f"--synthetic-labels {path}: no label map ({' '.join(VOLUME_SUFFIXES)}) in this "
+                                 "folder.")
             files += found
         elif path.is_file():
             files.append(path)

@@ -6,13 +6,10 @@ import numpy as np
 import torch
 
 from maskmed_core.classes import SegmentClass
-from maskmed_core.inference.result import (
-    DEFAULT_CLASS_THRESHOLD,
-    DEFAULT_QUERY_THRESHOLD,
-    stitched_class_probabilities,
-)
+from maskmed_core.inference.result import stitched_class_probabilities
 from maskmed_core.inference.sliding_window import sliding_window
 from maskmed_core.model import MaskMed, labels_from_probabilities
+from maskmed_core.model.semantic import DEFAULT_CLASS_THRESHOLD, DEFAULT_QUERY_THRESHOLD
 from maskmed_core.plans import Plans
 
 
