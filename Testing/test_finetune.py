@@ -135,6 +135,24 @@ def test_imprinting_leaves_a_conv_head_and_absent_classes_alone():
     assert torch.equal(model.query_decoder.class_embed.weight, before)
 
 
+def test_weights_that_do_not_fit_are_a_bad_model_file_not_a_bug():
+    from maskmed_core.exit_codes import ExitCode, exit_code_for
+    from maskmed_core.training.finetune import load_encoder_weights
+
+    model = tiny_model(num_classes=3)
+    weights = {k: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
+    first = next(iter(weights))
+    for broken in ({k: v for k, v in weights.items() if k != first}, {**weights, first: torch.zeros(1)}):
+        with pytest.raises(ValueError) as raised:
+            load_encoder_weights(model, broken)
+        assert exit_code_for(raised.value) == ExitCode.BAD_MODEL
+    plan = plan_classes(list(AMOS15_CLASSES[:3]), ["spleen"], [SegmentClass(1, "spleen", (1, 2, 3))], keep_absent=True)
+    other = {**model.state_dict(), first: torch.zeros(1)}
+    with pytest.raises(ValueError) as raised:
+        adapt_state_dict(other, model, plan)
+    assert exit_code_for(raised.value) == ExitCode.BAD_MODEL
+
+
 def test_queries_that_hold_a_class_are_found_and_new_classes_do_not_count():
     model = tiny_model(num_classes=3, seed=2)
     patch = [(torch.randn(1, 1, 32, 32, 32), torch.zeros(32, 32, 32))]

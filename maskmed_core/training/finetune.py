@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from maskmed_core.checkpoint import ModelFileError
 from maskmed_core.classes import SegmentClass
 from maskmed_core.model import MaskMed
 
@@ -87,7 +88,8 @@ def adapt_state_dict(
         if source is None or source.shape == target.shape and not _is_class_rows(key):
             continue
         if not _is_class_rows(key):
-            raise ValueError(f"weight {key} has shape {tuple(source.shape)}, the new model needs {tuple(target.shape)}")
+            raise ModelFileError(f"weight {key} has shape {tuple(source.shape)}, the new model needs "
+                                 f"{tuple(target.shape)}")
         rows = target.clone()
         offset = 1 if key.startswith("seg_heads.") else 0
         for new_index, old_index in enumerate(plan.source_index):
@@ -124,15 +126,16 @@ def freeze_class_rows(model: MaskMed, frozen: list[int]) -> None:
 def load_encoder_weights(model: MaskMed, state_dict: dict[str, torch.Tensor]) -> None:
     """Copy the ``encoder.*`` weights of ``state_dict`` into ``model``; everything else keeps its fresh init.
 
-    The encoders must be the same (same plans and preset): a missing or differently shaped weight is an error.
+    The encoders must be the same (same plans and preset): a missing or differently shaped weight is refused
+    (ModelFileError: the model file does not fit, exit code BAD_MODEL).
     """
     own = {k: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
     missing = [k for k in own if k not in state_dict]
     if missing:
-        raise ValueError(f"the model file has no encoder weight {missing[0]} ({len(missing)} missing)")
+        raise ModelFileError(f"the model file has no encoder weight {missing[0]} ({len(missing)} missing)")
     for key, target in own.items():
         if state_dict[key].shape != target.shape:
-            raise ValueError(f"encoder weight {key} has shape {tuple(state_dict[key].shape)}, the new model needs "
+            raise ModelFileError(f"encoder weight {key} has shape {tuple(state_dict[key].shape)}, the new model needs "
                              f"{tuple(target.shape)}")
     model.load_state_dict({k: state_dict[k] for k in own}, strict=False)
 
