@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     import SimpleITK as sitk  # noqa: N813
 
     from maskmed_core.checkpoint import ModelFileError
-    from maskmed_core.evaluation import class_scores, format_scores, summarize
+    from maskmed_core.evaluation import check_reference, class_scores, format_scores, summarize
     from maskmed_core.inference import Predictor
     from maskmed_core.io import InputError, read_image
     from maskmed_core.predict_command import DEFAULT_MODEL
@@ -56,12 +56,16 @@ def run(args: argparse.Namespace) -> int:
         mapping = read_label_mapping(args.label_mapping) if args.label_mapping else None
         image = read_image(args.image)
         reference_image = read_label(args.labels, mapping)
+        warnings = check_reference(image, reference_image, [c.label for c in predictor.classes], mapping is not None)
     except (InputError, OSError, ValueError, KeyError) as error:
         print(f"maskmed: error: {error}", file=sys.stderr)
         return 3
     reference_image = sitk.Resample(reference_image, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
                                     reference_image.GetPixelID())
     result = predictor.predict(image, tta=args.tta)
+    warnings += result.warnings
+    for warning in warnings:
+        print(f"maskmed: warning: {warning}", file=sys.stderr)
     thresholds = {}
     if args.query_threshold is not None:
         thresholds["query_threshold"] = args.query_threshold
@@ -77,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"model": str(model_path), "image": str(args.image), "labels": str(args.labels),
                           "classes": scores, **summarize(scores), "tta": args.tta,
                           "largest_component": args.largest_component, "seconds": seconds,
-                          "device": str(predictor.device)}))
+                          "device": str(predictor.device), "warnings": warnings}))
         return 0
     print(f"{Path(args.image).name}: {int(np.prod(prediction.shape))} voxels, spacing "
           f"{' x '.join(f'{s:g}' for s in spacing_zyx)} mm (z, y, x); model {model_path.name}"
