@@ -171,8 +171,8 @@ def test_class_names_a_model_file_cannot_hold_are_refused_when_the_dataset_is_re
     with pytest.raises(InputError, match=f"cannot go into a model file \\(.*{problem}\\).*rename the class"):
         load_dataset(tmp_path)
     with pytest.raises(InputError, match=problem):
-        parse_labels({name: 1}, "--labels")
-    assert parse_labels({"l" * 64: 1, "Leber (Hépar)": 2}, "--labels") == {"l" * 64: 1, "Leber (Hépar)": 2}
+        parse_labels({name: 1}, "the labels given")
+    assert parse_labels({"l" * 64: 1, "Leber (Hépar)": 2}, "the labels given") == {"l" * 64: 1, "Leber (Hépar)": 2}
 
 
 # --------------------------------------------------------------------------------------------------------------
