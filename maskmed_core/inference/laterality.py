@@ -1,9 +1,10 @@
 """Does the image look mirrored left-right? Where the liver and spleen lie against the body's midline.
 
 A header written with the wrong sign on the left-right axis (a converter's mistake) puts the anatomy on the wrong
-side. A model trained without left-right mirroring uses the side: on such an image it calls the organs on the
-patient's right "liver" and those on the left "spleen" (or labels the large organ on the left both), so the answer
-is confidently wrong and the class confidences do not show it. The organs' *mass* still shows it: the liver is the
+side. A model trained without left-right mirroring uses the side: on such an image it names lateral organs by the
+side they appear on and confuses liver and spleen (the bundled model on s0009 mirrored: the kidneys swap names, most
+of the liver, now on the left, is called "spleen"; spleen Dice 0.00, liver 0.56), so the answer is confidently
+wrong and the class confidences do not show it. The organs' *mass* still shows it: the liver is the
 largest solid organ and lies mostly right of the midline, the spleen (a fraction of its size) left of it, so nearly
 all of liver + spleen lies on the patient's right in a correctly oriented abdomen, whichever of the two names the
 model gives to which voxel. When most of it lies on the left, the image is (or looks) mirrored.
@@ -26,8 +27,8 @@ from maskmed_core.plans import IntensityNormalization
 # Voxels above this (HU) are the body (soft tissue, fat at about -100, lung at about -800 is left out, so the
 # midline is that of the trunk's wall and organs, not of the air around them).
 BODY_HU = -500.0
-# Less liver + spleen than this (mL) is too little to tell the sides: a scan of the chest or pelvis that only
-# grazes them, or a model without the classes. Normal abdomens have well over 1000 mL.
+# Less liver + spleen than this (mL) is too little to tell the sides: a scan of the neck, chest or pelvis that at
+# most grazes them, or a model without the classes. Our CTs that show them have 368-1438 mL.
 MIN_ORGAN_ML = 100.0
 # Warn when more than this fraction of liver + spleen lies left of the midline: "most of it". A correctly oriented
 # abdomen has a small fraction there (the spleen and the liver's left lobe: 0.09-0.27 on our three CTs with the

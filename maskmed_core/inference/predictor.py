@@ -127,6 +127,9 @@ class Predictor:
             input_grid=Grid.of(image),
             warnings=warnings,
         )
+        # The float stitched maps go first: the check builds the result's float copy of the masks (which the label
+        # map reuses), and the two together would raise the run's peak memory.
+        del stitched, masks
         # Never flipped here: a situs inversus looks the same, and only the user knows which it is.
         mirrored = check_mirrored(result, body_mask(prepared.array, plans.intensity))
         if mirrored:
