@@ -481,6 +481,12 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self.ui.progressBar.value = 100
             self.ui.progressBar.setFormat("Done")
             self.ui.statusLabel.text = message  # "Segmented 13 of 15 classes in 42.0 s."
+            warnings = _importLogic().warningsText(self.logic.warnings)  # e.g. the image looks mirrored left-right
+            if warnings:
+                self.ui.statusLabel.text = f"{message}\n\n{warnings}"
+                logging.warning(f"MaskMed segmentation: {warnings}")
+                if not slicer.app.testingEnabled():
+                    slicer.util.warningDisplay(f"MaskMed segmented the volume, but check this:\n\n{warnings}")
             self.ui.resultsCollapsibleButton.collapsed = False
             self.applyThresholds()  # the sliders may have moved while it ran
         else:

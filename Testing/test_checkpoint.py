@@ -81,6 +81,14 @@ def test_newer_format_version_is_refused(model_path, tmp_path):
         load_model_file(target)
 
 
+@pytest.mark.parametrize("version", ["-7", "0", "1.0", "+1", " 1", "one", "", "1" * 40])
+def test_invalid_format_version_is_refused(model_path, tmp_path, version):
+    target = tmp_path / "invalid.maskmed"
+    _rewrite_metadata(model_path, target, lambda m: m.update(format_version=version))
+    with pytest.raises(ModelFileError, match="invalid model file format version"):
+        load_model_file(target)
+
+
 def test_missing_metadata_is_refused(model_path, tmp_path):
     target = tmp_path / "missing.maskmed"
     _rewrite_metadata(model_path, target, lambda m: m.pop("plans"))

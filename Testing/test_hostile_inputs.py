@@ -628,6 +628,28 @@ def test_number_of_windows_is_bounded():
     assert check_windows(sitk.Image([64, 64, 64], sitk.sitkUInt8), Plans()) >= 1
 
 
+def test_a_two_slice_volume_is_segmented_with_a_warning(model_path, tmp_path):
+    """Two 2 mm slices of 480 x 480 (issue 23): segmented, with a warning that the slab is too thin for the model."""
+    path = tmp_path / "two_slices.nii.gz"
+    sitk.WriteImage(synthetic_ct(shape_zyx=(2, 480, 480), spacing=(0.8, 0.8, 2.0)), str(path))
+    run = predict(tmp_path, [path], model_path)
+    assert run.code == ExitCode.OK, run.messages
+    assert "maskmed: warning:" in run.messages, run.messages
+    assert "the volume is only 4 mm thick along its z axis (2 voxels of 2 mm)" in run.messages
+    assert (tmp_path / "out" / "two_slices.nii.gz").is_file()
+
+
+def test_thin_volume_warning_starts_at_an_eighth_of_the_patch():
+    from maskmed_core.inference.checks import thin_volume_warning
+
+    plans = Plans()  # 3 mm, patch (64, 96, 96): the warning below 8 model slices along z, 12 along y and x
+    for size, thin in (([128, 128, 8], None), ([128, 128, 7], "z"), ([128, 11, 64], "y"), ([12, 128, 64], None)):
+        image = sitk.Image(size, sitk.sitkUInt8)
+        image.SetSpacing((3.0, 3.0, 3.0))
+        warning = thin_volume_warning(image, plans)
+        assert (warning is None) if thin is None else (f"along its {thin} axis" in warning), (size, warning)
+
+
 @pytest.mark.parametrize(("matrix", "phrase"), [
     ("1 0.5 0 0 1 0 0 0 1", "sheared or scaled"),
     ("2 0 0 0 2 0 0 0 2", "sheared or scaled"),

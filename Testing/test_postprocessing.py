@@ -118,6 +118,7 @@ class FixedPredictor:
 
     def __init__(self, result: SegmentationResult):
         self.result = result
+        self.classes = result.classes
 
     def predict(self, image, *args, **kwargs) -> SegmentationResult:
         return self.result

@@ -381,6 +381,29 @@ def test_failing_run_leaves_the_scene_unchanged_and_says_why(run, work):
         logic.startSegmentation(None, None, "cpu")
 
 
+@pytest.mark.demo_data
+@pytest.mark.slow
+def test_a_mirrored_ct_reaches_the_panel_as_a_warning(work):
+    """The default model on the bundled held-out CT with its voxels flipped along x (header kept): the child's
+    warning reaches ``logic.warnings`` without the temporary file's name, and ``warningsText`` is the panel's text."""
+    from maskmed_core.demo_command import HELD_OUT_CT
+    from maskmed_core.predict_command import DEFAULT_MODEL
+
+    image = sitk.ReadImage(str(HELD_OUT_CT))
+    mirrored = sitk.GetImageFromArray(np.ascontiguousarray(sitk.GetArrayFromImage(image)[:, :, ::-1]))
+    mirrored.CopyInformation(image)
+    path = work / "mirrored.nrrd"
+    sitk.WriteImage(mirrored, str(path))
+    scene = slicer.vtkMRMLScene()
+    logic = Logic.MaskMedLogic(scene)
+    ok, message, _ = run_logic(logic, Logic.readVolumeFile(path, scene, name="mirrored"), DEFAULT_MODEL)
+    assert ok, message
+    assert len(logic.warnings) == 1, logic.warnings
+    assert logic.warnings[0].startswith("the image looks mirrored left-right: check its orientation")
+    assert Logic.warningsText(logic.warnings).startswith("Warning: The image looks mirrored left-right")
+    assert Logic.warningsText([]) == ""
+
+
 # ----- pieces ---------------------------------------------------------------------------------------------------
 def test_volume_export_keeps_exact_geometry_also_oblique(tmp_path):
     scene = slicer.vtkMRMLScene()

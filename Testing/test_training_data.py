@@ -159,6 +159,22 @@ def test_dataset_description_errors(tmp_path):
         parse_labels({"a": [1]}, "x")
 
 
+@pytest.mark.parametrize(("name", "problem"), [
+    ("liver\nspleen", "non-printable character U\\+000A"),
+    ("l" * 200, "200 characters, more than the 64 allowed"),
+    ("liver\u202e", "non-printable character U\\+202E"),
+])
+def test_class_names_a_model_file_cannot_hold_are_refused_when_the_dataset_is_read(tmp_path, name, problem):
+    """Issue 23: refused here, not when the model is saved after the first epoch (``classes.check_class``)."""
+    meta = {"channel_names": {"0": "CT"}, "labels": {"background": 0, name: 1}, "file_ending": ".nii.gz"}
+    (tmp_path / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(InputError, match=f"cannot go into a model file \\(.*{problem}\\).*rename the class"):
+        load_dataset(tmp_path)
+    with pytest.raises(InputError, match=problem):
+        parse_labels({name: 1}, "the labels given")
+    assert parse_labels({"l" * 64: 1, "Leber (Hépar)": 2}, "the labels given") == {"l" * 64: 1, "Leber (Hépar)": 2}
+
+
 # --------------------------------------------------------------------------------------------------------------
 # checks
 

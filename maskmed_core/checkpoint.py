@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,10 +190,14 @@ def load_model_file(path: str | Path) -> ModelFile:
     missing = [key for key in REQUIRED_METADATA if key not in metadata]
     if missing:
         raise ModelFileError(f"{path} lacks model metadata ({', '.join(missing)}); re-export it from training")
-    try:
-        version = int(metadata["format_version"])
-    except ValueError as error:
-        raise ModelFileError(f"{path} has an unreadable format version {metadata['format_version']!r:.40}") from error
+    text = metadata["format_version"]
+    # Versions count 1, 2, ...: a sign, a fraction, spaces or anything but plain digits is not one ever written.
+    if not re.fullmatch(r"[0-9]{1,9}", text) or int(text) < 1:
+        raise ModelFileError(
+            f"{path} has an invalid model file format version {text!r:.40} (versions are whole numbers from 1): "
+            "the file is damaged or was not written by maskmed_core; re-export it from training"
+        )
+    version = int(text)
     if version > FORMAT_VERSION:
         raise ModelFileError(
             f"{path} uses model file format {version}, newer than this maskmed_core reads ({FORMAT_VERSION}); "

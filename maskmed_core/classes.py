@@ -8,6 +8,9 @@ from typing import Any
 ANATOMICAL_STRUCTURE = ("SCT", "123037004", "Anatomical Structure")
 RIGHT = ("SCT", "24028007", "Right")
 LEFT = ("SCT", "7771000", "Left")
+# The two organs whose sides decide whether an image looks mirrored left-right (inference/laterality.py).
+LIVER = ("SCT", "10200004", "Liver")
+SPLEEN = ("SCT", "78961009", "Spleen")
 
 
 @dataclass(frozen=True)
@@ -150,22 +153,25 @@ def validate_classes(classes: list[SegmentClass]) -> None:
         raise ValueError(f"class names must be distinct and non-empty, got {names}")
 
 
-def _anatomy(code: str, meaning: str, modifier: tuple[str, str, str] | None = None) -> Terminology:
+def _anatomy(
+    code: str | tuple[str, str, str], meaning: str = "", modifier: tuple[str, str, str] | None = None
+) -> Terminology:
+    """An anatomical structure: an SCT code and meaning, or a whole (scheme, code, meaning) such as ``LIVER``."""
     return Terminology(
         category=CodedTerm(*ANATOMICAL_STRUCTURE),
-        type=CodedTerm("SCT", code, meaning),
+        type=CodedTerm(*code) if isinstance(code, tuple) else CodedTerm("SCT", code, meaning),
         type_modifier=CodedTerm(*modifier) if modifier else None,
     )
 
 
 # The 15 AMOS 2022 abdominal organ classes (label = AMOS id), with SNOMED CT codes and Slicer-like colours.
 AMOS15_CLASSES: tuple[SegmentClass, ...] = (
-    SegmentClass(1, "spleen", (157, 108, 162), _anatomy("78961009", "Spleen")),
+    SegmentClass(1, "spleen", (157, 108, 162), _anatomy(SPLEEN)),
     SegmentClass(2, "right kidney", (185, 102, 83), _anatomy("64033007", "Kidney", RIGHT)),
     SegmentClass(3, "left kidney", (185, 102, 83), _anatomy("64033007", "Kidney", LEFT)),
     SegmentClass(4, "gallbladder", (139, 150, 98), _anatomy("28231008", "Gallbladder")),
     SegmentClass(5, "esophagus", (211, 171, 143), _anatomy("32849002", "Esophagus")),
-    SegmentClass(6, "liver", (221, 130, 101), _anatomy("10200004", "Liver")),
+    SegmentClass(6, "liver", (221, 130, 101), _anatomy(LIVER)),
     SegmentClass(7, "stomach", (216, 132, 105), _anatomy("69695003", "Stomach")),
     SegmentClass(8, "aorta", (224, 97, 76), _anatomy("15825003", "Aorta")),
     SegmentClass(9, "inferior vena cava", (0, 151, 206), _anatomy("64131007", "Inferior vena cava")),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def _run(args: argparse.Namespace) -> int:
     import numpy as np
     import SimpleITK as sitk  # noqa: N813
 
-    from maskmed_core.evaluation import class_scores, format_scores, summarize
+    from maskmed_core.evaluation import check_reference, class_scores, format_scores, summarize
     from maskmed_core.inference import Predictor
     from maskmed_core.io import read_image
     from maskmed_core.label_mapping import read_label_mapping
@@ -60,9 +61,13 @@ def _run(args: argparse.Namespace) -> int:
     mapping = read_label_mapping(args.label_mapping) if args.label_mapping else None
     image = read_image(args.image)
     reference_image = read_label(args.labels, mapping)
+    warnings = check_reference(image, reference_image, [c.label for c in predictor.classes], mapping is not None)
     reference_image = sitk.Resample(reference_image, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
                                     reference_image.GetPixelID())
     result = predictor.predict(image, tta=args.tta)
+    warnings += result.warnings
+    for warning in warnings:
+        print(f"maskmed: warning: {warning}", file=sys.stderr)
     prediction = sitk.GetArrayFromImage(result.label_map(args.query_threshold, args.class_threshold,
                                                          largest_component=args.largest_component))
     reference = sitk.GetArrayFromImage(reference_image)
@@ -74,7 +79,7 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps({"model": str(model_path), "image": str(args.image), "labels": str(args.labels),
                           "classes": scores, **summarize(scores), "tta": args.tta,
                           "largest_component": args.largest_component, "seconds": seconds,
-                          "device": str(predictor.device)}))
+                          "device": str(predictor.device), "warnings": warnings}))
         return ExitCode.OK
     print(f"{Path(args.image).name}: {int(np.prod(prediction.shape))} voxels, spacing "
           f"{' x '.join(f'{s:g}' for s in spacing_zyx)} mm (z, y, x); model {model_path.name}"

@@ -1,4 +1,5 @@
-"""Segmentation metrics shared by ``maskmed evaluate``, the tests and the benchmarks: per-class Dice and HD95.
+"""Segmentation metrics shared by ``maskmed evaluate``, the tests and the benchmarks: per-class Dice and HD95, and
+the checks that a reference label map can be scored against an image at all (``check_reference``).
 
 Label maps are integer arrays (z, y, x) on one grid; a class is a label value. HD95 is MONAI's
 ``compute_hausdorff_distance(..., percentile=95)``: the symmetric 95th percentile of surface distances, in millimetres
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -99,3 +100,62 @@ def format_scores(scores: ClassScores, class_order: Sequence[str]) -> list[str]:
         lines.append(f"  {'mean (in reference)':24s} {summary['mean_dice']:6.3f} {hd:>8s}"
                      f"  ({summary['classes_in_reference']} classes; HD95 over {summary['classes_with_hd95']})")
     return lines
+
+
+def physical_box(image) -> tuple[np.ndarray, np.ndarray]:
+    """The (low, high) corners (LPS mm) of the axis-aligned box around an image's voxels (each voxel's full extent,
+    index -0.5 to size - 0.5), whatever its direction: two grids of one region give the same box."""
+    size, spacing = np.array(image.GetSize(), float), np.array(image.GetSpacing(), float)
+    direction = np.array(image.GetDirection(), float).reshape(3, 3)
+    corners = np.array([[-0.5 + (size[a] if (k >> a) & 1 else 0.0) for a in range(3)] for k in range(8)])
+    points = np.array(image.GetOrigin(), float) + (corners * spacing) @ direction.T
+    return points.min(0), points.max(0)
+
+
+def check_reference(image, reference, class_values: Collection[int], mapped: bool) -> list[str]:
+    """Warnings about scoring the label map ``reference`` against ``image`` (SimpleITK images), or InputError when
+    it cannot be scored at all.
+
+    Geometry: the reference is matched to the image by physical position, so a reference whose box lies elsewhere
+    (another origin, e.g. shifted 30 mm; another extent) is scored only where the two overlap: a warning with the
+    offset, InputError when they do not overlap at all. Labels (when no ``--label-mapping`` was applied, ``mapped``
+    False): values that no class of the model has (``class_values``) are scored as background; when they are most
+    of the reference's values it uses another labelling (e.g. TotalSegmentator ids, 1..117): InputError.
+    """
+    from maskmed_core.io.errors import InputError
+
+    warnings_found = []
+    image_low, image_high = physical_box(image)
+    reference_low, reference_high = physical_box(reference)
+    describe = (f"image box {np.round(image_low, 1).tolist()} to {np.round(image_high, 1).tolist()} mm, reference box "
+                f"{np.round(reference_low, 1).tolist()} to {np.round(reference_high, 1).tolist()} mm (LPS)")
+    if (np.minimum(image_high, reference_high) <= np.maximum(image_low, reference_low)).any():
+        raise InputError(f"the reference label map and the image do not overlap in space ({describe}): they do not "
+                         "belong together; give the label map made for this image")
+    offset = float(np.abs(np.concatenate([image_low - reference_low, image_high - reference_high])).max())
+    tolerance = max(max(image.GetSpacing()), max(reference.GetSpacing()))  # one voxel of the coarser grid
+    if offset > tolerance:
+        warnings_found.append(
+            f"the reference label map does not cover the same region as the image: their boxes differ by up to "
+            f"{offset:.1f} mm ({describe}); it is matched by physical position and scored only where the two "
+            "overlap, so if it was made for this image with another origin or spacing the scores are wrong: check "
+            "that its header matches the image's"
+        )
+    if not mapped:
+        import SimpleITK as sitk  # noqa: N813
+
+        values = np.unique(sitk.GetArrayViewFromImage(reference))  # any integer type, negative values included
+        values = values[values != 0]
+        unknown = sorted(set(values.tolist()) - set(class_values))
+        listed = ", ".join(map(str, unknown[:12])) + (", ..." if len(unknown) > 12 else "")
+        if unknown and 2 * len(unknown) > len(values):
+            raise InputError(
+                f"{len(unknown)} of the reference's {len(values)} label values ({listed}) are not label values of "
+                "the model's classes: it uses another labelling (TotalSegmentator ids, for example); give "
+                "--label-mapping FILE to map its values to the model's (for TotalSegmentator v2 ids and the "
+                "default model: amos15_from_totalseg_v2.json, bundled in maskmed_core/resources/demo)"
+            )
+        if unknown:
+            warnings_found.append(f"the reference's label values {listed} are not label values of the model's "
+                                  "classes and are scored as background (give --label-mapping to map them)")
+    return warnings_found

@@ -38,6 +38,7 @@ from .maskmedlogic import (
     formatDuration,
     modelInfo,
     modelLabel,
+    warningsText,
 )
 from .panelchoices import (
     DEFAULT_MODEL_LABEL,
@@ -128,4 +129,5 @@ __all__ = [
     "versionAtLeast",
     "volumeArray",
     "volumeToImage",
+    "warningsText",
 ]

@@ -145,6 +145,7 @@ class SegmentationRunState:
     start: float = field(default_factory=time.perf_counter)
     resultPath: Path | None = None
     childStart: float | None = None
+    inputPath: Path | None = None  # the exported volume: the child names it before each warning
     firstProgress: float | None = None
 
 
@@ -155,7 +156,8 @@ class MaskMedLogic(ChildRun):
     or None), ``lastError`` ("" after success), ``elapsedSeconds`` (start to segments in the node),
     ``timings`` (export, childStartup = interpreter + torch import + model load, child, import, total; s),
     ``classStatistics`` (the child's per-class rows: label, name, voxels, volume_ml, mean_confidence),
-    ``messages`` (the child's warning/info texts).
+    ``messages`` (the child's warning/info texts), ``warnings`` (its warnings about the result, e.g. "the image
+    looks mirrored left-right: check its orientation", without the temporary file's name; see ``warningsText``).
     """
 
     def __init__(self, scene):
@@ -168,6 +170,7 @@ class MaskMedLogic(ChildRun):
         self.timings: dict[str, float] = {}
         self.classStatistics: list[dict] = []
         self.messages: list[str] = []
+        self.warnings: list[str] = []
         self.queryThreshold = DEFAULT_QUERY_THRESHOLD
         self.classThreshold = DEFAULT_CLASS_THRESHOLD
         self.largestComponent = False
@@ -212,6 +215,7 @@ class MaskMedLogic(ChildRun):
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
         self.lastError = ""
         self.messages = []
+        self.warnings = []
         self.classStatistics = []
         self.timings = {}
         self.elapsedSeconds = 0.0
@@ -231,7 +235,8 @@ class MaskMedLogic(ChildRun):
         self._report(0.0, "Writing the volume for MaskMed")
         try:
             self._tempDir = Path(tempfile.mkdtemp(prefix="MaskMed-"))
-            inputPath = exportVolumeToFile(volumeNode, self._tempDir / "in" / f"{INPUT_CASE_NAME}.nrrd")
+            inputPath = run.inputPath = exportVolumeToFile(
+                volumeNode, self._tempDir / "in" / f"{INPUT_CASE_NAME}.nrrd")
         except Exception as error:  # disk full, unwritable temp folder, ...
             self._fail(f"The volume could not be written to a temporary file: {error}")
             return False
@@ -301,6 +306,8 @@ class MaskMedLogic(ChildRun):
             self._report(low + (high - low) * event.fraction, label)
         elif isinstance(event, MessageEvent) and event.level != "error":  # errors: ChildRun.childErrors
             self.messages.append(event.text)
+            if event.level == "warning":  # "<input file>: <warning>": the file is our temporary copy, not the user's
+                self.warnings.append(event.text.removeprefix(f"{run.inputPath}: "))
         elif isinstance(event, OutputEvent):
             self.classStatistics = list(event.classes)
 
@@ -383,6 +390,11 @@ class MaskMedLogic(ChildRun):
         if self._tempDir is not None:
             shutil.rmtree(self._tempDir, ignore_errors=True)
             self._tempDir = None
+
+
+def warningsText(warnings: list[str]) -> str:
+    """The panel's text for a result's warnings: one paragraph each, "" when there are none."""
+    return "\n\n".join(f"Warning: {text[:1].upper()}{text[1:]}" for text in warnings)
 
 
 def _removeNode(scene, node) -> None:

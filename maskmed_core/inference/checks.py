@@ -91,12 +91,18 @@ def check_memory(image, plans: Plans, num_queries: int) -> None:
 MAX_WINDOWS = 5000
 
 
+def model_size_zyx(image, plans: Plans) -> list[int]:
+    """The size of the model grid (voxels, canonical-like (z, y, x) index order of the input) an image or header is
+    resampled to, as ``preprocessing.model_grid_for`` rounds it."""
+    sizes_spacings_targets = zip(image.GetSize()[::-1], image.GetSpacing()[::-1], plans.spacing, strict=True)
+    return [max(1, round(n * s / t)) for n, s, t in sizes_spacings_targets]
+
+
 def check_windows(image, plans: Plans) -> int:
     """The number of sliding windows on the model grid; InputError when it exceeds MAX_WINDOWS."""
     from maskmed_core.inference.sliding_window import window_starts
 
-    sizes_spacings_targets = zip(image.GetSize()[::-1], image.GetSpacing()[::-1], plans.spacing, strict=True)
-    model_size = [max(1, round(n * s / t)) for n, s, t in sizes_spacings_targets]
+    model_size = model_size_zyx(image, plans)
     count = math.prod(
         len(window_starts(n, patch, plans.overlap)) for n, patch in zip(model_size, plans.patch_size, strict=True)
     )
@@ -107,3 +113,27 @@ def check_windows(image, plans: Plans) -> int:
             f"more than the {MAX_WINDOWS:,} allowed: crop the volume to the region of interest"
         )
     return count
+
+
+# A volume thinner than this fraction of the patch along an axis (on the model grid) is mostly padding to the
+# network: 8 slices of 3 mm against a 64-slice patch. Organs cut by both ends of such a slab are often missed or
+# mislabelled; two slices of a 480 x 480 scan are the typical case.
+MIN_EXTENT_FRACTION_OF_PATCH = 1 / 8
+
+
+def thin_volume_warning(image, plans: Plans) -> str | None:
+    """A warning when the volume spans fewer model-grid voxels along an axis than ``MIN_EXTENT_FRACTION_OF_PATCH``
+    of the patch (it is segmented all the same), else None."""
+    model_size = model_size_zyx(image, plans)
+    sizes_spacings = zip(image.GetSize()[::-1], image.GetSpacing()[::-1], strict=True)
+    for axis, (have, patch, (slices, spacing)) in enumerate(zip(model_size, plans.patch_size, sizes_spacings,
+                                                                strict=True)):
+        needed = math.ceil(patch * MIN_EXTENT_FRACTION_OF_PATCH)
+        if have < needed:
+            return (
+                f"the volume is only {slices * spacing:g} mm thick along its {'zyx'[axis]} axis ({slices} "
+                f"voxel{'s' * (slices != 1)} of {spacing:g} mm), less than the {needed * plans.spacing[axis]:g} mm "
+                "the model needs for context: organs cut by its ends are likely missed or mislabelled; segment a "
+                "volume that covers the organs whole"
+            )
+    return None

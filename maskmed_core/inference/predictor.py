@@ -12,7 +12,8 @@ import torch
 from maskmed_core.checkpoint import ModelFile, load_model_file
 from maskmed_core.classes import SegmentClass, lateral_pairs
 from maskmed_core.devices import DeviceError
-from maskmed_core.inference.checks import check_memory, check_spacing, check_windows
+from maskmed_core.inference.checks import check_memory, check_spacing, check_windows, thin_volume_warning
+from maskmed_core.inference.laterality import body_mask, check_mirrored
 from maskmed_core.inference.preprocessing import normalize_ct, prepare
 from maskmed_core.inference.result import Grid, SegmentationResult
 from maskmed_core.inference.sliding_window import ProgressCallback, sliding_window
@@ -67,6 +68,9 @@ class Predictor:
         With ``tta``, predictions are averaged over mirrors along the axes the model was trained mirrored along
         (``ModelFile.mirror_axes``; all three for most models; left-right mirrors swap lateral classes such as left
         and right kidney back).
+        ``result.warnings`` say what the user should check (intensities that are not CT-like, a volume too thin for
+        the model's context, an image that looks mirrored left-right: ``inference.laterality``); nothing is changed
+        because of them.
         """
         from maskmed_core.io.reading import check_ct_intensities, read_image, validate_volume
 
@@ -89,7 +93,7 @@ class Predictor:
             image = image_or_path
             validate_volume(image)
         check_before_reading(image, "the image")
-        warnings = [w for w in [check_ct_intensities(image)] if w]
+        warnings = [w for w in [check_ct_intensities(image), thin_volume_warning(image, plans)] if w]
         mirror_axes = self.model_file.mirror_axes if tta else ()
         if tta and not mirror_axes:
             warnings.append("this model was trained without mirrored images, so test-time augmentation has no mirror "
@@ -114,7 +118,7 @@ class Predictor:
         masks = stitched.masks
         masks *= 255.0  # in place: the float maps are the largest buffer of a run
         np.rint(masks, out=masks)
-        return SegmentationResult(
+        result = SegmentationResult(
             masks=masks.astype(np.uint8),
             class_given_object=stitched.class_given_object,
             objectness=stitched.objectness,
@@ -124,3 +128,11 @@ class Predictor:
             input_grid=Grid.of(image),
             warnings=warnings,
         )
+        # The float stitched maps go first: the check builds the result's float copy of the masks (which the label
+        # map reuses), and the two together would raise the run's peak memory.
+        del stitched, masks
+        # Never flipped here: a situs inversus looks the same, and only the user knows which it is.
+        mirrored = check_mirrored(result, body_mask(prepared.array, plans.intensity))
+        if mirrored:
+            result.warnings.append(mirrored)
+        return result

@@ -123,10 +123,13 @@ class SegmentationResult:
             self._float_masks = torch.from_numpy(self.masks).float().div_(255.0)
         return self._float_masks
 
-    def class_probabilities(self, query_threshold: float = DEFAULT_QUERY_THRESHOLD) -> torch.Tensor:
-        """(C, z, y, x) float32 on the model grid: p_c(x) = sum over kept queries of r_q[c] * M_q(x)."""
+    def class_probabilities(
+        self, query_threshold: float = DEFAULT_QUERY_THRESHOLD, columns: list[int] | None = None
+    ) -> torch.Tensor:
+        """(C, z, y, x) float32 on the model grid: p_c(x) = sum over kept queries of r_q[c] * M_q(x); with
+        ``columns`` (class indices 0..C-1) only those classes, in that order (len(columns), z, y, x)."""
         return stitched_class_probabilities(
-            self._masks_float(), self.class_given_object, self.objectness, query_threshold
+            self._masks_float(), self.class_given_object, self.objectness, query_threshold, columns
         )
 
     def model_labels(
@@ -334,14 +337,21 @@ def _check_result_metadata(
 
 
 def stitched_class_probabilities(
-    masks: torch.Tensor, class_given_object: np.ndarray, objectness: np.ndarray, query_threshold: float
+    masks: torch.Tensor,
+    class_given_object: np.ndarray,
+    objectness: np.ndarray,
+    query_threshold: float,
+    columns: list[int] | None = None,
 ) -> torch.Tensor:
     """Semantic inference on volume-level queries: masks (Q, z, y, x) float in [0, 1] -> (C, z, y, x).
 
     p_c(x) = sum over queries q with confidence objectness[q] * max_c r_q[c] >= query_threshold of
-    r_q[c] * M_q(x); one BLAS product over the kept queries.
+    r_q[c] * M_q(x); one BLAS product over the kept queries. ``columns``: only those classes (indices into C), in
+    that order; which queries are kept still depends on all classes.
     """
     kept = np.flatnonzero(objectness * class_given_object.max(1) >= query_threshold)
+    if columns is not None:
+        class_given_object = class_given_object[:, columns]
     spatial = masks.shape[1:]
     num_classes = class_given_object.shape[1]
     if kept.size == 0:

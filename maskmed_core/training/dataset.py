@@ -131,7 +131,8 @@ def parse_labels(raw: Any, source: str) -> dict[str, int]:
 
     source: how messages name where the mapping came from (e.g. the dataset.json path). Raises InputError for
     nnU-Net's region-based labels (lists of values), non-integer, negative, too large or repeated values, empty
-    names, and a mapping with no class besides background.
+    names, names a model file cannot hold (a newline or other non-printable character, more than
+    ``untrusted.MAX_NAME_LENGTH`` characters), and a mapping with no class besides background.
     """
     if not isinstance(raw, dict) or not raw:
         raise InputError(
@@ -145,10 +146,19 @@ def parse_labels(raw: Any, source: str) -> dict[str, int]:
             "trains on plain classes, one label value per class, and does not support regions: give each class a "
             'single value (e.g. "liver": 1) and label maps whose voxels hold one class each.'
         )
+    from maskmed_core.untrusted import MAX_NAME_LENGTH, UntrustedValueError, check_text
+
     result: dict[str, int] = {}
     for name, value in raw.items():
         if not isinstance(name, str) or not name.strip():
             raise InputError(f"{source}: class names must be non-empty text, got {name!r}.")
+        try:  # the model file's rule (classes.check_class), now rather than when the first epoch is saved
+            check_text(name, "name", MAX_NAME_LENGTH)
+        except UntrustedValueError as error:
+            raise InputError(
+                f"{source}: the class name {name!r:.80} cannot go into a model file ({error.problem}): class names "
+                f"are printable text of at most {MAX_NAME_LENGTH} characters on one line; rename the class."
+            ) from error
         number = _as_int(value)
         if number is None or not 0 <= number <= MAX_LABEL_VALUE:
             raise InputError(
