@@ -67,7 +67,8 @@ class Predictor:
         (``ModelFile.mirror_axes``; all three for most models; left-right mirrors swap lateral classes such as left
         and right kidney back).
         """
-        from maskmed_core.io.reading import check_ct_intensities, read_image, validate_volume
+        from maskmed_core.io.reading import read_image
+        from maskmed_core.io.volume_checks import check_ct_intensities, validate_volume
 
         def report(fraction: float, stage: str) -> None:
             if progress is not None:
