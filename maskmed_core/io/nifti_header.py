@@ -1,6 +1,7 @@
 """NIfTI headers read by MaskMed itself, where ITK's NIfTI reader would be silent: a voxel size of 0 or NaN (ITK
-uses 1 mm), a truncated file (ITK fills zeros), NaN or infinite voxels (ITK writes 0), an sform that is a rotation
-only up to float rounding (ITK refuses it; read here through :mod:`maskmed_core.io.nifti_sform`).
+uses 1 mm), a truncated file (ITK fills zeros; :func:`nifti_payload` says where the voxels lie, for
+:mod:`maskmed_core.io.payload` to judge before ITK allocates), NaN or infinite voxels (ITK writes 0), an sform that is
+a rotation only up to float rounding (ITK refuses it; read here through :mod:`maskmed_core.io.nifti_sform`).
 
 Only the header (at most 540 bytes) is parsed here; voxels are streamed in bounded chunks.
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import math
-import os
 import struct
 import zlib
 from collections.abc import Callable
@@ -20,8 +20,9 @@ from typing import TypeVar
 import numpy as np
 
 from maskmed_core.io.errors import InputError
-from maskmed_core.io.formats import REEXPORT, volume_suffix
+from maskmed_core.io.formats import volume_suffix
 from maskmed_core.io.nifti_sform import SformGeometry, itk_permissive_sform, sform_geometry
+from maskmed_core.io.payload import Payload, check_payload
 from maskmed_core.io.volume_checks import ORTHONORMAL_TOLERANCE
 
 T = TypeVar("T")
@@ -51,39 +52,29 @@ def read_tolerating_sform_rounding(path: Path, read: Callable[[], T]) -> tuple[T
         return read(), geometry
 
 
-def check_nifti_complete(path: Path) -> None:
-    """Raise InputError when a NIfTI file holds less voxel data than its header announces.
+def nifti_payload(path: Path) -> Payload | None:
+    """Where a single-file NIfTI's voxels lie (:func:`~maskmed_core.io.payload.check_payload` judges them), or None
+    when the header cannot be judged here (ITK then says it cannot read the file).
 
-    SimpleITK (ITK's niftilib) reads a truncated .nii or .nii.gz without any error and fills the missing voxels
-    with zeros, so this is checked here: the header gives vox_offset + voxel bytes; an uncompressed file must be
-    that long, and a gzip file must decompress to that many bytes.
+    The whole file is one stream, compressed for .nii.gz: it must hold vox_offset + the voxel bytes. ITK's niftilib
+    reads a short .nii or .nii.gz without any error and fills the missing voxels with zeros.
     """
     read = _nifti_header_bytes(path)
     if read is None:
-        return  # SimpleITK read it, so it is at least not a header problem we can judge here
+        return None
     header, compressed = read
     expected = _nifti_expected_bytes(header)
     if expected is None:
-        return
-    if not compressed:
-        actual, complete = path.stat().st_size, True
-    else:
-        # The gzip trailer ends with the uncompressed size mod 2**32 (ISIZE): one 4-byte read for an intact file.
-        # A truncated file ends in compressed data instead, which matches the expected size only by a 2**-32 chance.
-        with open(path, "rb") as file:
-            file.seek(-4, os.SEEK_END)
-            (isize,) = struct.unpack("<I", file.read(4))
-        if isize == expected % 2**32:
-            return
-        # Mismatch: several gzip members, trailing bytes, or truncation; decompress to find out.
-        actual, complete = _gzip_stream_size(path)
-    if complete and actual >= expected:
-        return
-    raise InputError(
-        f"{path} is truncated: its NIfTI header announces {expected:,} bytes, but the file holds only "
-        f"{actual:,}{' after decompression' if compressed else ''} (SimpleITK would fill the missing voxels with "
-        f"zeros). The file looks corrupted or truncated. {REEXPORT}"
-    )
+        return None
+    return Payload(path, 0, "gzip" if compressed else "raw", expected, "NIfTI")
+
+
+def check_nifti_complete(path: Path) -> None:
+    """Raise InputError when a .nii or .nii.gz file holds less voxel data than its header announces (reading at
+    most the data it counts; see :func:`nifti_payload`)."""
+    payload = nifti_payload(path)
+    if payload is not None:
+        check_payload(payload, str(path))
 
 
 @dataclass(frozen=True)
@@ -252,39 +243,3 @@ def check_nifti_finite(path: Path) -> None:
             f"{path} contains {found} voxels of {math.prod(parsed.dims)}; MaskMed needs finite intensities: fill "
             "the undefined region (e.g. with -1024 HU, air) or crop it away, and export again."
         )
-
-
-def _gzip_stream_size(path: Path) -> tuple[int, bool]:
-    """(decompressed bytes, whether the data ends with a complete gzip member) of a possibly multi-member file.
-
-    Streams 1 MiB of input at a time and caps each output piece at 16 MiB, so memory stays small at any
-    compression ratio. wbits=31 makes zlib parse the gzip header and check its CRC-32/size trailer.
-    """
-    total = 0
-    members_done = 0
-    decompressor = zlib.decompressobj(wbits=31)
-    in_member = False
-    with open(path, "rb") as file:
-        while chunk := file.read(1 << 20):
-            data = chunk
-            while True:
-                try:
-                    out = decompressor.decompress(data, 1 << 24)
-                except zlib.error:
-                    # Bytes after a complete member that are not gzip (e.g. zero padding) are ignored, as zlib's own
-                    # gzread does; an error inside the first member means the data is corrupt.
-                    return total, members_done > 0 and not in_member
-                in_member = True
-                total += len(out)
-                if decompressor.eof:
-                    members_done += 1
-                    in_member = False
-                    data = decompressor.unused_data
-                    decompressor = zlib.decompressobj(wbits=31)
-                    if not data:
-                        break
-                    continue
-                data = decompressor.unconsumed_tail
-                if not data and len(out) < 1 << 24:
-                    break
-    return total, members_done > 0 and not in_member

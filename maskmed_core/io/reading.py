@@ -29,11 +29,13 @@ from maskmed_core.io.formats import (
     volume_suffix,
 )
 from maskmed_core.io.nifti_header import (
-    check_nifti_complete,
     check_nifti_finite,
     check_nifti_header,
+    nifti_payload,
     read_tolerating_sform_rounding,
 )
+from maskmed_core.io.payload import check_payload
+from maskmed_core.io.text_header_payload import text_header_payload
 from maskmed_core.io.volume_checks import ImageHeader, validate_header, validate_volume
 
 
@@ -77,8 +79,9 @@ def read_image(
     Raises InputError for a missing path, a folder without DICOM series, an unknown ``series_uid``, an unreadable
     or truncated file, and an image that is not one 3D scalar volume with finite, non-constant intensities.
     The header is checked first (:func:`validate_header`, against ``memory_budget`` bytes, then
-    ``check_header(header, name)`` when given, e.g. the predictor's spacing and memory checks), so a refused image
-    costs no voxel memory; a DICOM series' slice positions are checked before its pixels are read.
+    ``check_header(header, name)`` when given, e.g. the predictor's spacing and memory checks), and a file must hold
+    the voxel data its header announces (:mod:`~maskmed_core.io.payload`), so a refused image costs no voxel memory
+    whatever memory is free; a DICOM series' slice geometry is checked before its pixels are read.
     """
     path = Path(path)
     if not path.exists():
@@ -110,6 +113,10 @@ def _read_file(
         check_nifti_header(path)  # before SimpleITK, which turns a 0 or NaN pixdim into 1 mm without a word
     header = read_header(path)
     validate_header(header, str(path), memory_budget)
+    # Before ITK allocates the image: the file must hold the voxels its header announces, whatever memory is free.
+    payload = nifti_payload(path) if nifti else text_header_payload(path, header)
+    if payload is not None:
+        check_payload(payload, str(path))
     if check_header is not None:
         check_header(header, str(path))
     try:
@@ -119,6 +126,5 @@ def _read_file(
     if geometry is not None:
         geometry.apply(image)
     if nifti:
-        check_nifti_complete(path)
         check_nifti_finite(path)
     return image
