@@ -1,9 +1,12 @@
-"""DICOM series folders: which series a folder holds, and reading one after checking its slice positions.
+"""DICOM series folders: which series a folder holds, and reading one after checking its slice geometry.
 
-A folder is read as one series (the one with the most files, or the one named by its UID). Its slices are placed
-from their headers before any pixel is decoded: a missing, duplicated or unevenly spaced slice is refused with
-:class:`~maskmed_core.io.errors.InputError` naming the files, because ITK would stack the slices on a uniform grid
-and shift every organ beyond the gap.
+A folder is read as one series (the one with the most files, or the one named by its UID;
+:func:`several_series_warning` says which when there are several). Its slices are placed from their headers before
+any pixel is decoded, because ITK stacks them on one uniform grid made from the first slice and the first gap:
+a slice of another size, pixel spacing or orientation, a slice shifted in its plane, a gantry tilt (positions off
+the slice normal: a sheared volume), and a missing, duplicated or unevenly spaced slice are refused with
+:class:`~maskmed_core.io.errors.InputError` naming the files, where ITK would misplace every organ in them or
+beyond them.
 """
 
 from __future__ import annotations
