@@ -1,9 +1,13 @@
-"""Small models and model files for tests (random weights: fine for plumbing, geometry and thresholds)."""
+"""Small models and model files for tests (random weights: fine for plumbing, geometry and thresholds), and small
+DICOM series."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import SimpleITK as sitk  # noqa: N813
 import torch
 
 from maskmed_core.checkpoint import save_model_file
@@ -38,3 +42,40 @@ def full_disk_save_file(tensors, filename, metadata=None):
     with open(filename, "wb") as handle:
         handle.write(b"partial")
     raise OSError(28, "No space left on device")
+
+
+AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+@dataclass(frozen=True)
+class DicomSlice:
+    """One slice of a synthetic DICOM series: its pixels ((rows, columns) int16 HU) and where it lies: Image Position
+    (Patient) (mm, LPS), Image Orientation (Patient) (row then column cosines), Pixel Spacing (mm, both directions)."""
+
+    pixels: np.ndarray
+    position: tuple[float, ...]
+    orientation: tuple[float, ...] = AXIAL
+    pixel_spacing: float = 0.8
+
+
+def write_dicom_series(folder: Path, slices: list[DicomSlice], uid: str, description: str) -> Path:
+    """One CT DICOM file per slice (GDCM), named ``<description>_<k>.dcm``, each with its own geometry."""
+    folder.mkdir(parents=True, exist_ok=True)
+    writer = sitk.ImageFileWriter()
+    writer.KeepOriginalImageUIDOn()
+    for k, placed in enumerate(slices):
+        image = sitk.GetImageFromArray(placed.pixels)
+        image.SetSpacing((placed.pixel_spacing, placed.pixel_spacing))
+        for tag, value in {
+            "0008|0060": "CT",
+            "0008|103e": description,
+            "0020|000e": uid,
+            "0008|0018": f"{uid}.{k + 1}",
+            "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(f"{p:.6f}" for p in placed.position),
+            "0020|0037": "\\".join(f"{c:.8f}" for c in placed.orientation),
+        }.items():
+            image.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"{description.replace(' ', '_')}_{k:02d}.dcm"))
+        writer.Execute(image)
+    return folder

@@ -180,6 +180,89 @@ def test_fuzz_nrrd_headers(tmp_path, monkeypatch):
     assert tries >= 10
 
 
+# DICOM series: text a mutation writes over one slice's Image Position (Patient), Image Orientation (Patient) or
+# Series Instance UID, in place (padded with spaces, so that the file stays valid DICOM): damaged numbers included.
+DICOM_TAG_VALUES = {
+    "position": ["0\\0\\0", "50\\0\\6", "0\\1.5\\6", "nan\\0\\0", "1e308\\0\\0", "1\\2", "abc\\0\\0",
+                 "0.0001\\0\\3"],
+    "orientation": ["0\\1\\0\\-1\\0\\0", "1\\0\\0\\0\\0\\-1", "1\\0\\0\\1\\0\\0", "0\\0\\0\\0\\0\\0",
+                    "1\\0\\0", "nan\\0\\0\\0\\1\\0", "0.99999\\0.0044\\0\\-0.0044\\0.99999\\0"],
+    "uid": ["1.2.826.0.1.3680043.2.1125.99.2"],
+}
+
+
+def test_fuzz_dicom_series(tmp_path, monkeypatch):
+    """A consistent 6-slice series (3 mm apart), then damage: a slice's position, orientation or series UID
+    rewritten, its pixel spacing or size changed, a slice dropped or copied. Whatever the damage, reading refuses
+    with InputError or gives a volume on the first slice's in-plane grid."""
+    from factories import AXIAL, DicomSlice, write_dicom_series
+
+    monkeypatch.setenv("MASKMED_MEMORY_BUDGET_MB", "256")
+    uid = "1.2.826.0.1.3680043.2.1125.99.1"
+    original = {"orientation": "\\".join(f"{c:.8f}" for c in AXIAL), "uid": uid}
+    rng = random.Random(78)
+    pixels = np.random.default_rng(0).integers(-1000, 1000, (6, 12, 12)).astype(np.int16)
+    tries = refused = 0
+    deadline = time.monotonic() + SECONDS
+    while time.monotonic() < deadline:
+        slices = [DicomSlice(pixels[k], (0.0, 0.0, 3.0 * k)) for k in range(6)]
+        rewrites = []  # (slice index, what, new text)
+        for _ in range(rng.randint(1, 3)):
+            k = rng.randrange(len(slices))
+            action = rng.random()
+            if action < 0.5:
+                what = rng.choice(sorted(DICOM_TAG_VALUES))
+                rewrites.append((k, what, rng.choice(DICOM_TAG_VALUES[what])))
+            elif action < 0.65:
+                slices[k] = DicomSlice(slices[k].pixels, slices[k].position, slices[k].orientation,
+                                       rng.choice([1.2, 0.8001, 0.5, 40.0]))
+            elif action < 0.75:
+                slices[k] = DicomSlice(np.zeros((rng.choice([8, 16]), 12), np.int16), slices[k].position)
+            elif action < 0.9 and len(slices) > 2:
+                slices.pop(k)
+            else:
+                slices.append(slices[k])
+        folder = write_dicom_series(tmp_path / f"series{tries}", slices, uid, "fuzzed")
+        for k, what, text in rewrites:
+            if k >= len(slices):
+                continue
+            file = folder / f"fuzzed_{k:02d}.dcm"
+            old = original.get(what) or "\\".join(f"{p:.6f}" for p in slices[k].position)
+            file.write_bytes(file.read_bytes().replace(old.encode(), text.ljust(len(old)).encode()[: len(old)]))
+        tries += 1
+        case = f"slices {[(s.position, s.pixel_spacing, s.pixels.shape) for s in slices]}, rewrites {rewrites}"
+        try:
+            image = read_image(folder)
+        except InputError:
+            refused += 1
+            continue
+        except Exception as error:
+            pytest.fail(f"{type(error).__name__}: {error} for {case}")
+        _assert_slices_agree(folder, image, case)
+    assert tries >= 5 and refused >= 1, (tries, refused)
+
+
+def _assert_slices_agree(folder, image, case: str) -> None:
+    """An accepted series: every slice file (as ITK reads its header) has the volume's in-plane size, spacing and
+    direction, and lies on the volume's slice axis within half a pixel."""
+    from maskmed_core.io.dicom import list_dicom_series
+
+    files = list_dicom_series(folder)[0].files
+    assert image.GetSize()[2] == len(files), case
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    for file in files:
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(file)
+        reader.ReadImageInformation()
+        assert reader.GetSize()[:2] == image.GetSize()[:2], case
+        np.testing.assert_allclose(reader.GetSpacing()[:2], image.GetSpacing()[:2], rtol=1e-3, err_msg=case)
+        np.testing.assert_allclose(np.array(reader.GetDirection()).reshape(3, 3)[:, :2], direction[:, :2], atol=1e-3,
+                                   err_msg=case)
+        offset = np.array(reader.GetOrigin()) - np.array(image.GetOrigin())
+        sideways = offset - (offset @ direction[:, 2]) * direction[:, 2]
+        assert np.linalg.norm(sideways) <= 0.5 * min(image.GetSpacing()[:2]), case
+
+
 def _read_refusing_cleanly(path, what: str) -> None:
     """Reading a fuzzed file may succeed or raise InputError (a clear refusal); anything else fails the test."""
     try:

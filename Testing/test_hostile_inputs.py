@@ -262,6 +262,31 @@ def test_gzip_bomb_is_refused_before_inflating(model_path, tmp_path):
     assert_refused(run, ExitCode.BAD_INPUT, "memory budget", "Nothing was read")
 
 
+@pytest.mark.parametrize("budget", ["none set", "1 TiB"])
+@pytest.mark.parametrize("kind", ["nifti", "nrrd"])
+def test_tiny_file_claiming_2_gib_is_refused_whatever_memory_is_free(model_path, tmp_path, monkeypatch, kind, budget):
+    """Issue 23: the refusal must not depend on the free memory. With no budget variable the budget is what is free
+    now (the budget check or the file-size check refuses, depending on the machine); with a 1 TiB budget, as on a
+    machine with that much free, the file size alone must refuse. Either way nothing is allocated."""
+    monkeypatch.delenv("MASKMED_MEMORY_BUDGET_MB", raising=False)
+    if kind == "nifti":
+        header = nifti_bytes(synthetic_ct((4, 4, 4)), tmp_path)[:352]
+        struct.pack_into("<8h", header, 40, 3, 1024, 1024, 1024, 1, 1, 1, 1)
+        path, data, claim = tmp_path / "huge.nii", bytes(header), "NIfTI header announces 2,147,484,000 bytes"
+    else:
+        data = (b"NRRD0004\ntype: short\ndimension: 3\nsizes: 1024 1024 1024\nspacings: 1 1 1\nendian: little\n"
+                b"encoding: raw\n\n")
+        path, claim = tmp_path / "huge.nrrd", "NRRD header announces 2,147,483,648 bytes"
+    path.write_bytes(data)
+    assert path.stat().st_size <= 352
+    env = {"MASKMED_MEMORY_BUDGET_MB": str(1 << 20)} if budget == "1 TiB" else {}
+    run = predict(tmp_path, [path], model_path, env=env)
+    assert_refused(run, ExitCode.BAD_INPUT)
+    assert "nothing was read" in run.messages.lower()  # both refusals say so
+    if budget == "1 TiB":
+        assert claim in run.messages and "is truncated" in run.messages
+
+
 def test_parameter_count_is_computed_without_building_the_network():
     configs = [preset("small", 15), preset("base", 15), preset("small", 3, patch_size=(32, 64, 64),
                                                                    spacing=(5.0, 1.0, 1.0))]

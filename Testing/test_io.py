@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk  # noqa: N813 (the conventional name)
+from factories import DicomSlice, write_dicom_series
 
 from maskmed_core.io import (
     InputError,
@@ -484,26 +485,9 @@ def test_unknown_series_uid_lists_the_available_one(shared_data):
 
 
 def _write_dicom_series(folder: Path, uid: str, slices: int, description: str) -> None:
-    """A tiny CT series (16 x 16 pixels, `slices` slices 2.5 mm apart) written slice by slice with GDCM."""
-    volume = sitk.GetImageFromArray(_volume((slices, 16, 16), seed=slices))
-    volume.SetSpacing((0.8, 0.8, 2.5))
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(slices):
-        image = volume[:, :, k]
-        position = volume.TransformIndexToPhysicalPoint((0, 0, k))
-        for tag, value in {
-            "0008|0060": "CT",
-            "0008|103e": description,
-            "0020|000e": uid,
-            "0008|0018": f"{uid}.{k + 1}",
-            "0020|0013": str(k + 1),
-            "0020|0032": "\\".join(f"{p:g}" for p in position),
-            "0020|0037": "1\\0\\0\\0\\1\\0",
-        }.items():
-            image.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"{description.replace(' ', '_')}_{k:02d}.dcm"))
-        writer.Execute(image)
+    """A tiny CT series (16 x 16 pixels, `slices` slices 2.5 mm apart, 0.8 mm pixels)."""
+    volume = _volume((slices, 16, 16), seed=slices)
+    write_dicom_series(folder, [DicomSlice(volume[k], (0.0, 0.0, 2.5 * k)) for k in range(slices)], uid, description)
 
 
 def test_several_series_reads_the_largest_or_the_one_named(tmp_path):

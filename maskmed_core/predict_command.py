@@ -213,6 +213,7 @@ def _predict_case(
 ) -> None:
     from maskmed_core.atomic import output_batch
     from maskmed_core.inference.writers import write_labels
+    from maskmed_core.io.dicom import several_series_warning
     from maskmed_core.io.errors import OutputLocationError
 
     name = case_name(case)
@@ -227,8 +228,9 @@ def _predict_case(
         tta=args.tta,
         series_uid=args.series_uid,
     )
-    for warning in result.warnings:
-        reporter.message("warning", f"{case}: {warning}")
+    for warning in [several_series_warning(case, args.series_uid), *result.warnings]:
+        if warning:
+            reporter.message("warning", f"{case}: {warning}")
     reporter.progress(name, "writing", 1.0)
     label_image = result.label_map(args.query_threshold, args.class_threshold, args.largest_component)
     output_folder.mkdir(parents=True, exist_ok=True)  # only now: a refused input leaves no folder either

@@ -168,55 +168,69 @@ def updateSegmentationFromLabelImage(
         raise ValueError("no classes to write")
     classLabels = [int(c.label) for c in classes]
     labels = labelArrayOnVolumeGrid(labelImage, referenceVolumeNode)
-    maxLabel = max(classLabels)
-    scalarType = vtk.VTK_UNSIGNED_CHAR if maxLabel < 256 else vtk.VTK_UNSIGNED_SHORT
     segmentation = segmentationNode.GetSegmentation()
     segmentIds = [segmentIdForClass(label) for label in classLabels]
-    referenceMatrix = ijkToRasMatrix(referenceVolumeNode)
-    extent = referenceVolumeNode.GetImageData().GetExtent()
-    name = binaryLabelmapName()
 
     wasModifying = segmentationNode.StartModify()
     try:
         _setReferenceGeometry(segmentationNode, referenceVolumeNode)
         _ensureBinaryLabelmapSource(segmentation)
-        layer = _ourLayer(segmentation, segmentIds, referenceMatrix, extent, scalarType)
-        rebuilt = layer is None
-        if rebuilt:
-            layer = emptyOrientedImageLike(referenceVolumeNode, scalarType)
-        layerArray = orientedImageArray(layer)
-        writeAll = rebuilt or onlyClasses is None
-        _writeLabels(layerArray, labels, classLabels, None if writeAll or onlyClasses is None
-                     else {int(v) for v in onlyClasses})
-
-        existing = set(_segmentIds(segmentation))
-        for segmentClass, segmentId in zip(classes, segmentIds, strict=True):
-            segment = segmentation.GetSegment(segmentId) if segmentId in existing else None
-            if segment is None:
-                segment = slicer.vtkSegment()
-                _setSegmentMetadata(segment, segmentClass)
-                segment.SetLabelValue(int(segmentClass.label))
-                segment.AddRepresentation(name, layer)
-                segmentation.AddSegment(segment, segmentId)
-                continue
-            changed = _setSegmentMetadata(segment, segmentClass)
-            if segment.GetLabelValue() != int(segmentClass.label):
-                segment.SetLabelValue(int(segmentClass.label))
-                changed = True
-            if segment.GetRepresentation(name) is not layer:
-                # Point the segment at our layer; the segmentation re-observes source representations on
-                # SegmentModified, so later in-place writes still raise SourceRepresentationModified.
-                segment.AddRepresentation(name, layer)
-                changed = True
-            if changed:
-                segment.Modified()
+        layer, rebuilt = _layerToWrite(segmentation, segmentIds, referenceVolumeNode, _layerScalarType(classLabels))
+        # A new layer holds nothing yet: every class is written, whatever the hint says.
+        only = None if rebuilt or onlyClasses is None else {int(v) for v in onlyClasses}
+        _writeLabels(orientedImageArray(layer), labels, classLabels, only)
+        _pointSegmentsAtLayer(segmentation, classes, segmentIds, layer)
         layer.Modified()  # one event: displays and derived representations (closed surface) refresh
     finally:
         segmentationNode.EndModify(wasModifying)
-    if writeAll:
+    if only is None:
         return segmentIds
-    wanted = {int(v) for v in onlyClasses or ()}
-    return [i for i, label in zip(segmentIds, classLabels, strict=True) if label in wanted]
+    return [i for i, label in zip(segmentIds, classLabels, strict=True) if label in only]
+
+
+def _layerScalarType(classLabels: list[int]) -> int:
+    """The VTK voxel type of the shared layer: unsigned char while every label fits in it, else unsigned short."""
+    return vtk.VTK_UNSIGNED_CHAR if max(classLabels) < 256 else vtk.VTK_UNSIGNED_SHORT
+
+
+def _layerToWrite(segmentation, segmentIds: list[str], referenceVolumeNode, scalarType: int):
+    """(the layer image to write the labels into, whether it is new): our layer when it can be reused as is,
+    else an empty one on the volume's grid."""
+    layer = _ourLayer(segmentation, segmentIds, ijkToRasMatrix(referenceVolumeNode),
+                      referenceVolumeNode.GetImageData().GetExtent(), scalarType)
+    if layer is not None:
+        return layer, False
+    return emptyOrientedImageLike(referenceVolumeNode, scalarType), True
+
+
+def _pointSegmentsAtLayer(segmentation, classes: list, segmentIds: list[str], layer) -> None:
+    """Create the missing segment of each class, or update the existing one in place (name, colour, terminology,
+    label value), all sharing ``layer`` as their binary labelmap."""
+    existing = set(_segmentIds(segmentation))
+    for segmentClass, segmentId in zip(classes, segmentIds, strict=True):
+        segment = segmentation.GetSegment(segmentId) if segmentId in existing else None
+        if segment is None:
+            segment = slicer.vtkSegment()
+            _setSegmentMetadata(segment, segmentClass)
+            segment.SetLabelValue(int(segmentClass.label))
+            segment.AddRepresentation(binaryLabelmapName(), layer)
+            segmentation.AddSegment(segment, segmentId)
+        elif _updateSegment(segment, segmentClass, layer):
+            segment.Modified()
+
+
+def _updateSegment(segment, segmentClass, layer) -> bool:
+    """Bring an existing segment in line with its class and our layer; True when anything changed."""
+    changed = _setSegmentMetadata(segment, segmentClass)
+    if segment.GetLabelValue() != int(segmentClass.label):
+        segment.SetLabelValue(int(segmentClass.label))
+        changed = True
+    if segment.GetRepresentation(binaryLabelmapName()) is not layer:
+        # Point the segment at our layer; the segmentation re-observes source representations on
+        # SegmentModified, so later in-place writes still raise SourceRepresentationModified.
+        segment.AddRepresentation(binaryLabelmapName(), layer)
+        changed = True
+    return changed
 
 
 def patchClassLayer(
@@ -235,7 +249,7 @@ def patchClassLayer(
     else shares the layer, the geometry differs): then call updateSegmentationFromLabelImage with the full map.
     """
     classLabels = [int(c.label) for c in classes]
-    scalarType = vtk.VTK_UNSIGNED_CHAR if max(classLabels) < 256 else vtk.VTK_UNSIGNED_SHORT
+    scalarType = _layerScalarType(classLabels)
     segmentation = segmentationNode.GetSegmentation()
     segmentIds = [segmentIdForClass(label) for label in classLabels]
     if any(segmentation.GetSegment(i) is None for i in segmentIds):

@@ -1,5 +1,5 @@
 """Checks made before any heavy work: slice thickness the model can use, the memory and number of windows it
-will need. They take an image or an image header (``maskmed_core.io.reading.ImageHeader``), so a path is judged
+will need. They take an image or an image header (``maskmed_core.io.volume_checks.ImageHeader``), so a path is judged
 from its header before its voxels are read."""
 
 from __future__ import annotations

@@ -72,7 +72,8 @@ class Predictor:
         the model's context, an image that looks mirrored left-right: ``inference.laterality``); nothing is changed
         because of them.
         """
-        from maskmed_core.io.reading import check_ct_intensities, read_image, validate_volume
+        from maskmed_core.io.reading import read_image
+        from maskmed_core.io.volume_checks import check_ct_intensities, validate_volume
 
         def report(fraction: float, stage: str) -> None:
             if progress is not None:

@@ -276,64 +276,104 @@ def _check_result_metadata(
 ) -> tuple[list[SegmentClass], dict[str, Grid], list[str]]:
     """Classes, grids and warnings of a result file's metadata, checked against each other and the tensor shapes;
     raises UntrustedValueError (naming the field) or ResultFileError."""
+    classes = _checked_classes(metadata)
+    grids = _checked_grids(metadata)
+    warnings = _checked_warnings(metadata)
+    queries = _check_tensor_shapes(shapes, grids["model_grid"], len(classes))
+    _check_threshold_memory(grids, queries, len(classes))
+    return classes, grids, warnings
+
+
+def _checked_classes(metadata: dict[str, Any]) -> list[SegmentClass]:
+    """The "classes" field: 1 to 1000 valid, distinct classes."""
     from maskmed_core.classes import validate_classes
-    from maskmed_core.untrusted import (
-        UntrustedValueError,
-        check_int,
-        check_number,
-        check_sequence,
-        check_text,
-        load_json,
-        memory_budget_bytes,
-    )
+    from maskmed_core.untrusted import check_sequence, load_json
 
     class_list = check_sequence(load_json(metadata["classes"], "classes"), "classes", 1, 1000)
     classes = [SegmentClass.from_dict(c, f"classes[{i}]") for i, c in enumerate(class_list)]
     validate_classes(classes)
+    return classes
+
+
+def _checked_grids(metadata: dict[str, Any]) -> dict[str, Grid]:
+    """The "grids" field: the model, canonical and input grids, each present and checked by :func:`_checked_grid`."""
+    from maskmed_core.untrusted import UntrustedValueError, load_json
+
     grid_data = load_json(metadata["grids"], "grids")
     grids = {}
     for name in ("model_grid", "canonical_grid", "input_grid"):
         data = grid_data.get(name) if isinstance(grid_data, dict) else None
         if not isinstance(data, dict):
             raise UntrustedValueError(f"grids.{name}", "missing")
-        size = [check_int(v, f"grids.{name}.size[{i}]", 1, 1 << 16)
-                for i, v in enumerate(check_sequence(data.get("size"), f"grids.{name}.size", 3, 3))]
-        if math.prod(size) > MAX_GRID_VOXELS:
-            raise UntrustedValueError(f"grids.{name}.size", f"{size}: more than {MAX_GRID_VOXELS:,} voxels")
-        spacing = [check_number(v, f"grids.{name}.spacing[{i}]", 1e-3, 1e3)
-                   for i, v in enumerate(check_sequence(data.get("spacing"), f"grids.{name}.spacing", 3, 3))]
-        origin = [check_number(v, f"grids.{name}.origin[{i}]", -1e7, 1e7)
-                  for i, v in enumerate(check_sequence(data.get("origin"), f"grids.{name}.origin", 3, 3))]
-        direction = [check_number(v, f"grids.{name}.direction[{i}]", -1.0, 1.0)
-                     for i, v in enumerate(check_sequence(data.get("direction"), f"grids.{name}.direction", 9, 9))]
-        matrix = np.array(direction).reshape(3, 3)
-        if not np.allclose(matrix.T @ matrix, np.eye(3), atol=1e-3):
-            raise UntrustedValueError(f"grids.{name}.direction", "not a rotation (sheared or scaled axes)")
-        grids[name] = Grid(tuple(size), tuple(spacing), tuple(origin), tuple(direction))  # type: ignore[arg-type]
-    warnings = [check_text(w, f"warnings[{i}]", 2000)
-                for i, w in enumerate(check_sequence(load_json(metadata.get("warnings", "[]"), "warnings"),
-                                                     "warnings", 0, 100))]
+        grids[name] = _checked_grid(name, data)
+    return grids
+
+
+def _checked_grid(name: str, data: dict[str, Any]) -> Grid:
+    """One grid: size 3 x 1..65536 voxels (MAX_GRID_VOXELS in all), spacing 1e-3..1e3 mm, origin within 1e7 mm, a
+    rotation as direction."""
+    from maskmed_core.untrusted import UntrustedValueError, check_int, check_number, check_sequence
+
+    size = [check_int(v, f"grids.{name}.size[{i}]", 1, 1 << 16)
+            for i, v in enumerate(check_sequence(data.get("size"), f"grids.{name}.size", 3, 3))]
+    if math.prod(size) > MAX_GRID_VOXELS:
+        raise UntrustedValueError(f"grids.{name}.size", f"{size}: more than {MAX_GRID_VOXELS:,} voxels")
+    spacing = [check_number(v, f"grids.{name}.spacing[{i}]", 1e-3, 1e3)
+               for i, v in enumerate(check_sequence(data.get("spacing"), f"grids.{name}.spacing", 3, 3))]
+    origin = [check_number(v, f"grids.{name}.origin[{i}]", -1e7, 1e7)
+              for i, v in enumerate(check_sequence(data.get("origin"), f"grids.{name}.origin", 3, 3))]
+    direction = [check_number(v, f"grids.{name}.direction[{i}]", -1.0, 1.0)
+                 for i, v in enumerate(check_sequence(data.get("direction"), f"grids.{name}.direction", 9, 9))]
+    matrix = np.array(direction).reshape(3, 3)
+    if not np.allclose(matrix.T @ matrix, np.eye(3), atol=1e-3):
+        raise UntrustedValueError(f"grids.{name}.direction", "not a rotation (sheared or scaled axes)")
+    return Grid(tuple(size), tuple(spacing), tuple(origin), tuple(direction))  # type: ignore[arg-type]
+
+
+def _checked_warnings(metadata: dict[str, Any]) -> list[str]:
+    """The optional "warnings" field: at most 100 texts of at most 2000 characters."""
+    from maskmed_core.untrusted import check_sequence, check_text, load_json
+
+    return [check_text(w, f"warnings[{i}]", 2000)
+            for i, w in enumerate(check_sequence(load_json(metadata.get("warnings", "[]"), "warnings"),
+                                                 "warnings", 0, 100))]
+
+
+def _check_tensor_shapes(
+    shapes: dict[str, tuple[str, tuple[int, ...]]], model_grid: Grid, num_classes: int
+) -> int:
+    """The number of queries Q, after checking the tensors: masks (Q, z, y, x) uint8 on the model grid,
+    class_given_object (Q, C) and objectness (Q,) float32."""
+    from maskmed_core.untrusted import UntrustedValueError
+
     expected = {"masks": "U8", "class_given_object": "F32", "objectness": "F32"}
     if set(shapes) != set(expected) or any(shapes[k][0] != dtype for k, dtype in expected.items()):
         found = ", ".join(f"{k} {v[0]}" for k, v in sorted(shapes.items()))
         wanted = "masks U8, class_given_object F32, objectness F32"
         raise UntrustedValueError("tensors", f"expected {wanted}; found {found}")
     queries = len(shapes["objectness"][1]) == 1 and shapes["objectness"][1][0]
-    model_size = tuple(grids["model_grid"].size[::-1])
+    model_size = tuple(model_grid.size[::-1])
     if not queries or shapes["masks"][1] != (queries, *model_size):
         raise UntrustedValueError("masks", f"shape {shapes['masks'][1]}, expected ({queries}, {model_size}) from the "
                                   "model grid and the number of queries")
-    if shapes["class_given_object"][1] != (queries, len(classes)):
+    if shapes["class_given_object"][1] != (queries, num_classes):
         raise UntrustedValueError("class_given_object", f"shape {shapes['class_given_object'][1]}, expected "
-                                  f"({queries}, {len(classes)}): one column per class")
+                                  f"({queries}, {num_classes}): one column per class")
+    return int(queries)
+
+
+def _check_threshold_memory(grids: dict[str, Grid], queries: int, num_classes: int) -> None:
+    """UntrustedValueError when re-thresholding the result would need more than the memory budget."""
+    from maskmed_core.untrusted import UntrustedValueError, memory_budget_bytes
+
     # Thresholding holds the uint8 masks, their float32 copy and the C class maps on the model grid, and an int32
     # label map with a copy on the input grid.
-    needed = math.prod(model_size) * (queries * 5 + len(classes) * 4) + math.prod(grids["input_grid"].size) * 8
+    model_voxels, input_voxels = math.prod(grids["model_grid"].size), math.prod(grids["input_grid"].size)
+    needed = model_voxels * (queries * 5 + num_classes * 4) + input_voxels * 8
     budget = memory_budget_bytes()
     if needed > budget:
         raise UntrustedValueError("grids", f"thresholding this result needs {needed / 2**30:.1f} GiB, more than the "
                                   f"{budget / 2**30:.1f} GiB memory budget")
-    return classes, grids, warnings
 
 
 def stitched_class_probabilities(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from maskmed_core.io.errors import InputError
 
 if TYPE_CHECKING:
+    from maskmed_core.io.dicom import DicomSeries, list_dicom_series
     from maskmed_core.io.orientation import (
         CANONICAL_ORIENTATION,
         from_canonical,
@@ -21,13 +22,8 @@ if TYPE_CHECKING:
         spacing_zyx,
         to_canonical,
     )
-    from maskmed_core.io.reading import (
-        DicomSeries,
-        check_ct_intensities,
-        list_dicom_series,
-        read_image,
-        validate_volume,
-    )
+    from maskmed_core.io.reading import read_image
+    from maskmed_core.io.volume_checks import check_ct_intensities, validate_volume
     from maskmed_core.io.writing import atomic_output, write_image
 
 _WHERE = {
@@ -36,11 +32,11 @@ _WHERE = {
     "orientation_code": "maskmed_core.io.orientation",
     "spacing_zyx": "maskmed_core.io.orientation",
     "to_canonical": "maskmed_core.io.orientation",
-    "DicomSeries": "maskmed_core.io.reading",
-    "check_ct_intensities": "maskmed_core.io.reading",
-    "list_dicom_series": "maskmed_core.io.reading",
+    "DicomSeries": "maskmed_core.io.dicom",
+    "check_ct_intensities": "maskmed_core.io.volume_checks",
+    "list_dicom_series": "maskmed_core.io.dicom",
     "read_image": "maskmed_core.io.reading",
-    "validate_volume": "maskmed_core.io.reading",
+    "validate_volume": "maskmed_core.io.volume_checks",
     "atomic_output": "maskmed_core.io.writing",
     "write_image": "maskmed_core.io.writing",
 }

@@ -57,12 +57,13 @@ def verify_image_file(path: Path) -> None:
     file's length (or its gzip stream's decompressed length and end) is compared with what its header announces;
     other formats are read back, which fails for a truncated compressed stream.
     """
-    from maskmed_core.io.reading import _check_nifti_complete, sitk_error_reason
+    from maskmed_core.io.formats import sitk_error_reason
+    from maskmed_core.io.nifti_header import check_nifti_complete
 
     name = path.name.lower()
     try:
         if name.endswith((".nii", ".nii.gz")):
-            _check_nifti_complete(path)
+            check_nifti_complete(path)
         else:
             sitk.ReadImage(str(path))
     except InputError as error:

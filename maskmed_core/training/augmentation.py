@@ -343,6 +343,34 @@ class Augmenter:
             labels to go on with: a synthesised image, a real one in another contrast phase, or the image as it is.
             Needed when ``image`` is None (a label-only case).
         """
+        self._check_inputs(image, labels, tissue, intensity_source)
+        rng = self._rng if rng is None else rng
+        seeds = np.random.SeedSequence(int(rng.integers(0, 2**32))).generate_state(3)
+        self.spatial.set_random_state(seed=int(seeds[0]))
+        self.intensity.set_random_state(seed=int(seeds[1]))
+        data = _transform_input(image, labels, tissue)
+        previous = get_track_meta()
+        # MetaTensor bookkeeping (affines, applied operations) costs ~15 % and is not needed for patches.
+        set_track_meta(False)
+        try:
+            moved_image, labels_out = self._move(data, intensity_source)
+            box = self._field_of_view_box(np.random.default_rng(int(seeds[2])))
+            air = None if box is None else self._air(moved_image)  # before the intensity steps change the image
+            image_out = torch.as_tensor(self.intensity({IMAGE: moved_image})[IMAGE]).to(torch.float32)
+        finally:
+            set_track_meta(previous)
+        if box is not None and air is not None:
+            image_out, labels_out = cut_to_field_of_view(image_out, labels_out, box, air)
+        return image_out.contiguous(), labels_out.contiguous()
+
+    def _check_inputs(
+        self,
+        image: np.ndarray | torch.Tensor | None,
+        labels: np.ndarray | torch.Tensor,
+        tissue: np.ndarray | torch.Tensor | None,
+        intensity_source: IntensitySource | None,
+    ) -> None:
+        """ValueError unless the arrays have the sizes :meth:`__call__` documents and an image can be had."""
         shape = tuple(labels.shape)
         if image is not None and (image.ndim != 4 or image.shape[0] != 1 or tuple(image.shape[1:]) != shape):
             raise ValueError(f"expected image (1, z, y, x) and labels (z, y, x), got {image.shape}, {labels.shape}")
@@ -352,39 +380,25 @@ class Augmenter:
             raise ValueError(f"tissue map {tuple(tissue.shape)} and labels {shape} differ in size")
         if image is None and intensity_source is None:
             raise ValueError("a case without an image needs an intensity_source (synthesis) to draw one")
-        rng = self._rng if rng is None else rng
-        seeds = np.random.SeedSequence(int(rng.integers(0, 2**32))).generate_state(3)
-        self.spatial.set_random_state(seed=int(seeds[0]))
-        self.intensity.set_random_state(seed=int(seeds[1]))
-        # No copies here: the region can be ~10x the patch, and most patches are only centre-cropped from it.
-        # The labels keep their integer dtype until MONAI resamples them (in float32, nearest: indices exact).
-        data: dict[str, torch.Tensor] = {LABELS: torch.as_tensor(labels).unsqueeze(0)}
-        if image is not None:
-            data[IMAGE] = torch.as_tensor(image, dtype=torch.float32)
-        if tissue is not None:
-            data[TISSUE] = torch.as_tensor(tissue).unsqueeze(0)
-        previous = get_track_meta()
-        # MetaTensor bookkeeping (affines, applied operations) costs ~15 % and is not needed for patches.
-        set_track_meta(False)
-        try:
-            out = self.spatial(data)
-            labels_out = torch.as_tensor(out[LABELS])[0].round().to(torch.int64)
-            if intensity_source is not None:
-                moved_tissue = torch.as_tensor(out[TISSUE])[0].round().to(torch.int64) if TISSUE in out else None
-                moved_image = torch.as_tensor(out[IMAGE]).float() if IMAGE in out else None
-                new_image, labels_out = intensity_source(moved_image, moved_tissue, labels_out)
-                out = {IMAGE: new_image}
-            box = self._field_of_view_box(np.random.default_rng(int(seeds[2])))
-            air = self.air_value
-            if box is not None and air is None:  # the patch's air, before the intensity steps change it
-                air = float(torch.as_tensor(out[IMAGE]).min())
-            out = self.intensity({IMAGE: out[IMAGE]})
-        finally:
-            set_track_meta(previous)
-        image_out = torch.as_tensor(out[IMAGE]).to(torch.float32)
-        if box is not None and air is not None:
-            image_out, labels_out = cut_to_field_of_view(image_out, labels_out, box, air)
-        return image_out.contiguous(), labels_out.contiguous()
+
+    def _move(
+        self, data: dict[str, torch.Tensor], intensity_source: IntensitySource | None
+    ) -> tuple[Any, torch.Tensor]:
+        """The geometric transforms on ``data``, then ``intensity_source`` (when given) on the moved patch.
+
+        Returns the image (1, z, y, x) float to go on with and the labels (z, y, x) int64.
+        """
+        out = self.spatial(data)
+        labels_out = torch.as_tensor(out[LABELS])[0].round().to(torch.int64)
+        if intensity_source is None:
+            return out[IMAGE], labels_out
+        moved_tissue = torch.as_tensor(out[TISSUE])[0].round().to(torch.int64) if TISSUE in out else None
+        moved_image = torch.as_tensor(out[IMAGE]).float() if IMAGE in out else None
+        return intensity_source(moved_image, moved_tissue, labels_out)
+
+    def _air(self, image: Any) -> float:
+        """The value outside a cut field of view: ``air_value``, else the patch's minimum (the sampler's padding)."""
+        return float(torch.as_tensor(image).min()) if self.air_value is None else self.air_value
 
     def _field_of_view_box(self, rng: np.random.Generator) -> tuple[slice, slice] | None:
         """The kept in-plane (y, x) rectangle of a small reconstruction field of view, or None (no cut)."""
@@ -409,6 +423,22 @@ def cut_to_field_of_view(
     image = torch.where(inside, image, torch.full_like(image, air_value))
     labels = torch.where(inside, labels, torch.zeros_like(labels))
     return image, labels
+
+
+def _transform_input(
+    image: np.ndarray | torch.Tensor | None,
+    labels: np.ndarray | torch.Tensor,
+    tissue: np.ndarray | torch.Tensor | None,
+) -> dict[str, torch.Tensor]:
+    """The MONAI dictionary of a patch: image (1, z, y, x) float32, labels and tissue (1, z, y, x) as given."""
+    # No copies here: the region can be ~10x the patch, and most patches are only centre-cropped from it.
+    # The labels keep their integer dtype until MONAI resamples them (in float32, nearest: indices exact).
+    data: dict[str, torch.Tensor] = {LABELS: torch.as_tensor(labels).unsqueeze(0)}
+    if image is not None:
+        data[IMAGE] = torch.as_tensor(image, dtype=torch.float32)
+    if tissue is not None:
+        data[TISSUE] = torch.as_tensor(tissue).unsqueeze(0)
+    return data
 
 
 IntensitySource = Callable[

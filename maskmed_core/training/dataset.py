@@ -30,13 +30,9 @@ from maskmed_core.io.errors import InputError
 
 # SimpleITK fills the missing voxels of a truncated NIfTI file with zeros without a word; for a label map that means
 # silently erased organs, so the I/O layer's completeness check is reused here.
-from maskmed_core.io.reading import (
-    VOLUME_SUFFIXES,
-    _check_nifti_complete,
-    read_image,
-    read_tolerating_sform_rounding,
-    sitk_error_reason,
-)
+from maskmed_core.io.formats import VOLUME_SUFFIXES, sitk_error_reason
+from maskmed_core.io.nifti_header import check_nifti_complete, read_tolerating_sform_rounding
+from maskmed_core.io.reading import read_image
 
 # source label value -> target label value; values not listed become background (0)
 LabelMapping = dict[int, int]
@@ -505,7 +501,7 @@ def read_label_file(path: str | os.PathLike[str]) -> sitk.Image:
     if geometry is not None:
         geometry.apply(label)
     if lower.endswith((".nii", ".nii.gz")):
-        _check_nifti_complete(path)
+        check_nifti_complete(path)
     return label
 
 

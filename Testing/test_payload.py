@@ -1,0 +1,165 @@
+"""What an image file can make MaskMed allocate is bounded by what the file holds (issue 23, section 4): a tiny file
+whose header claims gigabytes is refused before ITK allocates anything, whatever memory is free. Each test gives
+a memory budget far above the claim (as on a machine with a terabyte free) and makes SimpleITK's voxel read fail
+the test if it is reached; the CLI measurement with no budget variable set is in test_hostile_inputs.py."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk  # noqa: N813
+
+from maskmed_core.io.errors import InputError
+from maskmed_core.io.payload import MAX_DEFLATE_RATIO
+from maskmed_core.io.reading import read_image
+from maskmed_core.untrusted import MEMORY_BUDGET_ENV
+
+TERABYTE = 1 << 40
+GIB_2 = 2 * 1024**3  # what the hostile headers below claim: 1024^3 int16 voxels
+
+
+@pytest.fixture
+def no_voxel_read(monkeypatch):
+    """No budget variable, and sitk.ReadImage fails the test: a refusal must come from the header and file sizes."""
+    monkeypatch.delenv(MEMORY_BUDGET_ENV, raising=False)
+
+    def read_image_called(*args, **kwargs):
+        pytest.fail("sitk.ReadImage was called: the voxels would have been allocated")
+
+    monkeypatch.setattr(sitk, "ReadImage", read_image_called)
+
+
+def refusal(path: Path) -> str:
+    with pytest.raises(InputError) as info:
+        read_image(path, memory_budget=TERABYTE)
+    return str(info.value)
+
+
+def nifti_header_claiming_1024_cubed(tmp_path: Path) -> bytes:
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 4, 4), np.int16)), str(tmp_path / "small.nii"))
+    header = bytearray((tmp_path / "small.nii").read_bytes()[:352])
+    struct.pack_into("<8h", header, 40, 3, 1024, 1024, 1024, 1, 1, 1, 1)
+    return bytes(header)
+
+
+NRRD_HEADER = (
+    "NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\nsizes: 1024 1024 1024\n"
+    "space directions: (1,0,0) (0,1,0) (0,0,1)\nendian: little\nencoding: {encoding}\n{data_file}\n"
+)
+METAIMAGE_HEADER = (
+    "ObjectType = Image\nNDims = 3\nDimSize = 1024 1024 1024\nElementType = MET_SHORT\nElementSpacing = 1 1 1\n"
+    "{compressed}ElementDataFile = {data_file}\n"
+)
+
+
+def test_352_byte_nifti_claiming_2_gib_is_refused_before_reading(tmp_path, no_voxel_read):
+    path = tmp_path / "huge.nii"
+    path.write_bytes(nifti_header_claiming_1024_cubed(tmp_path))
+    assert path.stat().st_size == 352
+    message = refusal(path)
+    assert "is truncated: its NIfTI header announces 2,147,484,000 bytes, but the file holds only 352" in message
+    assert "nothing was read" in message and "Re-export the image" in message
+
+
+def test_gzipped_nifti_claiming_more_than_deflate_can_hold_is_refused_without_decompressing(tmp_path, no_voxel_read):
+    path = tmp_path / "huge.nii.gz"
+    path.write_bytes(gzip.compress(nifti_header_claiming_1024_cubed(tmp_path)))
+    size = path.stat().st_size
+    message = refusal(path)
+    assert f"but the file holds {size:,} compressed bytes, which decompress to at most" in message
+
+
+def test_gzipped_nifti_whose_stream_falls_short_is_counted_and_refused(tmp_path, no_voxel_read):
+    """Two gzip members (as bgzip writes) holding 4 MiB of voxels where the header announces 8 MiB: within what
+    deflate could hold, and the trailer gives only the last member's size, so the stream is counted (up to the
+    announced size, in bounded memory) and falls short."""
+    header = bytearray(nifti_header_claiming_1024_cubed(tmp_path))
+    struct.pack_into("<8h", header, 40, 3, 1024, 1024, 4, 1, 1, 1, 1)  # 8 MiB of int16
+    voxels = np.random.default_rng(0).integers(0, 255, 4 << 20, dtype=np.uint8).tobytes()  # incompressible
+    path = tmp_path / "short.nii.gz"
+    path.write_bytes(gzip.compress(bytes(header)) + gzip.compress(voxels))
+    message = refusal(path)
+    assert f"announces {352 + (8 << 20):,} bytes, but the file holds only {352 + (4 << 20):,} after decompression" \
+        in message
+
+
+@pytest.mark.parametrize(("name", "encoding", "data", "phrase"), [
+    ("raw.nrrd", "raw", b"", "but the file holds only 0"),
+    ("text.nrrd", "ascii", b"1 2 3\n", "announces 2,147,483,647 bytes, but the file holds only 6"),
+    ("gzip.nrrd", "gzip", gzip.compress(bytes(1000)), "compressed bytes, which decompress to at most"),
+])
+def test_small_nrrd_claiming_2_gib_is_refused(tmp_path, no_voxel_read, name, encoding, data, phrase):
+    path = tmp_path / name
+    path.write_bytes(NRRD_HEADER.format(encoding=encoding, data_file="").encode() + data)
+    assert path.stat().st_size < 300
+    message = refusal(path)
+    assert "its NRRD header announces" in message and phrase in message
+
+
+def test_detached_nrrd_header_with_a_short_data_file_is_refused(tmp_path, no_voxel_read):
+    (tmp_path / "huge.raw").write_bytes(bytes(100))
+    path = tmp_path / "huge.nhdr"
+    path.write_text(NRRD_HEADER.format(encoding="raw", data_file="data file: huge.raw\n"))
+    message = refusal(path)
+    assert f"announces {GIB_2:,} bytes, but its data file {tmp_path / 'huge.raw'} holds only 100" in message
+
+
+def test_data_file_that_is_a_device_is_refused_without_reading_it(tmp_path, no_voxel_read):
+    path = tmp_path / "device.nhdr"
+    path.write_text(NRRD_HEADER.format(encoding="raw", data_file="data file: /dev/zero\n"))
+    assert "its data file /dev/zero is not a regular file (a device, a pipe or a folder)" in refusal(path)
+
+
+def test_nrrd_encoding_itk_cannot_read_is_refused_before_itk_allocates(tmp_path, no_voxel_read):
+    path = tmp_path / "bz.nrrd"
+    path.write_bytes(NRRD_HEADER.format(encoding="bzip2", data_file="").encode() + b"BZh9")
+    assert "NRRD encoding 'bzip2', which MaskMed (ITK) cannot read" in refusal(path)
+
+
+@pytest.mark.parametrize(("name", "compressed", "data_file", "data", "phrase"), [
+    ("raw.mha", "", "LOCAL", bytes(10), "but the file holds only 10"),
+    ("zlib.mha", "CompressedData = True\n", "LOCAL", zlib.compress(bytes(100_000)),
+     "compressed bytes, which decompress to at most"),
+    ("raw.mhd", "", "huge.raw", b"", "but its data file"),
+])
+def test_small_metaimage_claiming_2_gib_is_refused(tmp_path, no_voxel_read, name, compressed, data_file, data,
+                                                   phrase):
+    (tmp_path / "huge.raw").write_bytes(bytes(100))
+    path = tmp_path / name
+    path.write_bytes(METAIMAGE_HEADER.format(compressed=compressed, data_file=data_file).encode() + data)
+    message = refusal(path)
+    assert f"its MetaImage header announces {GIB_2:,} bytes" in message and phrase in message
+
+
+def test_deflate_bound_is_what_zlib_reaches(tmp_path):
+    """MAX_DEFLATE_RATIO is an upper bound: zeros at the best compression come close to it but never exceed it."""
+    data = bytes(64 << 20)
+    ratio = len(data) / len(zlib.compress(data, 9))
+    assert 1000 < ratio <= MAX_DEFLATE_RATIO
+
+
+@pytest.mark.parametrize(("suffix", "compressed"), [
+    (".nii", False), (".nii.gz", True), (".nrrd", False), (".nrrd", True), (".nhdr", False), (".nhdr", True),
+    (".mha", False), (".mha", True), (".mhd", False), (".mhd", True),
+])
+def test_complete_files_of_every_layout_are_read(tmp_path, monkeypatch, suffix, compressed):
+    monkeypatch.delenv(MEMORY_BUDGET_ENV, raising=False)
+    array = np.random.default_rng(1).integers(-1000, 1000, (12, 10, 8)).astype(np.int16)
+    path = tmp_path / f"ct{suffix}"
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path), compressed)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(path)), array)
+
+
+def test_multi_member_gzip_with_zero_padding_is_complete(tmp_path):
+    """bgzip writes several members; some tools pad the file with zeros: neither is called truncated."""
+    array = np.random.default_rng(2).integers(-1000, 1000, (6, 7, 8)).astype(np.int16)
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(tmp_path / "one.nii"))
+    raw = (tmp_path / "one.nii").read_bytes()
+    path = tmp_path / "padded.nii.gz"
+    path.write_bytes(gzip.compress(raw[:400]) + gzip.compress(raw[400:]) + bytes(512))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(path)), array)
