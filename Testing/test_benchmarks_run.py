@@ -8,7 +8,6 @@ day someone wants the numbers. ``benchmarks/finetune.py`` trains for minutes, so
 from __future__ import annotations
 
 import ast
-import importlib
 import json
 import subprocess
 import sys
@@ -18,7 +17,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPO / "benchmarks"
 # The modules with a command line (a `main`), each run by the test named after it below.
 RUN_TESTED = {"ablation", "data_loading", "deform_attn", "finetune", "inference", "model", "slicer_logic", "training"}
 
@@ -33,10 +33,17 @@ def test_every_benchmark_entry_point_has_a_run_test():
     assert entry_points == RUN_TESTED, "add a run test for each new benchmark (and drop the ones removed)"
 
 
-def _run_main(monkeypatch, module: str, *argv: str) -> None:
-    """``python3 -m benchmarks.<module> argv...`` in this process (its children are spawned as the script does)."""
-    monkeypatch.setattr(sys, "argv", [f"benchmarks/{module}.py", *argv])
-    importlib.import_module(f"benchmarks.{module}").main()
+def _run_main(module: str, *argv: str, replace: dict[str, str] | None = None) -> str:
+    """``python3 -m benchmarks.<module> argv...`` from the repository root, in a fresh process as a user runs it (this
+    process's sys.path and its multiprocessing helpers stay out of it); ``replace``: module constants set first (e.g.
+    a path the script has no option for). Returns what it printed; fails with its output if it exits non-zero."""
+    setup = "".join(f"module.{name} = {value!r}; " for name, value in (replace or {}).items())
+    code = (f"import sys, importlib; module = importlib.import_module('benchmarks.{module}'); {setup}"
+            f"sys.argv = ['benchmarks/{module}.py', *sys.argv[1:]]; sys.exit(module.main())")
+    run = subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, capture_output=True, text=True)
+    output = f"{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    assert run.returncode == 0, f"benchmarks.{module} failed (exit {run.returncode}):\n{output}"
+    return run.stdout
 
 
 def _write_tiny_dataset(folder: Path, cases: int) -> Path:
@@ -64,8 +71,8 @@ def _write_tiny_dataset(folder: Path, cases: int) -> Path:
     return case_list
 
 
-def test_data_loading_benchmark(monkeypatch):
-    _run_main(monkeypatch, "data_loading", "--shape", "40", "48", "48", "--patch", "32", "32", "32",
+def test_data_loading_benchmark():
+    _run_main("data_loading", "--shape", "40", "48", "48", "--patch", "32", "32", "32",
               "--augmentation", "none", "--batch-size", "1", "--samples", "2", "--workers", "0")
 
 
@@ -98,9 +105,9 @@ def test_model_benchmark_measures_maskmed_without_the_peer():
 
 
 @pytest.mark.slow
-def test_model_benchmark_with_the_nnunet_peer(monkeypatch):
+def test_model_benchmark_with_the_nnunet_peer():
     pytest.importorskip("dynamic_network_architectures", reason="the nnU-Net peer is not installed")
-    _run_main(monkeypatch, "model", "--patch", "32", "32", "32", "--classes", "2", "--repeats", "1", "--skip-base",
+    _run_main("model", "--patch", "32", "32", "32", "--classes", "2", "--repeats", "1", "--skip-base",
               "--skip-transformer-memory")
 
 
@@ -114,43 +121,40 @@ def _peer_arguments(peer: bool) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("peer", [False, True], ids=["maskmed", "with_nnunet_peer"])
-def test_inference_benchmark(monkeypatch, tmp_path, demo_data, peer):
-    _run_main(monkeypatch, "inference", "--skip-large", *_peer_arguments(peer), "--threads", "1", "--real-ct",
+def test_inference_benchmark(tmp_path, demo_data, peer):
+    _run_main("inference", "--skip-large", *_peer_arguments(peer), "--threads", "1", "--real-ct",
               str(demo_data.ct), "--workdir", str(tmp_path))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("peer", [False, True], ids=["maskmed", "with_nnunet_peer"])
-def test_training_benchmark(monkeypatch, tmp_path, demo_data, peer):
-    _run_main(monkeypatch, "training", "--patch", "32", "32", "32", "--batch", "1", "--steps", "1",
+def test_training_benchmark(tmp_path, demo_data, peer):
+    _run_main("training", "--patch", "32", "32", "32", "--batch", "1", "--steps", "1",
               *_peer_arguments(peer), "--workers", "0", "--loader-batches", "1", "--threads", "1", "--real-ct",
               str(demo_data.ct), "--real-labels", str(demo_data.labels), "--label-mapping",
               str(demo_data.label_mapping), "--workdir", str(tmp_path))
 
 
 @pytest.mark.slow
-def test_slicer_logic_benchmark(monkeypatch, tmp_path, demo_data):
+def test_slicer_logic_benchmark(tmp_path, demo_data):
     pytest.importorskip("slicer", reason="the slicer-core wheel is not installed")
-    from benchmarks import slicer_logic
-
-    monkeypatch.setattr(slicer_logic, "REAL_CT", str(demo_data.ct))
-    _run_main(monkeypatch, "slicer_logic", "--skip-large", "--workdir", str(tmp_path))
+    _run_main("slicer_logic", "--skip-large", "--workdir", str(tmp_path), replace={"REAL_CT": str(demo_data.ct)})
 
 
 @pytest.mark.slow
-def test_ablation_benchmark(monkeypatch, tmp_path, capsys):
+def test_ablation_benchmark(tmp_path):
     case_list = _write_tiny_dataset(tmp_path / "data", 2)
     output = tmp_path / "ablation.json"
-    _run_main(monkeypatch, "ablation", "--dataset", str(case_list), "--label-mapping", "none", "--variants",
+    printed = _run_main("ablation", "--dataset", str(case_list), "--label-mapping", "none", "--variants",
               "maskmed", "conv", "--folds", "case1", "--patch-size", "32", "32", "32", "--batch-size", "1",
               "--steps", "1", "--augmentation", "none", "--device", "cpu", "--workers", "0",
               "--work-dir", str(tmp_path / "work"), "--output", str(output))
     report = json.loads(output.read_text())
     assert [(run["fold"], run["variant"]) for run in report["runs"]] == [("case1", "maskmed"), ("case1", "conv")]
-    assert "verdict: " in capsys.readouterr().out
+    assert "verdict: " in printed
 
 
-def test_finetune_benchmark_command_line_parses_without_training(monkeypatch, capsys):
+def test_finetune_benchmark_command_line_parses_without_training(capsys):
     from benchmarks import finetune
 
     with pytest.raises(SystemExit) as exit_info:
