@@ -168,7 +168,6 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = None  # MaskMedSegmentationLib.MaskMedLogic, created on the first Segment
-        self.fineTuneSession = None
         # (ok, message) of the last segmentation run, None while one runs; the self-test waits on it.
         self.lastSegmentationResult = None
         self._parameterNode = None
@@ -204,9 +203,11 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.thresholdTimer.setInterval(50)
         self.thresholdTimer.connect("timeout()", self.applyThresholds)
 
-        self.lossPlot = _importWidgets().LossPlot(self.ui.lossPlotFrame, _importLogic().LossCurve(slicer.mrmlScene))
-        for hidden in (self.ui.progressBar, self.ui.fineTuneProgressBar):
-            hidden.hide()
+        self.fineTune = _importWidgets().FineTunePanel(
+            self.ui, _importLogic(), self.pollTimer,
+            lambda: (self._parameterNode, self.currentModelPath(), self.currentDevice()),
+            self.selectModel, self.updateButtonStates)
+        self.ui.progressBar.hide()
         self.resultTables = _importWidgets().ResultTables(self.ui.classTable, self.ui.queryTable,
                                                           _importLogic().segmentIdForClass)
 
@@ -226,7 +227,6 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
                                    lambda item: self.resultTables.onClassItemChanged(item, self._resultSession()))
         self.ui.queryTable.connect("itemChanged(QTableWidgetItem*)",
                                    lambda item: self.resultTables.onQueryItemChanged(item, self._resultSession()))
-        self.ui.fineTuneStartButton.connect("clicked()", self.onFineTuneButton)
         self.dependencies = _importWidgets().DependencyPanel(self.ui, _importLogic(), self.pollTimer,
                                                              self.onDependenciesChecked)
 
@@ -241,8 +241,8 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         self.thresholdTimer.stop()
         if self.isSegmenting():
             self.logic.cancel()
-        if self.isFineTuning():
-            self.fineTuneSession.stop()
+        if self.fineTune.isRunning():
+            self.fineTune.session.stop()
         self.removeObservers()
 
     def enter(self):
@@ -261,7 +261,7 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
 
     def onSceneEndClose(self, caller, event):
         self.resultTables.clear(None)  # the scene, with the query segments, is gone
-        self.lossPlot.hide()
+        self.fineTune.lossPlot.hide()
         if self.parent.isEntered:
             self.initializeParameterNode()
 
@@ -308,9 +308,6 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
     def isSegmenting(self):
         return self.logic is not None and self.logic.isRunning()
 
-    def isFineTuning(self):
-        return self.fineTuneSession is not None and self.fineTuneSession.isRunning()
-
     def updateButtonStates(self):
         running = self.isSegmenting()
         self.ui.inputsCollapsibleButton.enabled = not running
@@ -325,7 +322,7 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
             self.ui.segmentButton.text = "Segment"
             self.ui.segmentButton.toolTip = "\n".join(reasons) if reasons else "Segment the input volume"
             self.ui.segmentButton.enabled = not reasons
-        fineTuning = self.isFineTuning()
+        fineTuning = self.fineTune.isRunning()
         self.ui.fineTuneStartButton.text = "Stop fine-tuning" if fineTuning else "Start fine-tuning"
         self.ui.fineTuneStartButton.enabled = fineTuning or (not self.dependencies.missing
                                                              and bool(self.currentModelPath()))
@@ -462,10 +459,9 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
     def onPollTimer(self):
         if self.logic is not None:
             self.logic.poll()  # calls onSegmentationFinished when the run ends
-        if self.isFineTuning() and not self.fineTuneSession.poll():
-            self.finishFineTune()
+        fineTuning = self.fineTune.poll()  # finishes the run when it has ended
         installing = self.dependencies.poll()
-        if not (self.isSegmenting() or self.isFineTuning() or installing):
+        if not (self.isSegmenting() or fineTuning or installing):
             self.pollTimer.stop()
 
     def onSegmentationProgress(self, fraction, stage):
@@ -520,59 +516,6 @@ class MaskMedSegmentationWidget(ScriptedLoadableModuleWidget, VTKObservationMixi
         if updated:
             self.ui.statusLabel.text = (f"Query confidence {parameters.queryThreshold:.2f}, class confidence "
                                         f"{parameters.classThreshold:.2f}: {len(updated)} segments updated.")
-
-    # ------------------------------------------------------------------ fine-tuning
-
-    def onFineTuneButton(self):
-        if self.isFineTuning():
-            self.fineTuneSession.stop()  # kills the training process tree; the best model so far is kept
-            self.finishFineTune()
-            return
-        with slicer.util.tryWithErrorDisplay("Could not start fine-tuning.", waitCursor=True):
-            self.startFineTune()
-
-    def startFineTune(self):
-        parameters = self._parameterNode
-        initModel = self.currentModelPath()
-        session = _importLogic().FineTuneSession()
-        self.ui.fineTuneStatusLabel.text = "Preparing the training data..."
-        self.ui.fineTuneStatusLabel.repaint()  # exporting the scene's pairs takes a few seconds
-        datasetFolder = None if parameters.fineTuneFromScene else parameters.fineTuneDatasetFolder
-        runFolder, dataset = session.prepareDataset(slicer.mrmlScene, parameters.fineTuneOutputFolder, initModel,
-                                                    datasetFolder)
-        for warning in session.warnings:
-            logging.warning(f"MaskMed fine-tuning export: {warning}")
-        self.fineTuneSession = session  # before start(): its events go to onFineTuneEvent, which reads it
-        session.start(dataset, runFolder, initModel, parameters.fineTuneMinutes, self.currentDevice(),
-                      onEvent=self.onFineTuneEvent)
-        self.ui.fineTuneProgressBar.value = 0
-        self.ui.fineTuneProgressBar.show()
-        added = f"; new classes: {', '.join(session.newClasses)}" if session.newClasses else ""
-        self.ui.fineTuneStatusLabel.text = f"Starting{added}; the run is written to {runFolder}"
-        self.pollTimer.start()
-        self.updateButtonStates()
-
-    def onFineTuneEvent(self, event):
-        """Typed events of `maskmed train --json` (maskmed_core.events) and the child's log lines."""
-        percent, text = _importLogic().describeTrainingEvent(event)
-        if percent is not None:
-            self.ui.fineTuneProgressBar.value = percent
-        if text is not None:
-            self.ui.fineTuneStatusLabel.text = text
-        self.lossPlot.update(self.fineTuneSession.lossHistory)
-
-    def finishFineTune(self):
-        session = self.fineTuneSession
-        self.lossPlot.update(session.lossHistory)
-        if session.resultModelPath:
-            self.selectModel(session.resultModelPath)
-            self.ui.fineTuneProgressBar.value = 100
-            ended = "stopped; the best model so far" if session.lastError else "finished; the new model"
-            self.ui.fineTuneStatusLabel.text = f"Fine-tuning {ended} is selected: {session.resultModelPath}"
-        else:
-            self.ui.fineTuneProgressBar.hide()
-            self.ui.fineTuneStatusLabel.text = f"Fine-tuning ended without a new model: {session.lastError}"
-        self.updateButtonStates()
 
 
 #

@@ -71,6 +71,7 @@ def test_every_known_failure_names_a_real_exception_type():
 def test_errors_get_their_exit_code_by_type_and_a_bug_is_not_a_usage_error():
     from maskmed_core.checkpoint import ModelFileError
     from maskmed_core.io.errors import InputError, OutputLocationError
+    from maskmed_core.plans.fingerprint import PlanOptionError
     from maskmed_core.training.options import OptionError
     from maskmed_core.training.state import TrainingStateError
     from maskmed_core.training.trainer import DivergedError, TrainingError
@@ -80,7 +81,7 @@ def test_errors_get_their_exit_code_by_type_and_a_bug_is_not_a_usage_error():
     assert exit_code_for(DivergedError("x")) == ExitCode.DIVERGED
     assert exit_code_for(TrainingError("x")) == ExitCode.BAD_INPUT
     assert exit_code_for(ModelFileError("x")) == ExitCode.BAD_MODEL
-    for refused in (OptionError("x"), TrainingStateError("x"), DeviceError("x")):
+    for refused in (OptionError("x"), PlanOptionError("x"), TrainingStateError("x"), DeviceError("x")):
         assert exit_code_for(refused) == ExitCode.USAGE
     assert exit_code_for(FileNotFoundError("x")) == ExitCode.ERROR
     for bug in (ValueError("x"), TypeError("x"), KeyError("x")):

@@ -12,13 +12,13 @@ from maskmed_core.model import (
     ModelConfig,
     count_parameters,
     labels_from_probabilities,
-    plan_stages,
     preset,
     query_confidence,
     semantic_probabilities_from_queries,
 )
 from maskmed_core.model.criterion import build_criterion, targets_from_label_map
 from maskmed_core.model.matcher import hungarian_match
+from maskmed_core.plans.stages import plan_stages
 
 warnings.filterwarnings("ignore", message="maskmed: the compiled", category=RuntimeWarning)
 

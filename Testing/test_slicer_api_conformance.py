@@ -52,10 +52,8 @@ MODULE_DIR = REPO / MODULE
 UI_PATH = f"{MODULE}/Resources/UI/{MODULE}.ui"
 SOURCE_PATHS = [
     f"{MODULE}/{MODULE}.py",
-    f"{MODULE}/{MODULE}Widgets/__init__.py",
-    f"{MODULE}/{MODULE}Widgets/dependencypanel.py",
-    f"{MODULE}/{MODULE}Widgets/lossplot.py",
-    f"{MODULE}/{MODULE}Widgets/resulttables.py",
+    # every file of the Widgets package, so that a piece moved out of the panel is checked like the panel
+    *sorted(f"{MODULE}/{MODULE}Widgets/{path.name}" for path in (MODULE_DIR / f"{MODULE}Widgets").glob("*.py")),
     f"{MODULE}/Testing/Python/{MODULE}SelfTest.py",
     f"{MODULE}/{MODULE}Lib/installer.py",
 ]
@@ -538,6 +536,8 @@ class Analysis:
             return ("apiclass" if kind and kind[0] == "class" else "apifunc", f"{module}.{alias.name}")
         if module == "slicer":
             return self._slicer_attribute(alias.name)
+        if alias.name in self.classes:  # a project class imported by name (`from .lossplot import LossPlot`)
+            return ("pyclass", alias.name)
         return ("pymodule", f"{module}.{alias.name}")
 
     def _slicer_attribute(self, name: str) -> Type | None:
@@ -1240,6 +1240,8 @@ def test_the_checker_sees_the_module():
         f"{MODULE}.py:self.parent": ("qt", "qSlicerScriptedLoadableModuleWidget"),
         f"{MODULE}.py:self._parameterNode": ("py", "MaskMedSegmentationParameterNode"),
         "dependencypanel.py:self.ui.installDependenciesButton": ("qt", "QPushButton"),
+        "finetunepanel.py:self.ui.fineTuneProgressBar": ("qt", "QProgressBar"),
+        "finetunepanel.py:self.pollTimer": ("qt", "QTimer"),
         "lossplot.py:frame": ("qt", "QFrame"),
         "lossplot.py:self.view": ("qt", "qMRMLPlotView"),
         "resulttables.py:table": ("qt", "QTableWidget"),
@@ -1259,7 +1261,10 @@ def _replace_once(text: str, old: str, new: str) -> tuple[str, int]:
     return text[:index] + new + text[index + len(old):], text.count("\n", 0, index) + 1
 
 
-PANEL, DEPENDENCIES, SELF_TEST = SOURCE_PATHS[0], SOURCE_PATHS[2], SOURCE_PATHS[5]
+PANEL, SELF_TEST, INSTALLER = SOURCE_PATHS[0], SOURCE_PATHS[-2], SOURCE_PATHS[-1]
+DEPENDENCIES, FINE_TUNE, LOSS_PLOT, RESULT_TABLES = (
+    f"{MODULE}/{MODULE}Widgets/{name}.py" for name in ("dependencypanel", "finetunepanel", "lossplot", "resulttables")
+)
 PLANTED = [
     # (file, original text, planted mistake, words the finding must contain)
     (PANEL, 'slider.connect("valueChanged(double)"', 'slider.connect("valueChange(double)"',
@@ -1283,18 +1288,20 @@ PLANTED = [
     (PANEL, "WithinRange(0.0, 1.0)", "WithinRange(0.0)", ["WithinRange() is missing maximum"]),
     (PANEL, "parameterNode.connectGui(self.ui)", "parameterNode.connectGUI(self.ui)",
      ["has no field or member connectGUI"]),
-    (SOURCE_PATHS[3], "slicer.qMRMLPlotView()", "slicer.qMRMLPlotViewer()",
+    (FINE_TUNE, 'ui.fineTuneStartButton.connect("clicked()"', 'ui.fineTuneStartButton.connect("click()"',
+     ["QPushButton has no signal click()", "clicked()"]),
+    (LOSS_PLOT, "slicer.qMRMLPlotView()", "slicer.qMRMLPlotViewer()",
      ["slicer.qMRMLPlotViewer does not exist in Slicer"]),
     (DEPENDENCIES, 'hasattr(slicer.modules, "pytorchutils")', 'hasattr(slicer.modules, "PyTorchUtils")',
      ["slicer.modules has no module 'PyTorchUtils'"]),
-    (SOURCE_PATHS[3], "self.view.setMRMLScene(slicer.mrmlScene)", "self.view.setMRMLScene()",
+    (LOSS_PLOT, "self.view.setMRMLScene(slicer.mrmlScene)", "self.view.setMRMLScene()",
      ["qMRMLPlotView.setMRMLScene() takes [1] arguments, not 0"]),
-    (SOURCE_PATHS[4], "item.checkState() == qt.Qt.Checked", "item.checkState() == qt.Qt.Checkd",
+    (RESULT_TABLES, "item.checkState() == qt.Qt.Checked", "item.checkState() == qt.Qt.Checkd",
      ["Qt.Checkd: no such enum value"]),
     (SELF_TEST, 'self.delayDisplay("MaskMed self-test: segment', 'self.delayDisplay(msg="MaskMed self-test: segment',
      ["ScriptedLoadableModuleTest.delayDisplay() has no parameter msg"]),
     (SELF_TEST, "slicer.app.processEvents()", "slicer.app.processEvent()", ["qSlicerApplication.processEvent()"]),
-    (SOURCE_PATHS[6], "torchVersionRequirement=versionRequirement", "torchVersion=versionRequirement",
+    (INSTALLER, "torchVersionRequirement=versionRequirement", "torchVersion=versionRequirement",
      ["PyTorchUtilsLogic.installTorch() has no parameter torchVersion"]),
     (UI_PATH, "<slot>setMRMLScene(vtkMRMLScene*)</slot>", "<slot>setMRMLScene(vtkMRMLNode*)</slot>",
      ["inputVolumeSelector (qMRMLNodeComboBox) has no slot setMRMLScene(vtkMRMLNode*)"]),

@@ -20,6 +20,7 @@ import SimpleITK as sitk
 from maskmed_core.inference.preprocessing import model_grid_for, prepare
 from maskmed_core.io import InputError, read_image, to_canonical
 from maskmed_core.plans import Plans
+from maskmed_core.plans.fingerprint import Fingerprint, plans_from_fingerprint
 from maskmed_core.training import cache as cache_module
 from maskmed_core.training.cache import preprocess_cases
 from maskmed_core.training.checks import CaseProblem, check_dataset, format_report, without_bad_cases
@@ -32,7 +33,7 @@ from maskmed_core.training.dataset import (
     parse_labels,
     read_case,
 )
-from maskmed_core.training.fingerprint import Fingerprint, compute_fingerprint, plans_from_fingerprint
+from maskmed_core.training.fingerprint import compute_fingerprint
 
 CT = "ct/abdomen_ct_3mm.nii.gz"
 CT_LABELS = "ct/abdomen_ct_3mm_totalseg.nii.gz"

@@ -91,7 +91,7 @@ import threading
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -416,7 +416,54 @@ def _write_case_list(path: Path, labels: dict[str, int], cases, description: str
     path.write_text(json.dumps(data, indent=1), encoding="utf-8")
 
 
+@dataclass(frozen=True)
+class _RunSettings:
+    """What every run of one invocation shares, the command line's defaults filled in for the device."""
+
+    device: str
+    steps: int
+    patch: tuple[int, ...]
+    batch: int
+    threads: int  # torch threads per run
+    workers: int  # loader workers per run
+    mapping_path: str | None
+
+
 def main() -> None:
+    parser = _parser()
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker)
+        return
+    run = _run_settings(parser, args)
+    labels, labelled, folds = _folds(parser, args, run.mapping_path)
+    names = [c.name for c in labelled]
+    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="maskmed-ablation-"))
+    work.mkdir(parents=True, exist_ok=True)
+    work = work.resolve()
+    jobs = [job for fold in folds for job in _fold_jobs(fold, labels, labelled, args, run, work)]
+    machine = _machine(run.device, run.threads, args.jobs)
+    settings = {
+        "dataset": str(Path(args.dataset).resolve()), "label_mapping": run.mapping_path, "cases": names,
+        "folds": folds, "variants": args.variants, "preset": args.preset, "spacing_zyx": list(args.spacing),
+        "patch_size_zyx": list(run.patch), "batch_size": run.batch, "steps": run.steps,
+        "learning_rate": args.learning_rate, "warmup_steps": min(50, run.steps // 5),
+        "augmentation": args.augmentation, "seed": args.seed, "workers": run.workers, "device": run.device,
+        "jobs": args.jobs,
+    }
+    load_start = _load_average()
+    _print_start(machine, settings, run, work, load_start)
+    results, total = _run_jobs(jobs, args.jobs, run.threads, work, keep=bool(args.work_dir))
+    report = _report(results, folds, args.variants, settings, machine, load_start, total)
+    if args.output:
+        from maskmed_core.atomic import atomic_path
+
+        with atomic_path(Path(args.output)) as temporary:
+            temporary.write_text(json.dumps(report, indent=1), encoding="utf-8")
+        print(f"all numbers: {args.output}")
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default=str(DEFAULT_DATASET), help="JSON/CSV case list or nnU-Net folder")
     parser.add_argument("--label-mapping", help="label value mapping JSON (default with the default dataset: "
@@ -438,11 +485,11 @@ def main() -> None:
     parser.add_argument("--work-dir", help="keep the runs (models, logs, cache) here (default: a temporary folder)")
     parser.add_argument("--output", help="write every number to this JSON file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        worker(args.worker)
-        return
+    return parser
 
+
+def _run_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> _RunSettings:
+    """The device, its defaults for what the command line left out, threads and workers per run, the mapping file."""
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -454,17 +501,23 @@ def main() -> None:
     batch = args.batch_size if args.batch_size is not None else defaults["batch_size"]
     if steps < 1 or batch < 1 or args.jobs < 1:
         parser.error("--steps, --batch-size and --jobs must be at least 1")
-    cores = _cpu_count()
-    threads = max(1, cores // args.jobs)
+    threads = max(1, _cpu_count() // args.jobs)
     workers = args.workers if args.workers is not None else (0 if device == "cpu" else threads)
+    return _RunSettings(device, steps, patch, batch, threads, workers, _mapping_path(args))
 
+
+def _mapping_path(args: argparse.Namespace) -> str | None:
+    """The label mapping file (absolute): the given one, the default dataset's, or None ('none')."""
     mapping_path: str | None = args.label_mapping
     if mapping_path is None and Path(args.dataset).resolve() == DEFAULT_DATASET.resolve():
         mapping_path = str(DEFAULT_LABEL_MAPPING)
     if mapping_path is not None and mapping_path.lower() == "none":
         mapping_path = None
-    mapping_path = str(Path(mapping_path).resolve()) if mapping_path else None
+    return str(Path(mapping_path).resolve()) if mapping_path else None
 
+
+def _folds(parser: argparse.ArgumentParser, args: argparse.Namespace, mapping_path: str | None):
+    """(the dataset's labels, its labelled cases, the held-out case names): leave-one-case-out over 2+ cases."""
     from maskmed_core.label_mapping import read_label_mapping
     from maskmed_core.training.dataset import load_dataset
 
@@ -478,58 +531,61 @@ def main() -> None:
     unknown = [f for f in folds if f not in names]
     if unknown:
         parser.error(f"--folds: no labelled case named {', '.join(unknown)} (cases: {', '.join(names)})")
+    return spec.labels, labelled, folds
 
-    work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="maskmed-ablation-"))
-    work.mkdir(parents=True, exist_ok=True)
-    work = work.resolve()
-    jobs: list[dict[str, Any]] = []
-    for fold in folds:
-        fold_dir = work / fold
-        fold_dir.mkdir(exist_ok=True)
-        training = [c for c in labelled if c.name != fold]
-        held_out = [c for c in labelled if c.name == fold]
-        _write_case_list(fold_dir / "train.json", spec.labels, training, f"ablation fold {fold}: training cases")
-        _write_case_list(fold_dir / "test.json", spec.labels, held_out, f"ablation fold {fold}: held-out case")
-        for variant in args.variants:
-            run_dir = fold_dir / variant
-            if run_dir.exists():
-                shutil.rmtree(run_dir)  # a fresh run, never resumed
-            run_dir.mkdir()
-            head, transformer = VARIANTS[variant]
-            jobs.append({
-                "fold": fold, "variant": variant, "threads": threads, "label_mapping": mapping_path,
-                "test_dataset": str(fold_dir / "test.json"), "result": str(run_dir / "result.json"),
-                "training_cases": [c.name for c in training],
-                "train": {
-                    "dataset": str(fold_dir / "train.json"), "output": str(run_dir), "preset": args.preset,
-                    "spacing": list(args.spacing), "patch_size": list(patch), "epochs": 1, "steps_per_epoch": steps,
-                    "batch_size": batch, "learning_rate": args.learning_rate, "warmup_steps": min(50, steps // 5),
-                    "val_every": 1, "device": device, "num_workers": workers, "seed": args.seed,
-                    "augmentation": args.augmentation, "head": head, "transformer": transformer,
-                    "cache_dir": str(work / "cache"),
-                },
-            })
 
-    machine = _machine(device, threads, args.jobs)
-    settings = {
-        "dataset": str(Path(args.dataset).resolve()), "label_mapping": mapping_path, "cases": names, "folds": folds,
-        "variants": args.variants, "preset": args.preset, "spacing_zyx": list(args.spacing),
-        "patch_size_zyx": list(patch), "batch_size": batch, "steps": steps, "learning_rate": args.learning_rate,
-        "warmup_steps": min(50, steps // 5), "augmentation": args.augmentation, "seed": args.seed,
-        "workers": workers, "device": device, "jobs": args.jobs,
-    }
-    load_start = _load_average()
+def _fold_jobs(fold: str, labels: dict[str, int], labelled, args: argparse.Namespace, run: _RunSettings,
+               work: Path) -> list[dict[str, Any]]:
+    """One job per variant for the fold that holds ``fold`` out; writes the fold's case lists, empties its runs."""
+    fold_dir = work / fold
+    fold_dir.mkdir(exist_ok=True)
+    training = [c for c in labelled if c.name != fold]
+    held_out = [c for c in labelled if c.name == fold]
+    _write_case_list(fold_dir / "train.json", labels, training, f"ablation fold {fold}: training cases")
+    _write_case_list(fold_dir / "test.json", labels, held_out, f"ablation fold {fold}: held-out case")
+    jobs = []
+    for variant in args.variants:
+        run_dir = fold_dir / variant
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # a fresh run, never resumed
+        run_dir.mkdir()
+        head, transformer = VARIANTS[variant]
+        jobs.append({
+            "fold": fold, "variant": variant, "threads": run.threads, "label_mapping": run.mapping_path,
+            "test_dataset": str(fold_dir / "test.json"), "result": str(run_dir / "result.json"),
+            "training_cases": [c.name for c in training],
+            "train": {
+                "dataset": str(fold_dir / "train.json"), "output": str(run_dir), "preset": args.preset,
+                "spacing": list(args.spacing), "patch_size": list(run.patch), "epochs": 1,
+                "steps_per_epoch": run.steps, "batch_size": run.batch, "learning_rate": args.learning_rate,
+                "warmup_steps": min(50, run.steps // 5), "val_every": 1, "device": run.device,
+                "num_workers": run.workers, "seed": args.seed, "augmentation": args.augmentation, "head": head,
+                "transformer": transformer, "cache_dir": str(work / "cache"),
+            },
+        })
+    return jobs
+
+
+def _print_start(machine: dict[str, Any], settings: dict[str, Any], run: _RunSettings, work: Path,
+                 load_start: list[float]) -> None:
     where = machine.get("gpu", f"CPU {machine['cpu']}")
     print(f"machine: {where}; {machine['cores']} cores ({machine['cpu']}), torch {machine['torch']}, "
-          f"{args.jobs} run(s) at once with {threads} torch thread(s) and {workers} loader worker(s) each; "
-          f"deformable attention: {machine['deform_attn_backend']} op")
+          f"{settings['jobs']} run(s) at once with {run.threads} torch thread(s) and {run.workers} loader worker(s) "
+          f"each; deformable attention: {machine['deform_attn_backend']} op")
     print(f"load average (1, 5, 15 min) at the start: {', '.join(map(str, load_start))}")
-    print(f"settings: {args.preset} preset, patch {' x '.join(map(str, patch))} (z, y, x) at "
-          f"{' x '.join(f'{s:g}' for s in args.spacing)} mm, batch {batch}, {steps} steps per run, lr "
-          f"{args.learning_rate:g} (warm-up {min(50, steps // 5)}, poly), {args.augmentation!r} augmentation, seed "
-          f"{args.seed}, {device}; leave-one-case-out over {', '.join(names)} (held out here: {', '.join(folds)}); "
-          f"work dir {work}", flush=True)
+    spacing = settings["spacing_zyx"]
+    print(f"settings: {settings['preset']} preset, patch {' x '.join(map(str, run.patch))} (z, y, x) at "
+          f"{' x '.join(f'{s:g}' for s in spacing)} mm, batch {run.batch}, {run.steps} steps per run, lr "
+          f"{settings['learning_rate']:g} (warm-up {settings['warmup_steps']}, poly), {settings['augmentation']!r} "
+          f"augmentation, seed {settings['seed']}, {run.device}; leave-one-case-out over "
+          f"{', '.join(settings['cases'])} (held out here: {', '.join(settings['folds'])}); work dir {work}",
+          flush=True)
 
+
+def _run_jobs(jobs: list[dict[str, Any]], parallel: int, threads: int, work: Path,
+              keep: bool) -> tuple[list[dict[str, Any]], float]:
+    """(each job's result, in job order; the wall time in s). Runs ``parallel`` worker processes at once; an
+    interrupt stops them all; the work folder goes unless ``keep``."""
     runner = _Runner()
     results: list[dict[str, Any]] = []
     started = time.perf_counter()
@@ -539,17 +595,11 @@ def main() -> None:
         job_path = run_dir / "job.json"
         job_path.write_text(json.dumps(job, indent=1), encoding="utf-8")
         result = runner.run(job, job_path, run_dir / "log.txt", threads)
-        s = result["summary"]
-        per_step = result["seconds_per_step"]
-        print(f"  done {job['fold']} / {job['variant']}: {result['steps']} steps in {result['train_seconds']:.0f} s "
-              f"({_number(per_step, 2)} s/step), evaluation {result['eval_seconds']:.0f} s, whole run "
-              f"{result['wall_seconds']:.0f} s; held-out mean Dice {_number(s['mean_dice'], 3)} (training case(s) "
-              f"{_number(_mean(result['train_dice'].values()), 3)}); load average "
-              f"{', '.join(map(str, _load_average()))}", flush=True)
+        _print_done(job, result)
         return result
 
     try:
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
             futures = [pool.submit(one, job) for job in jobs]
             for future in futures:
                 results.append(future.result())
@@ -558,74 +608,40 @@ def main() -> None:
         raise
     finally:
         total = time.perf_counter() - started
-        if not args.work_dir:
+        if not keep:
             shutil.rmtree(work, ignore_errors=True)
+    return results, total
 
-    report = _report(results, folds, args.variants, settings, machine, load_start, total)
-    if args.output:
-        from maskmed_core.atomic import atomic_path
 
-        with atomic_path(Path(args.output)) as temporary:
-            temporary.write_text(json.dumps(report, indent=1), encoding="utf-8")
-        print(f"all numbers: {args.output}")
+def _print_done(job: dict[str, Any], result: dict[str, Any]) -> None:
+    s = result["summary"]
+    per_step = result["seconds_per_step"]
+    print(f"  done {job['fold']} / {job['variant']}: {result['steps']} steps in {result['train_seconds']:.0f} s "
+          f"({_number(per_step, 2)} s/step), evaluation {result['eval_seconds']:.0f} s, whole run "
+          f"{result['wall_seconds']:.0f} s; held-out mean Dice {_number(s['mean_dice'], 3)} (training case(s) "
+          f"{_number(_mean(result['train_dice'].values()), 3)}); load average "
+          f"{', '.join(map(str, _load_average()))}", flush=True)
 
 
 def _report(results: list[dict[str, Any]], folds: list[str], variants: list[str], settings: dict[str, Any],
             machine: dict[str, Any], load_start: list[float], total: float) -> dict[str, Any]:
+    """Print each fold's table, the average over the folds and the verdict; return every number."""
     by_key = {(r["fold"], r["variant"]): r for r in results}
     fold_means: dict[str, list[float]] = {v: [] for v in variants}
     argmax_means: dict[str, list[float]] = {}
     print()
     for fold in folds:
         runs = {v: by_key[(fold, v)] for v in variants}
-        reference = [n for n, s in runs[variants[0]]["scores"].items() if s["status"] != "false_positive"]
-        for v in variants[1:]:
-            reference += [n for n, s in runs[v]["scores"].items() if s["status"] != "false_positive"
-                          and n not in reference]
-        rows = {n: {v: runs[v]["scores"][n] for v in variants} for n in reference}
-        first = runs[variants[0]]
-        title = (f"fold {fold} (held out; trained on {', '.join(_training_cases(settings, fold))}), model grid "
-                 f"{' x '.join(map(str, first['grid_shape']))} at {' x '.join(f'{s:g}' for s in first['spacing_zyx'])}"
-                 f" mm")
-        print(format_table(title, rows, variants, {v: runs[v]["summary"] for v in variants}))
+        _print_fold(fold, runs, variants, settings)
         for v in variants:
-            s = runs[v]["summary"]
-            fold_means[v].append(s["mean_dice"])
-            extra = []
-            if s["missed"]:
-                extra.append(f"missed {', '.join(s['missed'])}")
-            if s["false_positive"]:
-                extra.append(f"false positives {', '.join(s['false_positive'])}")
-            print(f"  {v}: train {runs[v]['train_seconds']:.0f} s ({runs[v]['steps']} steps, "
-                  f"{_number(runs[v]['seconds_per_step'], 2)} s/step), evaluation {runs[v]['eval_seconds']:.0f} s"
-                  f"{'; ' + '; '.join(extra) if extra else ''}")
+            fold_means[v].append(runs[v]["summary"]["mean_dice"])
             argmax = runs[v].get("argmax_summary")
             if argmax:
                 argmax_means.setdefault(v, []).append(argmax["mean_dice"])
-                print(f"  {v} with nnU-Net's argmax rule instead of the 0.5 class threshold: mean Dice "
-                      f"{_number(argmax['mean_dice'], 3)}, mean HD95 {_number(argmax['mean_hd95'], 1)} mm over "
-                      f"{argmax['hd95_classes']} class(es), {len(argmax['missed'])} missed, "
-                      f"{len(argmax['false_positive'])} false-positive class(es)")
         print()
-
     averaged = {v: average_over_folds([by_key[(f, v)]["scores"] for f in folds]) for v in variants}
-    names: list[str] = []
-    for v in variants:
-        names += [n for n in averaged[v] if n not in names]
-    rows = {n: {v: averaged[v][n] for v in variants if n in averaged[v]} for n in names}
-    means = {}
-    for v in variants:
-        summaries = [by_key[(f, v)]["summary"] for f in folds]
-        hd95 = [s["mean_hd95"] for s in summaries if s["mean_hd95"] is not None]
-        means[v] = {
-            "mean_dice": sum(fold_means[v]) / len(fold_means[v]),
-            "mean_hd95": sum(hd95) / len(hd95) if hd95 else None,
-            "hd95_classes": sum(s["hd95_classes"] for s in summaries),
-            "missed": sum(len(s["missed"]) for s in summaries),
-            "false_positive": sum(len(s["false_positive"]) for s in summaries),
-        }
-    print(format_table(f"average over {len(folds)} fold(s) (class: mean over the folds whose reference has it; "
-                       "mean: mean of the fold means; counts: summed over folds)", rows, variants, means))
+    means = {v: _variant_means([by_key[(f, v)]["summary"] for f in folds], fold_means[v]) for v in variants}
+    _print_average(averaged, means, variants, len(folds))
     load_end = _load_average()
     train_total = sum(r["train_seconds"] for r in results)
     print()
@@ -633,6 +649,74 @@ def _report(results: list[dict[str, Any]], folds: list[str], variants: list[str]
           f"{settings['steps']} steps each); load average (1, 5, 15 min) at the start "
           f"{', '.join(map(str, load_start))}, at the end {', '.join(map(str, load_end))} "
           f"(above {machine['cores']} means other processes shared the CPU)")
+    line = _verdict_line(means, fold_means, argmax_means, variants)
+    print(f"verdict: {line}")
+    return {
+        "settings": settings, "machine": machine, "load_average_start": load_start, "load_average_end": load_end,
+        "wall_seconds": total, "runs": results, "average": {"per_class": averaged, "means": means},
+        "verdict": line,
+    }
+
+
+def _print_fold(fold: str, runs: dict[str, dict[str, Any]], variants: list[str], settings: dict[str, Any]) -> None:
+    """The fold's table (every class of any variant's reference) and one line per variant (and its argmax rule)."""
+    reference: list[str] = []
+    for v in variants:
+        reference += [n for n, s in runs[v]["scores"].items() if s["status"] != "false_positive"
+                      and n not in reference]
+    rows = {n: {v: runs[v]["scores"][n] for v in variants} for n in reference}
+    first = runs[variants[0]]
+    title = (f"fold {fold} (held out; trained on {', '.join(_training_cases(settings, fold))}), model grid "
+             f"{' x '.join(map(str, first['grid_shape']))} at {' x '.join(f'{s:g}' for s in first['spacing_zyx'])}"
+             f" mm")
+    print(format_table(title, rows, variants, {v: runs[v]["summary"] for v in variants}))
+    for v in variants:
+        _print_variant_line(v, runs[v])
+
+
+def _print_variant_line(variant: str, run: dict[str, Any]) -> None:
+    s = run["summary"]
+    extra = []
+    if s["missed"]:
+        extra.append(f"missed {', '.join(s['missed'])}")
+    if s["false_positive"]:
+        extra.append(f"false positives {', '.join(s['false_positive'])}")
+    print(f"  {variant}: train {run['train_seconds']:.0f} s ({run['steps']} steps, "
+          f"{_number(run['seconds_per_step'], 2)} s/step), evaluation {run['eval_seconds']:.0f} s"
+          f"{'; ' + '; '.join(extra) if extra else ''}")
+    argmax = run.get("argmax_summary")
+    if argmax:
+        print(f"  {variant} with nnU-Net's argmax rule instead of the 0.5 class threshold: mean Dice "
+              f"{_number(argmax['mean_dice'], 3)}, mean HD95 {_number(argmax['mean_hd95'], 1)} mm over "
+              f"{argmax['hd95_classes']} class(es), {len(argmax['missed'])} missed, "
+              f"{len(argmax['false_positive'])} false-positive class(es)")
+
+
+def _variant_means(summaries: list[dict[str, Any]], fold_means: list[float]) -> dict[str, Any]:
+    """One variant over the folds: mean of the fold means, mean HD95 where it exists, counts summed."""
+    hd95 = [s["mean_hd95"] for s in summaries if s["mean_hd95"] is not None]
+    return {
+        "mean_dice": sum(fold_means) / len(fold_means),
+        "mean_hd95": sum(hd95) / len(hd95) if hd95 else None,
+        "hd95_classes": sum(s["hd95_classes"] for s in summaries),
+        "missed": sum(len(s["missed"]) for s in summaries),
+        "false_positive": sum(len(s["false_positive"]) for s in summaries),
+    }
+
+
+def _print_average(averaged: dict[str, dict[str, dict[str, Any]]], means: dict[str, dict[str, Any]],
+                   variants: list[str], folds: int) -> None:
+    names: list[str] = []
+    for v in variants:
+        names += [n for n in averaged[v] if n not in names]
+    rows = {n: {v: averaged[v][n] for v in variants if n in averaged[v]} for n in names}
+    print(format_table(f"average over {folds} fold(s) (class: mean over the folds whose reference has it; "
+                       "mean: mean of the fold means; counts: summed over folds)", rows, variants, means))
+
+
+def _verdict_line(means: dict[str, dict[str, Any]], fold_means: dict[str, list[float]],
+                  argmax_means: dict[str, list[float]], variants: list[str]) -> str:
+    """The verdict on mean Dice, then each argmax-rule mean (stored into ``means[v]["argmax_mean_dice"]``)."""
     line = verdict({v: means[v]["mean_dice"] for v in variants}, fold_means)
     best = max(variants, key=lambda v: means[v]["mean_dice"])
     for v, values in argmax_means.items():
@@ -640,12 +724,7 @@ def _report(results: list[dict[str, Any]], folds: list[str], variants: list[str]
         line += f"; {v} with nnU-Net's argmax rule: {value:.3f}"
         if v != best:
             line += f" ({value - means[best]['mean_dice']:+.3f} vs the best above, {best})"
-    print(f"verdict: {line}")
-    return {
-        "settings": settings, "machine": machine, "load_average_start": load_start, "load_average_end": load_end,
-        "wall_seconds": total, "runs": results, "average": {"per_class": averaged, "means": means},
-        "verdict": line,
-    }
+    return line
 
 
 def _mean(values) -> float | None:

@@ -77,6 +77,8 @@ from benchmarks._common import (
 PATCH_ZYX = (64, 96, 96)
 BATCH = 2
 WARMUP_STEPS = 2
+# profile_maskmed's batches: 1 warm-up step, 3 timed ones, 1 under torch.profiler.
+PROFILED_STEPS = 5
 AUGMENTATION = "default"
 GRAD_CLIP = 12.0  # both trainers
 SEED = 0
@@ -339,11 +341,12 @@ def profile_maskmed(batches_path: str, patch, threads: int, fast: bool = True) -
 
     step(0)
     parts.clear()
-    for index in range(1, 4):
+    timed_steps = range(1, PROFILED_STEPS - 1)
+    for index in timed_steps:
         step(index)
-    timed = {k: v / 3 for k, v in parts.items() if not k.startswith("_")}
+    timed = {k: v / len(timed_steps) for k, v in parts.items() if not k.startswith("_")}
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
-        step(4)
+        step(PROFILED_STEPS - 1)
     operators = [
         (event.key, event.self_cpu_time_total / 1e6, event.count)
         for event in sorted(profiler.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:12]
@@ -501,7 +504,8 @@ def _run(args: argparse.Namespace, workdir: Path) -> None:
     inputs = (args.real_ct, args.real_labels, args.label_mapping)
     cache_dir = str(workdir / "cache")
     batches_path = str(workdir / f"batches_{'x'.join(map(str, patch))}_b{batch}.npz")
-    data = run_child(prepare_batches, batches_path, cache_dir, patch, batch, WARMUP_STEPS + args.steps, *inputs)
+    stored = max(WARMUP_STEPS + args.steps, PROFILED_STEPS)  # fewer would leave the profile without batches
+    data = run_child(prepare_batches, batches_path, cache_dir, patch, batch, stored, *inputs)
     nnunet_folder, env_root = workdir / "nnunet_3d_fullres", workdir / "nnunet_env"
     nnunet_info = None
     if not args.skip_nnunet:

@@ -31,6 +31,7 @@ class ExitCode(IntEnum):
 KNOWN_FAILURES: dict[str, ExitCode] = {
     "maskmed_core.io.errors.OutputLocationError": ExitCode.USAGE,
     "maskmed_core.training.options.OptionError": ExitCode.USAGE,
+    "maskmed_core.plans.fingerprint.PlanOptionError": ExitCode.USAGE,
     "maskmed_core.devices.DeviceError": ExitCode.USAGE,
     "maskmed_core.training.state.TrainingStateError": ExitCode.USAGE,
     "maskmed_core.io.errors.InputError": ExitCode.BAD_INPUT,

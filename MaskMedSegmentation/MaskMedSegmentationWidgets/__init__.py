@@ -6,7 +6,8 @@ and runs only inside Slicer; the module's self-test (Testing/Python/MaskMedSegme
 """
 
 from .dependencypanel import DependencyPanel
+from .finetunepanel import FineTunePanel
 from .lossplot import LossPlot
 from .resulttables import ResultTables
 
-__all__ = ["DependencyPanel", "LossPlot", "ResultTables"]
+__all__ = ["DependencyPanel", "FineTunePanel", "LossPlot", "ResultTables"]

@@ -1,6 +1,6 @@
 """The MaskMed network, its configuration, semantic inference and training criterion."""
 
-from maskmed_core.model.config import ModelConfig, plan_stages, preset
+from maskmed_core.model.config import ModelConfig, preset
 from maskmed_core.model.maskmed import MaskMed, count_parameters
 from maskmed_core.model.semantic import (
     labels_from_probabilities,
@@ -13,7 +13,6 @@ __all__ = [
     "ModelConfig",
     "count_parameters",
     "labels_from_probabilities",
-    "plan_stages",
     "preset",
     "query_confidence",
     "semantic_probabilities_from_queries",

@@ -7,7 +7,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
-Triple = tuple[int, int, int]
+from maskmed_core.plans.stages import Triple, plan_stages
 
 
 @dataclass
@@ -302,31 +302,6 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
         else:
             kwargs[name] = _as_tuples(value)
     return cls(**kwargs)
-
-
-def plan_stages(
-    patch_size: Triple, spacing: tuple[float, float, float], num_stages: int
-) -> tuple[tuple[Triple, ...], tuple[Triple, ...]]:
-    """nnU-Net-like strides and kernel sizes for a patch (voxels, (d, h, w)) and spacing (mm, (d, h, w)).
-
-    An axis is pooled at a stage while its current spacing is at most twice the finest current spacing
-    and it still has at least 8 voxels, so thick-slice CTs get in-plane-only pooling first; the kernel
-    is 1 along an axis whose spacing is still more than twice the finest (no mixing of distant slices).
-    """
-    sizes = list(patch_size)
-    current = list(spacing)
-    strides: list[Triple] = [(1, 1, 1)]
-    kernels: list[Triple] = [tuple(1 if current[a] > 2 * min(current) else 3 for a in range(3))]  # type: ignore[misc]
-    for _ in range(1, num_stages):
-        finest = min(current)
-        stride = tuple(2 if current[a] <= 2 * finest and sizes[a] >= 8 else 1 for a in range(3))
-        for a in range(3):
-            sizes[a] //= stride[a]
-            current[a] *= stride[a]
-        finest = min(current)
-        strides.append(stride)  # type: ignore[arg-type]
-        kernels.append(tuple(1 if current[a] > 2 * finest else 3 for a in range(3)))  # type: ignore[arg-type]
-    return tuple(strides), tuple(kernels)
 
 
 def preset(
