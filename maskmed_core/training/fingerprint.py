@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from maskmed_core.io import InputError, to_canonical
-from maskmed_core.plans.fingerprint import Fingerprint, plans_from_fingerprint
+from maskmed_core.plans.fingerprint import Fingerprint
 from maskmed_core.training.dataset import DatasetSpec, LabelMapping, read_case
 
 
@@ -73,8 +73,3 @@ def compute_fingerprint(
         median_shape_zyx=tuple(float(v) for v in np.median(np.array(shapes, dtype=float), axis=0)),
         num_cases=len(spec.cases),
     )
-
-
-# plans_from_fingerprint is imported from here by training/trainer.py (owned by another change); new code imports it
-# from maskmed_core.plans.fingerprint, where it is declared.
-__all__ = ["Fingerprint", "compute_fingerprint", "plans_from_fingerprint"]

@@ -154,11 +154,12 @@ def _check_same_architecture(config: TrainConfig, init_config: ModelConfig) -> N
 
 def _data_from_files(config: TrainConfig, context, report: Reporter, cache_dir: Path) -> TrainingData:
     """Check the dataset, plan, preprocess every case into ``cache_dir`` (rank 0 first) and write its manifest."""
+    from maskmed_core.plans.fingerprint import plans_from_fingerprint
     from maskmed_core.training.cache import preprocess_case, preprocess_cases, preprocess_label_only
     from maskmed_core.training.cache_entries import CacheManifest, write_manifest
     from maskmed_core.training.checks import check_dataset, format_report, without_bad_cases
     from maskmed_core.training.dataset import Case, load_dataset
-    from maskmed_core.training.fingerprint import compute_fingerprint, plans_from_fingerprint
+    from maskmed_core.training.fingerprint import compute_fingerprint
 
     spec = load_dataset(config.dataset, label_mapping=config.label_mapping)
     problems = check_dataset(spec, label_mapping=config.label_mapping)
