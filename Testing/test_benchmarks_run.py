@@ -2,7 +2,8 @@
 repeat, one step, the package's bundled demo CT instead of ../shared), and the nnU-Net peer's path runs wherever
 nnU-Net v2 is installed (skipped only where it is missing). Nothing asserts on a timing or a figure: what is checked
 is that each script gets through to its report, so a renamed function or a changed signature fails here, not on the
-day someone wants the numbers. ``benchmarks/finetune.py`` trains for minutes, so only its command line is exercised.
+day someone wants the numbers. ``benchmarks/finetune.py`` and ``finetune_heads.py`` train for minutes and score for
+one, so their runs and the scoring are stood in for and the rest of each script runs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import SimpleITK as sitk
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
 # The modules with a command line (a `main`), each run by the test named after it below.
-RUN_TESTED = {"ablation", "data_loading", "deform_attn", "finetune", "inference", "model", "slicer_logic", "training"}
+RUN_TESTED = {"ablation", "data_loading", "deform_attn", "finetune", "finetune_heads", "inference", "mirrored", "model",
+              "slicer_logic", "training"}
 
 
 def _has_main(path: Path) -> bool:
@@ -154,12 +156,70 @@ def test_ablation_benchmark(tmp_path):
     assert "verdict: " in printed
 
 
-def test_finetune_benchmark_command_line_parses_without_training(capsys):
+def _fake_training(calls: list):
+    """A stand-in for ``benchmarks.finetune.fine_tune`` (minutes of training) that records its arguments."""
+
+    def fine_tune(case_list, mapping, output, minutes, extra, threads, init=None):
+        calls.append({"case_list": Path(case_list), "output": Path(output), "minutes": minutes, "extra": extra,
+                      "init": init})
+        return {"steps": 7, "seconds": 1.0, "peak_rss_gib": 0.5}
+
+    return fine_tune
+
+
+def _fake_scores(model, ids_by_name):
+    """Dice 0.5 for every class of the scenario (the held-out scoring runs the network for a minute)."""
+    return {name: 0.5 for name in ids_by_name}
+
+
+def test_finetune_benchmark_plans_runs_records_them_and_does_not_repeat_them(tmp_path, monkeypatch, capsys):
     from benchmarks import finetune
 
-    with pytest.raises(SystemExit) as exit_info:
-        finetune.main(["--help"])  # argparse prints the help and exits before any run is planned
-    assert exit_info.value.code == 0 and "--scenarios" in capsys.readouterr().out
+    calls: list = []
+    monkeypatch.setattr(finetune, "fine_tune", _fake_training(calls))
+    monkeypatch.setattr(finetune, "score_on_s0009", _fake_scores)
+    argv = ["--scenarios", "iliopsoas", "--minutes", "5", "--variants", "default", "former", "--workdir",
+            str(tmp_path)]
+    assert finetune.main(argv) == 0
+    assert [call["extra"] for call in calls] == [finetune.VARIANTS["default"], finetune.VARIANTS["former"]]
+    written = json.loads(calls[0]["case_list"].read_text())
+    assert set(written["labels"]) == {"background", "left iliopsoas", "right iliopsoas"}  # the new structure only
+    assert "s0009" not in calls[0]["case_list"].read_text()  # the scoring CT is never a fine-tune case
+    printed = capsys.readouterr().out
+    assert "iliopsoas      1 default          5     7" in printed and "former" in printed
+    assert finetune.main(argv) == 0 and len(calls) == 2  # recorded runs are not run again
+
+
+def test_finetune_heads_benchmark_fits_a_conv_twin_and_fine_tunes_both_heads(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from benchmarks import finetune, finetune_heads
+    from maskmed_core.checkpoint import load_model_file
+
+    calls: list = []
+    monkeypatch.setattr(finetune, "fine_tune", _fake_training(calls))
+    monkeypatch.setattr(finetune_heads, "fine_tune", _fake_training(calls))
+    monkeypatch.setattr(finetune, "score_on_s0009", _fake_scores)
+    monkeypatch.setattr(finetune_heads, "pseudo_labelled_cases", lambda cases, folder: folder / "cases.json")
+    assert finetune_heads.main(["--minutes", "2", "--twin-minutes", "3", "--workdir", str(tmp_path)]) == 0
+    twin, decoupled, conv = calls
+    start = tmp_path / "iliopsoas_1_conv_twin" / "conv_start.maskmed"
+    assert twin["init"] == start and twin["minutes"] == 3
+    assert decoupled["init"] == finetune.DEFAULT_MODEL and conv["init"] == twin["output"] / "best.maskmed"
+    assert decoupled["minutes"] == conv["minutes"] == 2 and decoupled["extra"] == conv["extra"] == []
+    printed = capsys.readouterr().out
+    assert "decoupled" in printed and "conv " in printed
+    # The twin's start: a conv head on the default model's encoder, transformer and pixel decoder.
+    default, made = load_model_file(finetune.DEFAULT_MODEL), load_model_file(start)
+    assert made.config.head.kind == "conv" and made.classes == default.classes
+    for key in ("encoder.stem.conv.weight", "transformer.level_embed"):
+        shared = [k for k in default.state_dict if k.startswith(key.split(".")[0])]
+        assert shared and all(torch.equal(made.state_dict[k], default.state_dict[k]) for k in shared)
+
+
+def test_mirrored_benchmark_on_the_held_out_ct(demo_data):
+    printed = _run_main("mirrored", "--cases", "1")
+    assert "false alarms: 0" in printed and "not warned about: 0" in printed
 
 
 @pytest.mark.slow

@@ -14,12 +14,14 @@ CTs (``../shared/data``, see its README; files with identical bytes are run once
 ct/chest_abdomen_dicom, and totalseg_subjects s0002 (neck-thorax) and s0003 (spine): the last two show no liver or
 spleen, so the rule must stay silent on them either way. One thread (``OMP_NUM_THREADS=1``), in this process.
 
-    OMP_NUM_THREADS=1 nice -n 5 python3 -m benchmarks.mirrored       # about 2 minutes on an idle core
+    OMP_NUM_THREADS=1 nice -n 5 python3 -m benchmarks.mirrored [--cases N]  # about 2 minutes on an idle core
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,16 +125,19 @@ def print_table(rows: list[Row]) -> None:
               f"{organ:>12s} {left:>15s} {row.predict_s:7.1f}s {row.check_s:6.2f}s {row.cost_percent:5.1f}%")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", type=int, help="only the first N real CTs (default: all; s0009 comes first)")
+    args = parser.parse_args(argv)
+    from maskmed_core.bundled import DEFAULT_MODEL
     from maskmed_core.inference import Predictor
     from maskmed_core.inference.laterality import MIRRORED_LEFT_FRACTION
     from maskmed_core.io.reading import read_image
-    from maskmed_core.predict_command import DEFAULT_MODEL
 
     print_machine("SimpleITK")
     predictor = Predictor.from_file(DEFAULT_MODEL, "cpu")
     rows = []
-    for name, path in real_cts():
+    for name, path in real_cts()[:args.cases]:
         image = read_image(path)
         for mirrored in (False, True):
             rows.append(measure(predictor, name, mirror(image) if mirrored else image, mirrored))
@@ -145,7 +150,8 @@ def main() -> None:
     worst = max(r.cost_percent for r in rows)
     print(f"\nfalse alarms: {len(false_alarms)} {false_alarms or ''}; mirrored CTs with liver and spleen in view not "
           f"warned about: {len(missed)} {missed or ''}; highest cost {worst:.1f} % (goal < {COST_GOAL_PERCENT:g} %)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
