@@ -386,8 +386,8 @@ def test_failing_run_leaves_the_scene_unchanged_and_says_why(run, work):
 def test_a_mirrored_ct_reaches_the_panel_as_a_warning(work):
     """The default model on the bundled held-out CT with its voxels flipped along x (header kept): the child's
     warning reaches ``logic.warnings`` without the temporary file's name, and ``warningsText`` is the panel's text."""
+    from maskmed_core.bundled import DEFAULT_MODEL
     from maskmed_core.demo_command import HELD_OUT_CT
-    from maskmed_core.predict_command import DEFAULT_MODEL
 
     image = sitk.ReadImage(str(HELD_OUT_CT))
     mirrored = sitk.GetImageFromArray(np.ascontiguousarray(sitk.GetArrayFromImage(image)[:, :, ::-1]))
