@@ -36,7 +36,8 @@ def test_every_option_with_a_flag_is_in_the_parser_with_its_default_and_help():
     for field, spec in declared:
         assert spec.flags, f"{field.name} has no command-line flag"
         action = actions[field.name]
-        assert tuple(action.option_strings or [action.dest]) == spec.flags
+        # (a BooleanOptionalAction adds the --no- form of its flag)
+        assert tuple(action.option_strings or [action.dest])[:len(spec.flags)] == spec.flags
         assert action.help == spec.help
         if spec.requires is None and spec.action is None:
             assert action.default == options.default_of(field), field.name
@@ -133,3 +134,13 @@ def test_resume_without_a_saved_state_is_refused_naming_the_folder(tmp_path, cap
     err = capsys.readouterr().err
     assert f"{output} holds no saved training state" in err and "without --resume" in err
     assert list(output.iterdir()) == []
+
+
+def test_the_encoder_is_frozen_by_default_only_when_fine_tuning_a_whole_model():
+    from maskmed_core.training.trainer import encoder_frozen
+
+    assert encoder_frozen(TrainConfig(dataset="d.json", output="o", init="m.maskmed"))
+    assert not encoder_frozen(TrainConfig(dataset="d.json", output="o"))  # a new model
+    assert not encoder_frozen(TrainConfig(dataset="d.json", output="o", init="m.maskmed", init_encoder_only=True))
+    assert not encoder_frozen(TrainConfig(dataset="d.json", output="o", init="m.maskmed", freeze_encoder=False))
+    assert encoder_frozen(TrainConfig(dataset="d.json", output="o", freeze_encoder=True))

@@ -232,6 +232,13 @@ def test_fine_tune_keeps_the_classes_the_data_lacks_taught_by_the_starting_model
     assert "rehearsal: 7 shipped label maps (TotalSegmentator dataset, CC BY 4.0) label 5 of the 5 classes" in err
     predictor = Predictor.from_file(output / "last.maskmed", "cpu")
     assert [c.name for c in predictor.classes] == ["liver", "stomach", "spleen", "right kidney", "left kidney"]
+    # The encoder stays as --init's (a fine-tune's default); the rest of the network learns.
+    from maskmed_core.checkpoint import load_model_file
+
+    before, after = load_model_file(init).state_dict, predictor.model_file.state_dict
+    encoder = [k for k in before if k.startswith("encoder.")]
+    assert encoder and all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("pixel_decoder."))
     dropped = main(train_args(relabelled, tmp_path / "dropped", "--init", str(init), "--absent-classes", "drop"))
     assert dropped == ExitCode.OK and "distillation" not in capsys.readouterr().err
     assert [c.name for c in Predictor.from_file(tmp_path / "dropped" / "last.maskmed", "cpu").classes] == [

@@ -7,11 +7,12 @@ process with ``--threads`` torch threads, where CASES labels only the new struct
 label maps know nothing else), plus the options of the variant:
 
 * ``default``: nothing else (distillation of the model's classes on the user's images, rehearsal on the shipped
-  label maps, the new class row imprinted from the queries that cover it, the model's own mirror axes);
+  label maps, the new class row imprinted from a free query that covers it, new classes matched only to free
+  queries, the encoder frozen, the model's own mirror axes);
 * ``no-distill``: ``--absent-classes freeze`` (the former ``--keep-absent-classes``); ``no-rehearsal``:
-  ``--rehearsal 0``; ``former``: ``--absent-classes freeze --rehearsal 0 --mirror-axes zyx``, what a fine-tune did
-  before these levers existed (when asked to keep the model's classes); ``freeze-encoder``: ``--freeze-encoder`` (only
-  the transformer, pixel decoder and head learn).
+  ``--rehearsal 0``; ``train-encoder``: ``--no-freeze-encoder`` (the encoder learns too); ``former``:
+  ``--absent-classes freeze --rehearsal 0 --mirror-axes zyx --no-freeze-encoder``, what a fine-tune did before these
+  levers existed (when asked to keep the model's classes).
 
 Usage (from the repository root, with ../shared/data beside it):
     python3 -m benchmarks.finetune [--scenarios iliopsoas portal_vein vertebrae] [--cases 1 2 3] [--minutes 5 10 20]
@@ -75,8 +76,8 @@ VARIANTS = {
     "default": [],
     "no-distill": ["--absent-classes", "freeze"],
     "no-rehearsal": ["--rehearsal", "0"],
-    "former": ["--absent-classes", "freeze", "--rehearsal", "0", "--mirror-axes", "zyx"],
-    "freeze-encoder": ["--freeze-encoder"],
+    "former": ["--absent-classes", "freeze", "--rehearsal", "0", "--mirror-axes", "zyx", "--no-freeze-encoder"],
+    "train-encoder": ["--no-freeze-encoder"],
 }
 
 

@@ -6,6 +6,7 @@ command's arguments, the validation and the resume check are derived from these 
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -67,7 +68,12 @@ class TrainConfig:
                           help="continue from OUT/training_state.safetensors")
     skip_bad_cases: bool = option(False, flag="--skip-bad-cases", action="store_true",
                                   help="train on the cases that pass the check")
-    freeze_encoder: bool = option(False, flag="--freeze-encoder", action="store_true", must_match=True)
+    # None: frozen for a fine-tune of --init's whole model (measured: the iliopsoas added from one CT in 200 steps kept
+    # the model's own classes at +0.009 mean Dice on the held-out CT frozen, -0.026 trained, spleen 0.78 vs 0.57; and a
+    # frozen encoder's step is about 1.4x faster), trained otherwise.
+    freeze_encoder: bool | None = option(
+        None, flag="--freeze-encoder", action=argparse.BooleanOptionalAction, must_match=True, before=False,
+        help="keep the encoder's weights (default: yes when fine-tuning --init's whole model, no otherwise)")
     # With --init, the model's classes the dataset does not label: "distill" keeps them, taught on the dataset's own
     # images by the starting model's predictions (written where the labels say background, so an unlabelled organ is
     # not taught as background); "freeze" keeps them with their class rows frozen and no targets; "drop" removes them.

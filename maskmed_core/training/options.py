@@ -49,7 +49,7 @@ class Option:
     type: Callable[[str], Any] | None = None
     nargs: int | str | None = None
     metavar: str | tuple[str, ...] | None = None
-    action: str | None = None
+    action: str | Callable[..., argparse.Action] | None = None
     required: bool = False
     convert: Callable[[Any], Any] | None = None
 

@@ -396,7 +396,7 @@ def _build(config: TrainConfig, data: TrainingData, context, report: Reporter) -
                                         f"(soft Dice {imprinted[index]:.2f})" if index in imprinted else
                                         f"new class {name!r}: no free object query covers it yet; its class row "
                                         "starts fresh"))
-    if config.freeze_encoder:
+    if encoder_frozen(config):
         freeze_encoder(model)
     model.to(context.device)
     criterion = build_criterion(data.model_config, logits_first=config.fast_step, mask_loss=config.mask_loss)
@@ -684,6 +684,13 @@ def _autocast(config: TrainConfig, device: torch.device):
     if device.type != "cuda" or config.amp == "none":
         return None
     return torch.autocast("cuda", dtype=torch.bfloat16 if config.amp == "bf16" else torch.float16)
+
+
+def encoder_frozen(config: TrainConfig) -> bool:
+    """``--freeze-encoder``, or when not given: frozen for a fine-tune of ``--init``'s whole model (see TrainConfig)."""
+    if config.freeze_encoder is not None:
+        return config.freeze_encoder
+    return config.init is not None and not config.init_encoder_only
 
 
 def _warmup_steps(config: TrainConfig) -> int:
