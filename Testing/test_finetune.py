@@ -199,7 +199,7 @@ def test_new_classes_get_their_share_of_the_foreground_patches():
 @pytest.mark.parametrize("kind", ["decoupled", "conv"])
 def test_unannotated_classes_get_no_class_gradient_and_the_others_do(kind):
     """A rehearsal patch does not annotate the class a fine-tune adds: that class's logits get no gradient there."""
-    from maskmed_core.model.criterion import build_criterion
+    from maskmed_core.model.heads import build_criterion
 
     model = tiny_model(num_classes=3, kind=kind)
     criterion = build_criterion(model.config)

@@ -16,7 +16,8 @@ from maskmed_core.model import (
     query_confidence,
     semantic_probabilities_from_queries,
 )
-from maskmed_core.model.criterion import build_criterion, targets_from_label_map
+from maskmed_core.model.criterion import targets_from_label_map
+from maskmed_core.model.heads import build_criterion
 from maskmed_core.model.matcher import hungarian_match
 from maskmed_core.plans.stages import plan_stages
 
@@ -84,10 +85,10 @@ def test_output_shapes_on_anisotropic_patch(kind, transformer):
         # mask_level 1: the stage-1 stride is (1, 2, 2) for 3 x 0.8 x 0.8 mm.
         assert outputs["mask_features"].shape == (2, config.pixel_decoder.mask_dim, 16, 16, 16)
         assert len(outputs["aux_outputs"]) == config.head.num_layers
-        assert model.mask_logits(outputs, (16, 32, 32)).shape == (2, q, 16, 32, 32)
+        assert model.head.mask_logits(outputs, (16, 32, 32)).shape == (2, q, 16, 32, 32)
     else:
         assert outputs["seg_logits"].shape == (2, config.num_classes + 1, 16, 32, 32)
-    probabilities = model.class_probabilities(outputs)
+    probabilities = model.head.class_probabilities(outputs)
     assert probabilities.shape == (2, config.num_classes, 16, 32, 32)
 
 

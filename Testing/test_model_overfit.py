@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from maskmed_core.model import MaskMed, labels_from_probabilities, preset
-from maskmed_core.model.criterion import build_criterion
+from maskmed_core.model.heads import build_criterion
 
 # TotalSegmentator v2 ids: spleen, kidney_right, kidney_left, liver, stomach.
 ORGANS = (1, 2, 3, 5, 6)
@@ -54,7 +54,7 @@ def test_small_model_overfits_one_real_crop(demo_data):
         if step >= 20 and step % 5 == 0:
             model.eval()
             with torch.no_grad():
-                prediction = labels_from_probabilities(model.class_probabilities(model(image), 0.25), 0.5)
+                prediction = labels_from_probabilities(model.head.class_probabilities(model(image), 0.25), 0.5)
             best = max(best, mean_dice(prediction, target, len(ORGANS)))
             if best > 0.9:
                 break

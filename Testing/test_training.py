@@ -158,7 +158,7 @@ def test_resume_after_kill_minus_nine_ends_with_the_same_weights(dataset, tmp_pa
 
 
 def test_nan_loss_stops_naming_step_and_cases(dataset, tmp_path, capsys, monkeypatch):
-    from maskmed_core.model.criterion import build_criterion
+    from maskmed_core.model.heads import build_criterion
     from maskmed_core.training import trainer
 
     def poisoned(config, **options):
@@ -355,13 +355,13 @@ def test_mirror_axes_are_trained_recorded_in_the_model_file_and_used_by_tta(data
 
 
 def test_mask_loss_option_reaches_the_criterion(dataset, tmp_path, capsys, monkeypatch):
-    from maskmed_core.model import criterion as criterion_module
+    from maskmed_core.model import heads as heads_module
     from maskmed_core.training import trainer
 
     built = []
 
     def recording(config, logits_first=True, mask_loss="points"):
-        made = criterion_module.build_criterion(config, logits_first, mask_loss)
+        made = heads_module.build_criterion(config, logits_first, mask_loss)
         built.append(made.mask_loss)
         return made
 

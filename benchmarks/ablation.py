@@ -316,7 +316,7 @@ def worker(job_path: str) -> None:
     scores = case_metrics(prediction, np.asarray(case.labels), class_names, case.spacing_zyx)
     eval_seconds = time.perf_counter() - started
     argmax_scores = None
-    if not model.decoupled:
+    if not model.head.shared_queries:  # the conv head: its argmax too
         started = time.perf_counter()
         argmax = conv_argmax_indices(model, case.image, model_file.plans, device)
         argmax_scores = case_metrics(argmax, np.asarray(case.labels), class_names, case.spacing_zyx)

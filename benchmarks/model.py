@@ -78,7 +78,7 @@ def _forward(network: torch.nn.Module, image: torch.Tensor) -> torch.Tensor:
     outputs = network(image)
     if isinstance(outputs, dict):
         # What inference needs from a patch: the per-class probabilities at patch resolution.
-        return network.class_probabilities(outputs)
+        return network.head.class_probabilities(outputs)
     return outputs.softmax(1)
 
 

@@ -237,7 +237,7 @@ def _maskmed_training_parts(patch, fast: bool):
     from maskmed_core.allocator import retain_freed_memory
     from maskmed_core.classes import AMOS15_CLASSES
     from maskmed_core.model import MaskMed, preset
-    from maskmed_core.model.criterion import build_criterion
+    from maskmed_core.model.heads import build_criterion
     from maskmed_core.training.trainer import TrainConfig
 
     defaults = TrainConfig(dataset="", output="")  # `maskmed train`'s optimizer settings

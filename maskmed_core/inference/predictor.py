@@ -81,7 +81,7 @@ class Predictor:
 
         report(0.0, "reading")
         plans = self.model_file.plans
-        num_queries = self.model.config.head.num_queries if self.model.decoupled else len(self.classes)
+        num_queries = self.model.head.num_queries
 
         def check_before_reading(header, name: str) -> None:  # the same checks, on the header of a path
             check_spacing(header, plans)

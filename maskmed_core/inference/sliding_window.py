@@ -76,22 +76,6 @@ def mirror_class_permutation(num_classes: int, lateral_pairs: list[tuple[int, in
     return permutation
 
 
-def _patch_outputs(
-    model: MaskMed, batch: torch.Tensor, patch: tuple[int, int, int]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pi (B, Q, C+1), masks (B, Q, *patch)) for the decoupled head, or the conv head's softmax as queries."""
-    outputs = model(batch)
-    if model.decoupled:
-        pi = outputs["pred_logits"].float().softmax(-1)
-        masks = MaskMed.mask_logits(outputs, patch).float().sigmoid()
-        return pi, masks
-    probabilities = outputs["seg_logits"].float().softmax(1)[:, 1:]  # (B, C, *patch)
-    b, c = probabilities.shape[:2]
-    pi = torch.zeros(b, c, c + 1, device=probabilities.device)
-    pi[:, torch.arange(c), torch.arange(c)] = 1.0
-    return pi, probabilities
-
-
 def _with_tta(
     model: MaskMed,
     batch: torch.Tensor,
@@ -111,16 +95,16 @@ def _with_tta(
     ):
         dims = [2 + axis for axis in flips]
         flipped = batch.flip(dims) if dims else batch
-        pi, masks = _patch_outputs(model, flipped, patch)
+        pi, masks = model.head.query_outputs(model(flipped), patch)
         if dims:
             masks = masks.flip(dims)
         if 2 in flips:
             # A left-right mirror turns a left kidney into a right one: swap lateral classes back.
             real = pi[..., :-1][..., class_permutation]
             pi = torch.cat((real, pi[..., -1:]), dim=-1)
-            if not model.decoupled:
+            if not model.head.shared_queries:  # query i is class i
                 masks = masks[:, class_permutation]
-        if pi_sum is not None and mask_sum is not None and model.decoupled:
+        if pi_sum is not None and mask_sum is not None and model.head.shared_queries:
             order = match_queries(pi_sum / count, mask_sum / count, pi, masks)
             pi = torch.take_along_dim(pi, order[..., None], dim=1)
             masks = torch.take_along_dim(masks, order.view(*order.shape, 1, 1, 1), dim=1)
@@ -182,7 +166,7 @@ def sliding_window(
     starts = list(itertools.product(*(window_starts(s, p, overlap) for s, p in zip(shape, patch, strict=True))))
     importance = gaussian_importance(patch).to(device)
     num_classes = model.config.num_classes
-    num_queries = model.config.head.num_queries if model.decoupled else num_classes
+    num_queries = model.head.num_queries
     permutation = mirror_class_permutation(num_classes, lateral_pairs or [])
 
     mask_acc = torch.zeros((num_queries, *shape), dtype=torch.float32)

@@ -50,6 +50,10 @@ class PixelDecoderConfig:
     num_feature_levels: int = 3
 
 
+# The head kinds (each a class in ``model.heads``, registered there under this name); the first is the default.
+HEAD_KINDS = ("decoupled", "conv")
+
+
 @dataclass
 class HeadConfig:
     """``decoupled``: shared object queries (mask + class each); ``conv``: point-wise 1x1x1 conv baseline."""
@@ -110,8 +114,8 @@ class ModelConfig:
             raise ValueError(f"pixel_decoder.mask_level must be between 0 and {stages - 1}")
         if not 1 <= self.pixel_decoder.num_feature_levels <= stages - self.pixel_decoder.mask_level:
             raise ValueError("pixel_decoder.num_feature_levels must fit between the mask level and the bottom")
-        if self.head.kind not in ("decoupled", "conv"):
-            raise ValueError(f"head.kind must be 'decoupled' or 'conv', got {self.head.kind!r}")
+        if self.head.kind not in HEAD_KINDS:
+            raise ValueError(f"head.kind must be one of {', '.join(HEAD_KINDS)}, got {self.head.kind!r}")
         if self.transformer.d_model % 8:
             raise ValueError("transformer.d_model must be divisible by 8 (the query projection's group norm)")
         if self.head.hidden_dim % self.head.num_heads:
@@ -319,8 +323,8 @@ def preset(
     (MaskMed) or "conv" (the point-wise conv head baseline); ``transformer_enabled=False`` removes the FSA
     transformer (the ablations), so that a config is complete when built.
     """
-    if head_kind not in ("decoupled", "conv"):
-        raise ValueError(f"unknown head kind {head_kind!r}; choose 'decoupled' or 'conv'")
+    if head_kind not in HEAD_KINDS:
+        raise ValueError(f"unknown head kind {head_kind!r}; choose one of {', '.join(HEAD_KINDS)}")
     if name == "small":
         features: tuple[int, ...] = (16, 32, 64, 128, 192)
         blocks: tuple[int, ...] = (1, 2, 2, 2, 2)

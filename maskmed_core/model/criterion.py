@@ -1,4 +1,5 @@
-"""Training losses: Mask2Former-style set criterion (decoupled head) and Dice+CE (conv head baseline).
+"""Training losses: Mask2Former-style set criterion (decoupled head) and Dice+CE (conv head baseline); each head
+builds its own (``model.heads``).
 
 Both take the network's output dict and an integer label map (B, D, H, W) at input resolution with 0 as
 background and 1..C as the classes, and return a dict of scalar losses whose "loss" entry is optimised.
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskmed_core.model.config import LossConfig, ModelConfig
+from maskmed_core.model.config import LossConfig
 from maskmed_core.model.matcher import hungarian_match
 from maskmed_core.model.point_sampling import (
     importance_points,
@@ -248,10 +249,3 @@ class DiceCELoss(nn.Module):
         losses["loss"] = total
         return losses
 
-
-def build_criterion(config: ModelConfig, logits_first: bool = True, mask_loss: str = "points") -> nn.Module:
-    """The criterion that matches the head in ``config`` (``logits_first``, ``mask_loss``: see ``SetCriterion``;
-    the conv head's Dice+CE is on every voxel anyway)."""
-    if config.head.kind == "decoupled":
-        return SetCriterion(config.num_classes, config.loss, logits_first, mask_loss)
-    return DiceCELoss(config.num_classes, config.loss.deep_supervision)

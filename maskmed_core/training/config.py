@@ -12,6 +12,7 @@ from typing import ClassVar
 
 from maskmed_core.devices import TRAINING_DEVICES
 from maskmed_core.label_mapping import read_label_mapping
+from maskmed_core.model.config import HEAD_KINDS
 from maskmed_core.model.criterion import MASK_LOSSES
 from maskmed_core.training.finetune import ABSENT_CLASSES
 from maskmed_core.training.options import OptionError, check, choices_of, option
@@ -110,7 +111,7 @@ class TrainConfig:
         "learns structures of a few hundred voxels (adrenal glands)")
     # "decoupled" or "conv"; None: decoupled for a new model, --init's own head with --init
     head: str | None = option(
-        None, flag="--head", choices=("decoupled", "conv"), must_match=True,
+        None, flag="--head", choices=HEAD_KINDS, must_match=True,
         help="decoupled (MaskMed, the default for a new model) or conv: the point-wise conv head baseline (nnU-Net "
         "style); with --init the model file's head is kept")
     # False: the no-FSA ablation

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from maskmed_core.checkpoint import ModelFileError
 from maskmed_core.classes import SegmentClass
@@ -77,48 +76,37 @@ def adapt_state_dict(
 ) -> dict[str, torch.Tensor]:
     """Old weights -> weights for ``fresh`` (built with the new class count): class rows copied by plan.
 
-    Decoupled head: ``query_decoder.class_embed`` rows 0..C-1 are classes, row C is "no object".
-    Conv head: ``seg_heads.*`` rows 0 is background, rows 1..C are classes. New classes keep the fresh
-    model's random initialisation.
+    The head says where its class rows are (``Head.class_row_prefixes``, ``class_row_offset``, ``extra_row``):
+    decoupled: ``query_decoder.class_embed`` rows 0..C-1 are classes, row C is "no object"; conv: ``seg_heads.*``
+    row 0 is background, rows 1..C are classes. New classes keep the fresh model's random initialisation.
     """
+    head = fresh.head
     adapted = dict(state_dict)
     own = fresh.state_dict()
     for key, target in own.items():
         source = state_dict.get(key)
-        if source is None or source.shape == target.shape and not _is_class_rows(key):
+        class_rows = key.startswith(head.class_row_prefixes)
+        if source is None or source.shape == target.shape and not class_rows:
             continue
-        if not _is_class_rows(key):
+        if not class_rows:
             raise ModelFileError(f"weight {key} has shape {tuple(source.shape)}, the new model needs "
                                  f"{tuple(target.shape)}")
         rows = target.clone()
-        offset = 1 if key.startswith("seg_heads.") else 0
+        offset = head.class_row_offset
         for new_index, old_index in enumerate(plan.source_index):
             if old_index is not None:
                 rows[new_index + offset] = source[old_index + offset]
-        if offset == 0:
-            rows[-1] = source[-1]  # the no-object row
-        else:
-            rows[0] = source[0]  # the background row
+        rows[head.extra_row] = source[head.extra_row]  # the no-object or background row
         adapted[key] = rows
     return adapted
-
-
-def _is_class_rows(key: str) -> bool:
-    return key.startswith("query_decoder.class_embed.") or key.startswith("seg_heads.")
 
 
 def freeze_class_rows(model: MaskMed, frozen: list[int]) -> None:
     """Zero the gradient of the head rows of ``frozen`` classes, so training does not move them."""
     if not frozen:
         return
-    if model.decoupled:
-        layers: list[nn.Module] = [model.query_decoder.class_embed]
-        offset = 0
-    else:
-        layers = list(model.seg_heads)
-        offset = 1
-    rows = torch.tensor([i + offset for i in frozen])
-    for layer in layers:
+    rows = torch.tensor([i + model.head.class_row_offset for i in frozen])
+    for layer in model.head.class_row_layers():
         for parameter in layer.parameters():
             parameter.register_hook(lambda grad, rows=rows: grad.index_fill(0, rows.to(grad.device), 0.0))
 
@@ -174,8 +162,8 @@ def imprint_new_class_rows(
     0-based class indices to imprint. Returns class index -> the soft Dice of the queries used (mean over patches),
     for the classes imprinted.
     """
-    if not model.decoupled or not new_classes or not patches:
-        return {}
+    if not model.head.shared_queries or not new_classes or not patches:
+        return {}  # only shared queries can hold a structure they have no class for
     head = model.query_decoder.class_embed
     captured: list[torch.Tensor] = []
     hook = head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))

@@ -26,7 +26,7 @@ from maskmed_core.checkpoint import load_model_file, save_model_file
 from maskmed_core.classes import AMOS15_CLASSES, SegmentClass, lateral_pairs
 from maskmed_core.events import EpochEvent, Event, MessageEvent, StepEvent
 from maskmed_core.model import MaskMed, ModelConfig, preset
-from maskmed_core.model.criterion import build_criterion
+from maskmed_core.model.heads import build_criterion
 from maskmed_core.plans import Plans
 from maskmed_core.training import distributed
 from maskmed_core.training.config import TrainConfig
@@ -387,7 +387,7 @@ def _build(config: TrainConfig, data: TrainingData, context, report: Reporter) -
             freeze_class_rows(model, data.class_plan.frozen)
         new = _new_class_indices(data)
         patches = patches_around_classes(data.cases, new, data.plans.patch_size, per_class=4, seed=config.seed)
-        if new and model.decoupled:
+        if new and model.head.shared_queries:
             held_queries = _held_queries(model, data, patches, new, config.seed, report)
         imprinted = imprint_new_class_rows(model, patches, new)
         for index in new:
