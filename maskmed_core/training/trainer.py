@@ -26,7 +26,7 @@ from maskmed_core.checkpoint import load_model_file, save_model_file
 from maskmed_core.classes import AMOS15_CLASSES, SegmentClass, lateral_pairs
 from maskmed_core.events import EpochEvent, Event, MessageEvent, StepEvent
 from maskmed_core.model import MaskMed, ModelConfig, preset
-from maskmed_core.model.heads import build_criterion
+from maskmed_core.model.heads import build_criterion, head_type
 from maskmed_core.plans import Plans
 from maskmed_core.training import distributed
 from maskmed_core.training.config import TrainConfig
@@ -323,7 +323,7 @@ def _fine_tune_classes(config: TrainConfig, data: TrainingData, context, report:
     if plan is None:
         return data
     queries = data.model_config.head.num_queries
-    if data.model_config.head.kind == "decoupled" and len(data.classes) > queries:
+    if head_type(data.model_config).shared_queries and len(data.classes) > queries:
         raise TrainingError(f"the fine-tuned model would have {len(data.classes)} classes, more than the {queries} "
                             f"object queries of --init {config.init} (each class needs one): label fewer classes, or "
                             "drop the model's other classes with --absent-classes drop")
