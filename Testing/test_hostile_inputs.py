@@ -316,6 +316,44 @@ def test_model_asking_for_a_huge_network_is_refused_before_allocating(ct_path, m
         load_model_file(evil)
 
 
+def many_class_model_file(path: Path, num_classes: int) -> Path:
+    """A tiny decoupled model (8 queries, 3 mm plans as ``tiny_model_file``) with ``num_classes`` classes."""
+    config = tiny_model().config  # its 8 queries: the presets' query count grows with the classes
+    config.num_classes = num_classes
+    classes = [SegmentClass(label, f"structure {label}", (label % 256, label // 256, 128))
+               for label in range(1, num_classes + 1)]
+    plans = Plans(spacing=(3.0, 3.0, 3.0), patch_size=(32, 48, 48), overlap=0.5)
+    return save_model_file(path, MaskMed(config), plans, classes)
+
+
+def test_memory_estimate_counts_the_classes(tmp_path, monkeypatch):
+    """Issue 23: a valid 1000-class model on a 273 x 273 x 300 CT allocated 11.1 GB and crashed after the inference;
+    its (C, z, y, x) class maps are now in the estimate, so the run is refused from the header, with the numbers."""
+    from maskmed_core.inference.checks import check_memory, estimate_memory_bytes
+
+    image = sitk.Image([273, 273, 300], sitk.sitkInt16)
+    image.SetSpacing((3.0, 3.0, 3.0))
+    plans = Plans(spacing=(3.0, 3.0, 3.0), patch_size=(32, 48, 48), overlap=0.5)
+    few, many = estimate_memory_bytes(image, plans, 8, 15), estimate_memory_bytes(image, plans, 8, 1000)
+    assert many - few == 985 * 4 * 273 * 273 * 300  # one float32 map per class on the model grid
+    monkeypatch.setenv("MASKMED_MEMORY_BUDGET_MB", "8192")
+    check_memory(image, plans, 8, 15)
+    with pytest.raises(InputError, match="1000 classes and 8 queries needs about 8[0-9]\\.[0-9] GiB"):
+        check_memory(image, plans, 8, 1000)
+
+
+def test_many_class_model_on_a_large_ct_is_refused_before_inference(tmp_path):
+    model = many_class_model_file(tmp_path / "classes1000.maskmed", 1000)
+    ct = tmp_path / "ct.nii.gz"
+    image = sitk.Image([273, 273, 300], sitk.sitkInt16)
+    image.SetSpacing((3.0, 3.0, 3.0))
+    sitk.WriteImage(image, str(ct))
+    out = tmp_path / "out"
+    run = predict(tmp_path, [ct], model, out, env={"MASKMED_MEMORY_BUDGET_MB": "8192"})
+    assert_refused(run, ExitCode.BAD_INPUT, "273 x 273 x 300 volume with a model of 1000 classes",
+                   "8.0 GiB is available", out=out)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # silent wrong results: refused instead
 
