@@ -780,7 +780,8 @@ def rewrite_result(source: Path, target: Path, metadata_edit=None, tensor_edit=N
 
 
 @pytest.mark.parametrize(("metadata_edit", "tensor_edit", "phrase"), [
-    (edit_json("grids", lambda g: g["input_grid"].update(size=[1200, 1200, 1200])), None, "memory budget"),
+    (edit_json("grids", lambda g: g["input_grid"].update(size=[1200, 1200, 1200])), None,
+     "grids.input_grid: size [1200, 1200, 1200] at [3.0, 3.0, 3.0] mm is not the canonical grid's"),
     (edit_json("classes", lambda c: c[0].update(label=70000)), None, "classes[0].label: 70000 is outside"),
     (None, lambda t: t.update(class_given_object=t["class_given_object"][:, :2].copy()), "one column per class"),
     (edit_json("grids", lambda g: g["model_grid"].update(size=[6, 5, 9])), None, "masks: shape"),
@@ -799,6 +800,38 @@ def test_hostile_result_files_are_refused(tmp_path, monkeypatch, metadata_edit, 
     monkeypatch.setenv("MASKMED_MEMORY_BUDGET_MB", "4096")
     with pytest.raises(ResultFileError):
         SegmentationResult.load(evil)
+
+
+def claim_1200_cubed(grids: dict) -> None:
+    for name in ("input_grid", "canonical_grid"):
+        grids[name].update(size=[1200, 1200, 1200])
+
+
+@pytest.mark.parametrize("budget", ["none set", "1 TiB"])
+def test_result_claiming_a_grid_its_masks_do_not_cover_is_refused_whatever_memory_is_free(tmp_path, monkeypatch,
+                                                                                           budget):
+    """Issue 23: a small result file whose input and canonical grids claim 1200^3 (agreeing with each other) was
+    accepted with enough memory free and died with a MemoryError; the grids are now checked against the masks the
+    file holds, whatever the budget."""
+    evil = rewrite_result(small_result(tmp_path), tmp_path / "evil.maskmed-result",
+                          edit_json("grids", claim_1200_cubed))
+    assert evil.stat().st_size < 4096
+    monkeypatch.delenv("MASKMED_MEMORY_BUDGET_MB", raising=False)
+    code = ("from maskmed_core.inference.result import SegmentationResult, ResultFileError\n"
+            f"try:\n    SegmentationResult.load({str(evil)!r})\n"
+            "except ResultFileError as error:\n    print('refused:', error)\n")
+    env = {"MASKMED_MEMORY_BUDGET_MB": str(1 << 20)} if budget == "1 TiB" else {}
+    run = run_child(["-c", code], tmp_path, env=env, module=False)
+    assert run.code == 0 and "Traceback" not in run.messages, run.messages
+    assert "refused:" in run.out and "the masks this file holds cover 18.0 mm" in run.out, run.out
+    assert run.peak_mb < REFUSAL_PEAK_MB, f"peak RSS {run.peak_mb:.0f} MB"
+
+
+def test_result_over_the_memory_budget_is_refused(tmp_path, monkeypatch):
+    path = small_result(tmp_path)
+    monkeypatch.setenv("MASKMED_MEMORY_BUDGET_MB", "0.001")  # 1 kB: thresholding this result needs about 3.6 kB
+    with pytest.raises(ResultFileError, match="more than the 0.0 GiB memory budget"):
+        SegmentationResult.load(path)
 
 
 def test_result_round_trip_still_loads(tmp_path):
