@@ -316,6 +316,44 @@ def test_model_asking_for_a_huge_network_is_refused_before_allocating(ct_path, m
         load_model_file(evil)
 
 
+def many_class_model_file(path: Path, num_classes: int) -> Path:
+    """A tiny decoupled model (8 queries, 3 mm plans as ``tiny_model_file``) with ``num_classes`` classes."""
+    config = tiny_model().config  # its 8 queries: the presets' query count grows with the classes
+    config.num_classes = num_classes
+    classes = [SegmentClass(label, f"structure {label}", (label % 256, label // 256, 128))
+               for label in range(1, num_classes + 1)]
+    plans = Plans(spacing=(3.0, 3.0, 3.0), patch_size=(32, 48, 48), overlap=0.5)
+    return save_model_file(path, MaskMed(config), plans, classes)
+
+
+def test_memory_estimate_counts_the_classes(tmp_path, monkeypatch):
+    """Issue 23: a valid 1000-class model on a 273 x 273 x 300 CT allocated 11.1 GB and crashed after the inference;
+    its (C, z, y, x) class maps are now in the estimate, so the run is refused from the header, with the numbers."""
+    from maskmed_core.inference.checks import check_memory, estimate_memory_bytes
+
+    image = sitk.Image([273, 273, 300], sitk.sitkInt16)
+    image.SetSpacing((3.0, 3.0, 3.0))
+    plans = Plans(spacing=(3.0, 3.0, 3.0), patch_size=(32, 48, 48), overlap=0.5)
+    few, many = estimate_memory_bytes(image, plans, 8, 15), estimate_memory_bytes(image, plans, 8, 1000)
+    assert many - few == 985 * 4 * 273 * 273 * 300  # one float32 map per class on the model grid
+    monkeypatch.setenv("MASKMED_MEMORY_BUDGET_MB", "8192")
+    check_memory(image, plans, 8, 15)
+    with pytest.raises(InputError, match="1000 classes and 8 queries needs about 8[0-9]\\.[0-9] GiB"):
+        check_memory(image, plans, 8, 1000)
+
+
+def test_many_class_model_on_a_large_ct_is_refused_before_inference(tmp_path):
+    model = many_class_model_file(tmp_path / "classes1000.maskmed", 1000)
+    ct = tmp_path / "ct.nii.gz"
+    image = sitk.Image([273, 273, 300], sitk.sitkInt16)
+    image.SetSpacing((3.0, 3.0, 3.0))
+    sitk.WriteImage(image, str(ct))
+    out = tmp_path / "out"
+    run = predict(tmp_path, [ct], model, out, env={"MASKMED_MEMORY_BUDGET_MB": "8192"})
+    assert_refused(run, ExitCode.BAD_INPUT, "273 x 273 x 300 volume with a model of 1000 classes",
+                   "8.0 GiB is available", out=out)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # silent wrong results: refused instead
 
@@ -742,7 +780,8 @@ def rewrite_result(source: Path, target: Path, metadata_edit=None, tensor_edit=N
 
 
 @pytest.mark.parametrize(("metadata_edit", "tensor_edit", "phrase"), [
-    (edit_json("grids", lambda g: g["input_grid"].update(size=[1200, 1200, 1200])), None, "memory budget"),
+    (edit_json("grids", lambda g: g["input_grid"].update(size=[1200, 1200, 1200])), None,
+     "grids.input_grid: size [1200, 1200, 1200] at [3.0, 3.0, 3.0] mm is not the canonical grid's"),
     (edit_json("classes", lambda c: c[0].update(label=70000)), None, "classes[0].label: 70000 is outside"),
     (None, lambda t: t.update(class_given_object=t["class_given_object"][:, :2].copy()), "one column per class"),
     (edit_json("grids", lambda g: g["model_grid"].update(size=[6, 5, 9])), None, "masks: shape"),
@@ -761,6 +800,38 @@ def test_hostile_result_files_are_refused(tmp_path, monkeypatch, metadata_edit, 
     monkeypatch.setenv("MASKMED_MEMORY_BUDGET_MB", "4096")
     with pytest.raises(ResultFileError):
         SegmentationResult.load(evil)
+
+
+def claim_1200_cubed(grids: dict) -> None:
+    for name in ("input_grid", "canonical_grid"):
+        grids[name].update(size=[1200, 1200, 1200])
+
+
+@pytest.mark.parametrize("budget", ["none set", "1 TiB"])
+def test_result_claiming_a_grid_its_masks_do_not_cover_is_refused_whatever_memory_is_free(tmp_path, monkeypatch,
+                                                                                           budget):
+    """Issue 23: a small result file whose input and canonical grids claim 1200^3 (agreeing with each other) was
+    accepted with enough memory free and died with a MemoryError; the grids are now checked against the masks the
+    file holds, whatever the budget."""
+    evil = rewrite_result(small_result(tmp_path), tmp_path / "evil.maskmed-result",
+                          edit_json("grids", claim_1200_cubed))
+    assert evil.stat().st_size < 4096
+    monkeypatch.delenv("MASKMED_MEMORY_BUDGET_MB", raising=False)
+    code = ("from maskmed_core.inference.result import SegmentationResult, ResultFileError\n"
+            f"try:\n    SegmentationResult.load({str(evil)!r})\n"
+            "except ResultFileError as error:\n    print('refused:', error)\n")
+    env = {"MASKMED_MEMORY_BUDGET_MB": str(1 << 20)} if budget == "1 TiB" else {}
+    run = run_child(["-c", code], tmp_path, env=env, module=False)
+    assert run.code == 0 and "Traceback" not in run.messages, run.messages
+    assert "refused:" in run.out and "the masks this file holds cover 18.0 mm" in run.out, run.out
+    assert run.peak_mb < REFUSAL_PEAK_MB, f"peak RSS {run.peak_mb:.0f} MB"
+
+
+def test_result_over_the_memory_budget_is_refused(tmp_path, monkeypatch):
+    path = small_result(tmp_path)
+    monkeypatch.setenv("MASKMED_MEMORY_BUDGET_MB", "0.001")  # 1 kB: thresholding this result needs about 3.6 kB
+    with pytest.raises(ResultFileError, match="more than the 0.0 GiB memory budget"):
+        SegmentationResult.load(path)
 
 
 def test_result_round_trip_still_loads(tmp_path):

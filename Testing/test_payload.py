@@ -109,10 +109,88 @@ def test_detached_nrrd_header_with_a_short_data_file_is_refused(tmp_path, no_vox
     assert f"announces {GIB_2:,} bytes, but its data file {tmp_path / 'huge.raw'} holds only 100" in message
 
 
-def test_data_file_that_is_a_device_is_refused_without_reading_it(tmp_path, no_voxel_read):
-    path = tmp_path / "device.nhdr"
-    path.write_text(NRRD_HEADER.format(encoding="raw", data_file="data file: /dev/zero\n"))
-    assert "its data file /dev/zero is not a regular file (a device, a pipe or a folder)" in refusal(path)
+@pytest.fixture
+def no_itk(monkeypatch, no_voxel_read):
+    """As no_voxel_read, and reading a header with ITK fails the test too: ITK opens a detached data file while it
+    reads the header (a FIFO there blocks it forever)."""
+    def itk_called(*args, **kwargs):
+        pytest.fail("ITK read the header")
+
+    monkeypatch.setattr(sitk.ImageFileReader, "ReadImageInformation", itk_called)
+
+
+@pytest.mark.parametrize("header", ["device.nhdr", "device.mhd"])
+def test_data_file_that_is_a_device_is_refused_without_reading_it(tmp_path, no_itk, header):
+    (tmp_path / "zero").symlink_to("/dev/zero")  # beside the header, but a device
+    path = tmp_path / header
+    text = (NRRD_HEADER.format(encoding="raw", data_file="data file: zero\n") if header.endswith(".nhdr")
+            else METAIMAGE_HEADER.format(compressed="", data_file="zero"))
+    path.write_text(text)
+    assert "names the data file 'zero', which is not a regular file (a device, a pipe or a folder)" in refusal(path)
+
+
+@pytest.mark.parametrize("data_file", ["/etc/passwd", "/dev/urandom", "../outside.raw", "sub/../../outside.raw"])
+@pytest.mark.parametrize("header", ["evil.nhdr", "evil.mhd", "evil.nrrd", "evil.mha"])
+def test_data_file_outside_the_header_s_folder_is_refused_before_itk(tmp_path, no_itk, data_file, header):
+    folder = tmp_path / "case"
+    folder.mkdir()
+    (tmp_path / "outside.raw").write_bytes(bytes(1 << 10))
+    path = folder / header
+    text = (NRRD_HEADER.format(encoding="raw", data_file=f"data file: {data_file}\n") if "nrrd" in header
+            or header.endswith(".nhdr") else METAIMAGE_HEADER.format(compressed="", data_file=data_file))
+    path.write_text(text)
+    message = refusal(path)
+    assert f"names the data file '{data_file}', which lies outside the header's own folder" in message
+    assert "Put the data file beside the header" in message
+
+
+def test_data_file_list_naming_a_file_elsewhere_is_refused(tmp_path, no_itk):
+    path = tmp_path / "slices.nhdr"
+    path.write_text(NRRD_HEADER.format(encoding="raw", data_file="data file: LIST\nslice0.raw\n/etc/passwd\n"))
+    assert "names the data file '/etc/passwd', which lies outside the header's own folder" in refusal(path)
+
+
+def test_data_file_beside_the_header_under_an_absolute_name_is_read(tmp_path):
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(64, dtype=np.int16).reshape(4, 4, 4)), str(tmp_path / "a.nhdr"))
+    path = tmp_path / "a.nhdr"
+    data_name = next(line.split(": ", 1)[1] for line in path.read_text().splitlines() if line.startswith("data file"))
+    path.write_text(path.read_text().replace(f"data file: {data_name}", f"data file: {tmp_path / data_name}"))
+    assert read_image(path).GetSize() == (4, 4, 4)
+
+
+FIFO_READ = """
+import sys
+from maskmed_core.io.errors import InputError
+from maskmed_core.io.reading import read_image
+try:
+    read_image(sys.argv[1])
+except InputError as error:
+    print("refused:", error)
+"""
+
+
+@pytest.mark.parametrize("case", ["input", "nhdr data file", "mhd data file"])
+def test_fifo_as_input_or_data_file_is_refused_without_hanging(tmp_path, case):
+    """Issue 23: a FIFO blocked the read forever (ITK opens it and waits for a writer); the read runs in a child
+    process with a timeout, so a hang fails the test instead of stopping the suite."""
+    import os
+    import subprocess
+    import sys
+
+    fifo = tmp_path / ("input.nii" if case == "input" else "data.raw")
+    os.mkfifo(fifo)
+    path = fifo
+    if case == "nhdr data file":
+        path = tmp_path / "header.nhdr"
+        path.write_text(NRRD_HEADER.format(encoding="raw", data_file="data file: data.raw\n"))
+    elif case == "mhd data file":
+        path = tmp_path / "header.mhd"
+        path.write_text(METAIMAGE_HEADER.format(compressed="", data_file="data.raw"))
+    repo = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-c", FIFO_READ, str(path)], capture_output=True, text=True, timeout=60,
+                         cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)})
+    assert run.returncode == 0 and "refused:" in run.stdout, run.stdout + run.stderr
+    assert "is not a regular file (a pipe or a device)" in run.stdout or "which is not a regular file" in run.stdout
 
 
 def test_nrrd_encoding_itk_cannot_read_is_refused_before_itk_allocates(tmp_path, no_voxel_read):

@@ -157,6 +157,24 @@ def test_resume_after_kill_minus_nine_ends_with_the_same_weights(dataset, tmp_pa
         assert torch.equal(resumed[key], value), key
 
 
+@pytest.mark.slow
+def test_sigterm_during_training_is_a_clean_cancel(dataset, tmp_path):
+    """Issue 23: SIGTERM (a scheduler's stop, `kill`) ended a training with -15 and no word; now as Ctrl+C."""
+    output = tmp_path / "run"
+    command = [sys.executable, "-m", "maskmed_core.cli", *train_args(dataset, output, "--epochs", "500")]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    state = output / "training_state.safetensors"
+    deadline = time.monotonic() + 300
+    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)  # after the first epoch's files, during a later epoch
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == ExitCode.CANCELLED, err
+    assert "interrupted (SIGTERM); the files of the last completed epoch are kept: add --resume to continue" in err
+    assert "Traceback" not in err, err
+    assert load_state(state).step >= 2
+
+
 def test_nan_loss_stops_naming_step_and_cases(dataset, tmp_path, capsys, monkeypatch):
     from maskmed_core.model.heads import build_criterion
     from maskmed_core.training import trainer

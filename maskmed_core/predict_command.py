@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -21,6 +19,7 @@ from maskmed_core import bundled
 from maskmed_core.command_options import add_device_option, add_largest_component_option
 from maskmed_core.events import DoneEvent, Event, MessageEvent, OutputEvent, ProgressEvent, to_json
 from maskmed_core.exit_codes import ExitCode, exit_code_for, exit_codes_help, report_failure
+from maskmed_core.interrupts import interruption, sigterm_as_keyboard_interrupt
 
 RESULT_SUFFIX = ".maskmed-result"
 # What --format may ask for: the label-map files inference/writers.write_labels writes (by the file's suffix).
@@ -124,22 +123,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="JSON lines on stdout instead of a progress bar")
 
 
-def _raise_keyboard_interrupt(signum: int, frame) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 def run(args: argparse.Namespace) -> int:
     reporter = Reporter(args.json)
     # SIGTERM (a closed Slicer, `kill`, a job scheduler) is handled like Ctrl+C: the temporary file being written
-    # is removed and only complete files stay under their final names. Only in the main thread (signal's rule).
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    try:
+    # is removed and only complete files stay under their final names.
+    with sigterm_as_keyboard_interrupt():
         code = _run(args, reporter)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     reporter.emit(DoneEvent(int(code)))
     return int(code)
 
@@ -149,7 +138,7 @@ def _run(args: argparse.Namespace, reporter: Reporter) -> ExitCode:
     try:
         return _run_cases(args, reporter, written)
     except KeyboardInterrupt as interrupt:
-        how = str(interrupt) or "SIGINT"
+        how = interruption(interrupt)
         done = f"the files written before it are complete: {', '.join(written)}" if written else "no file was written"
         reporter.message("error", f"interrupted ({how}); {done}; nothing else was left behind")
         return ExitCode.CANCELLED

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from maskmed_core.events import EpochEvent, Event, MessageEvent, StepEvent, SummaryEvent, to_json
 from maskmed_core.exit_codes import ExitCode, exit_codes_help, report_failure
+from maskmed_core.interrupts import interruption, sigterm_as_keyboard_interrupt
 
 # ExitCode (maskmed_core.exit_codes) is shared by every command. Here USAGE: an option refused (its value, or
 # --resume with nothing or another run to continue); BAD_INPUT: the dataset check found problems
@@ -83,9 +84,11 @@ def run(args: argparse.Namespace) -> int:
     progress = _Progress(args.json, is_main)
     try:
         config = _config_from_args(args)
-        summary = run_training(config, progress)
-    except KeyboardInterrupt:
-        progress.error("interrupted; the files of the last completed epoch are kept: add --resume to continue")
+        with sigterm_as_keyboard_interrupt():  # a scheduler's stop or `kill` cancels as Ctrl+C does
+            summary = run_training(config, progress)
+    except KeyboardInterrupt as interrupt:
+        progress.error(f"interrupted ({interruption(interrupt)}); the files of the last completed epoch are kept: "
+                       "add --resume to continue")
         return ExitCode.CANCELLED
     except Exception as error:  # its exit code by its type (maskmed_core.exit_codes); a bug is reported as one
         return report_failure(error, progress.error)

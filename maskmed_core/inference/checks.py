@@ -34,21 +34,32 @@ def check_spacing(image, plans: Plans) -> None:
             )
 
 
-def estimate_memory_bytes(image, plans: Plans, num_queries: int) -> int:
-    """Peak memory of one prediction (bytes), from the input size and the model grid.
+# Bytes per model-grid voxel for each query: its float32 stitched mask, then the uint8 mask and its float32 copy
+# that thresholding multiplies (``SegmentationResult._masks_float``).
+BYTES_PER_QUERY_VOXEL = 4 + 1 + 4
+# For each class: its float32 probability map (C, z, y, x) on the model grid while thresholding
+# (``result.stitched_class_probabilities``, held whole by ``model_labels`` and the probability maps' writer).
+BYTES_PER_CLASS_VOXEL = 4
+# Per model-grid voxel whatever the model: the stitching's weight map, and while thresholding the winning
+# probability (float32), its class index (int64) and the label map (int32).
+BYTES_PER_MODEL_VOXEL = 4 + 4 + 8 + 4
+
+
+def estimate_memory_bytes(image, plans: Plans, num_queries: int, num_classes: int) -> int:
+    """Peak memory of one prediction (bytes), from the input size, the model grid, the number of queries Q and
+    of classes C.
 
     Input side: the image, its float32 copy and the resampled copy around it, and the uint8 label map
-    on the input grid with its reoriented copy. Model side: Q float32 mask accumulators plus the weight
-    map, the Q uint8 result masks and their cached float32 copy, and a fixed allowance for the network
-    on one patch.
+    on the input grid with its reoriented copy. Model side, per model-grid voxel: Q times BYTES_PER_QUERY_VOXEL,
+    C times BYTES_PER_CLASS_VOXEL (a 1000-class model on a 273 x 273 x 300 grid: 89 GB of class maps) and
+    BYTES_PER_MODEL_VOXEL; plus a fixed allowance for the network on one patch.
     """
     input_voxels = math.prod(image.GetSize())
     input_bytes = input_voxels * (image.GetSizeOfPixelComponent() + 4 + 2)
-    sizes_spacings_targets = zip(image.GetSize(), image.GetSpacing(), plans.spacing[::-1], strict=True)
-    model_voxels = math.prod(max(1, round(n * s / t)) for n, s, t in sizes_spacings_targets)
-    model_bytes = model_voxels * (num_queries * (4 + 1 + 4) + 4 + 4)
+    model_voxels = math.prod(model_size_zyx(image, plans))
+    per_voxel = num_queries * BYTES_PER_QUERY_VOXEL + num_classes * BYTES_PER_CLASS_VOXEL + BYTES_PER_MODEL_VOXEL
     network_bytes = math.prod(plans.patch_size) * 2000  # activations of one patch (measured ~1.1 kB/voxel)
-    return int(input_bytes + model_bytes + network_bytes)
+    return int(input_bytes + model_voxels * per_voxel + network_bytes)
 
 
 def proc_field_bytes(path: str, field: str) -> int | None:
@@ -68,21 +79,23 @@ def available_memory_bytes() -> int | None:
     return proc_field_bytes("/proc/meminfo", "MemAvailable")
 
 
-def check_memory(image, plans: Plans, num_queries: int) -> None:
+def check_memory(image, plans: Plans, num_queries: int, num_classes: int) -> None:
     """Refuse, with the numbers, a volume whose prediction would not fit in the memory budget
     (``maskmed_core.untrusted.memory_budget_bytes``: MemAvailable, or MASKMED_MEMORY_BUDGET_MB)."""
     from maskmed_core.untrusted import MEMORY_BUDGET_ENV, memory_budget_bytes
 
     if os.environ.get("MASKMED_SKIP_MEMORY_CHECK") == "1":
         return
-    needed = estimate_memory_bytes(image, plans, num_queries)
+    needed = estimate_memory_bytes(image, plans, num_queries, num_classes)
     available = memory_budget_bytes() if os.environ.get(MEMORY_BUDGET_ENV) else available_memory_bytes()
     if available is not None and needed > available:
         size = " x ".join(str(s) for s in image.GetSize())
+        model_size = " x ".join(str(s) for s in model_size_zyx(image, plans)[::-1])
         raise InputError(
-            f"segmenting this {size} volume needs about {needed / GIB:.1f} GiB of memory but only "
-            f"{available / GIB:.1f} GiB is available: crop the volume to the region of interest, close other "
-            "programs, or run on a machine with more memory (set MASKMED_SKIP_MEMORY_CHECK=1 to try anyway)"
+            f"segmenting this {size} volume with a model of {num_classes} classes and {num_queries} queries needs "
+            f"about {needed / GIB:.1f} GiB of memory (one map per class and per query on the {model_size} model "
+            f"grid) but only {available / GIB:.1f} GiB is available: crop the volume to the region of interest, close "
+            "other programs, or run on a machine with more memory (set MASKMED_SKIP_MEMORY_CHECK=1 to try anyway)"
         )
 
 

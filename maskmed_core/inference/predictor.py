@@ -86,7 +86,7 @@ class Predictor:
         def check_before_reading(header, name: str) -> None:  # the same checks, on the header of a path
             check_spacing(header, plans)
             check_windows(header, plans)
-            check_memory(header, plans, num_queries)
+            check_memory(header, plans, num_queries, len(self.classes))
 
         if isinstance(image_or_path, (str, os.PathLike, Path)):
             image = read_image(image_or_path, series_uid=series_uid, check_header=check_before_reading)

@@ -280,6 +280,7 @@ def _check_result_metadata(
     grids = _checked_grids(metadata)
     warnings = _checked_warnings(metadata)
     queries = _check_tensor_shapes(shapes, grids["model_grid"], len(classes))
+    _check_grids_cover_one_box(grids)
     _check_threshold_memory(grids, queries, len(classes))
     return classes, grids, warnings
 
@@ -360,6 +361,30 @@ def _check_tensor_shapes(
         raise UntrustedValueError("class_given_object", f"shape {shapes['class_given_object'][1]}, expected "
                                   f"({queries}, {num_classes}): one column per class")
     return int(queries)
+
+
+def _check_grids_cover_one_box(grids: dict[str, Grid]) -> None:
+    """UntrustedValueError unless the three grids describe one volume, as ``Predictor.predict`` writes them: the
+    canonical grid is the input reoriented (the same voxels, its box's sides in another order) and the model grid,
+    whose masks the file holds, covers the canonical box within one model voxel per axis (``model_grid_for`` rounds
+    the size). So the input grid the label map is put back on is bounded by what the file holds, not by its claim."""
+    from maskmed_core.untrusted import UntrustedValueError
+
+    def sides(grid: Grid) -> list[float]:  # the box's side lengths (mm), in (x, y, z) index order
+        return [n * s for n, s in zip(grid.size, grid.spacing, strict=True)]
+
+    model, canonical, given = grids["model_grid"], grids["canonical_grid"], grids["input_grid"]
+    if math.prod(given.size) != math.prod(canonical.size) or not np.allclose(
+        sorted(sides(given)), sorted(sides(canonical)), rtol=1e-4, atol=1e-3
+    ):
+        raise UntrustedValueError("grids.input_grid", f"size {list(given.size)} at {list(given.spacing)} mm is not the "
+                                  f"canonical grid's {list(canonical.size)} at {list(canonical.spacing)} mm reoriented")
+    for axis, (have, covered, step) in enumerate(zip(sides(canonical), sides(model), model.spacing, strict=True)):
+        if abs(have - covered) > step * 1.001:
+            raise UntrustedValueError(
+                "grids.canonical_grid", f"{have:.1f} mm along axis {'xyz'[axis]}, but the masks this file holds cover "
+                f"{covered:.1f} mm on the model grid ({model.size[axis]} voxels of {step:g} mm): the grids claim a "
+                "volume the file does not hold")
 
 
 def _check_threshold_memory(grids: dict[str, Grid], queries: int, num_classes: int) -> None:

@@ -35,7 +35,7 @@ from maskmed_core.io.nifti_header import (
     read_tolerating_sform_rounding,
 )
 from maskmed_core.io.payload import check_payload
-from maskmed_core.io.text_header_payload import text_header_payload
+from maskmed_core.io.text_header_payload import check_data_files, text_header_payload
 from maskmed_core.io.volume_checks import ImageHeader, validate_header, validate_volume
 
 
@@ -99,6 +99,16 @@ def read_image(
     return image
 
 
+def _check_regular_file(path: Path) -> None:
+    """InputError for an input that is not a regular file (a FIFO, a device): opening a FIFO blocks until a writer
+    comes, a device never ends."""
+    import stat
+
+    if not stat.S_ISREG(path.stat().st_mode):
+        raise InputError(f"{path} is not a regular file (a pipe or a device), so it holds no image: give the image "
+                         f"file itself. MaskMed reads {FORMATS}.")
+
+
 def _read_file(
     path: Path, memory_budget: int | None, check_header: Callable[[ImageHeader, str], None] | None
 ) -> sitk.Image:
@@ -108,6 +118,8 @@ def _read_file(
             f"{path} has an unsupported file type ({suffix or 'no extension'}): MaskMed reads {FORMATS}. "
             "Convert it (e.g. in 3D Slicer: Save, as .nii.gz); for DICOM, give the folder that holds the series."
         )
+    _check_regular_file(path)
+    check_data_files(path)  # before ITK, which opens the data file while it reads the header
     nifti = suffix in (".nii", ".nii.gz")
     if nifti:
         check_nifti_header(path)  # before SimpleITK, which turns a 0 or NaN pixdim into 1 mm without a word

@@ -51,6 +51,89 @@ def _header_lines(path: Path) -> list[tuple[str, int]] | None:
     return lines
 
 
+def _nrrd_fields(path: Path) -> tuple[dict[str, str], int | None] | None:
+    """A NRRD header's fields (keys lower-case without spaces: "datafile") and the byte offset after its empty line
+    (None without one: detached data); None when the file is not NRRD or cannot be read."""
+    lines = _header_lines(path)
+    if not lines or not lines[0][0].startswith("NRRD"):
+        return None
+    fields: dict[str, str] = {}
+    for text, after in lines[1:]:
+        if not text:
+            return fields, after
+        if text.startswith("#") or ":=" in text or ": " not in text:
+            continue
+        key, value = text.split(": ", 1)
+        fields[key.strip().lower().replace(" ", "")] = value.strip()
+    return fields, None
+
+
+def _metaimage_fields(path: Path) -> tuple[dict[str, str], int | None] | None:
+    """A MetaImage header's fields (keys lower-case) up to ElementDataFile, and the byte offset after that line (None
+    without it); None when the file cannot be read."""
+    lines = _header_lines(path)
+    if not lines:
+        return None
+    fields: dict[str, str] = {}
+    for text, after in lines:
+        match = re.match(r"\s*([^=]+?)\s*=\s*(.*?)\s*$", text)  # keys may hold brackets: "dim[0] = 3"
+        if match is None:
+            continue
+        fields[match.group(1).lower()] = match.group(2)
+        if match.group(1).lower() == "elementdatafile":
+            return fields, after
+    return fields, None
+
+
+def _data_file_names(path: Path) -> list[str]:
+    """The data file names a .nrrd/.nhdr/.mha/.mhd header gives, as written (a list's names one by one, a pattern's
+    first word); [] for attached data, another format or an unreadable header."""
+    suffix = volume_suffix(path)
+    if suffix in (".nrrd", ".nhdr"):
+        parsed, key, local = _nrrd_fields(path), "datafile", None
+    elif suffix in (".mha", ".mhd"):
+        parsed, key, local = _metaimage_fields(path), "elementdatafile", "LOCAL"
+    else:
+        return []
+    value = parsed[0].get(key, "") if parsed is not None else ""
+    if not value or value.upper() == local:
+        return []
+    if value.upper().startswith("LIST"):  # the names follow, one a line, to the end of the header
+        lines = _header_lines(path) or []
+        start = next((i for i, (text, _) in enumerate(lines) if text.strip().upper().endswith(value.upper())), None)
+        return [text.strip() for text, _ in lines[start + 1:] if text.strip()] if start is not None else []
+    return [value.split()[0]]
+
+
+def check_data_files(path: Path) -> None:
+    """Before any ITK call on ``path``: each data file a detached header names must lie in the header's folder (or
+    below it) and be a regular file. ITK opens the data file while it reads the header, so a header naming
+    /etc/passwd would be read as an image, /dev/urandom never ends and a FIFO blocks forever. InputError."""
+    import os
+    import stat
+
+    folder = os.path.normpath(path.parent.absolute())
+    for name in _data_file_names(path):
+        data_file = os.path.normpath(os.path.join(folder, name))  # an absolute name stays as it is
+        if os.path.commonpath([folder, data_file]) != folder:
+            raise InputError(
+                f"{path} names the data file '{name}', which lies outside the header's own folder ({folder}): "
+                "MaskMed reads only data files beside their header. Put the data file beside the header and name "
+                "it there without a folder (e.g. 'data file: image.raw'), or save the image as one file (.nrrd, "
+                ".nii.gz)."
+            )
+        try:
+            mode = os.stat(data_file).st_mode
+        except OSError:
+            continue  # missing: the size check (io.payload) or ITK says so
+        if not stat.S_ISREG(mode):
+            raise InputError(
+                f"{path} names the data file '{name}', which is not a regular file (a device, a pipe or a folder), "
+                "so it holds no image: put the data file beside the header, or save the image as one .nrrd or "
+                ".nii.gz."
+            )
+
+
 def _values(header: ImageHeader) -> int:
     return math.prod(header.size) * header.components
 
@@ -74,19 +157,10 @@ def _nrrd_payload(path: Path, header: ImageHeader) -> Payload | None:
     one (relative to the header's folder); "byte skip" skips bytes before the data (-1: the data ends the file; for
     gzip, bytes of the decompressed stream). "line skip" is not counted (it only makes the data start later), so
     the check is a lower bound there."""
-    lines = _header_lines(path)
-    if not lines or not lines[0][0].startswith("NRRD"):
+    parsed = _nrrd_fields(path)
+    if parsed is None:
         return None
-    fields: dict[str, str] = {}
-    data_start = None
-    for text, after in lines[1:]:
-        if not text:
-            data_start = after
-            break
-        if text.startswith("#") or ":=" in text or ": " not in text:
-            continue
-        key, value = text.split(": ", 1)
-        fields[key.strip().lower().replace(" ", "")] = value.strip()
+    fields, data_start = parsed
     encoding = fields.get("encoding", "").lower()
     if encoding not in _NRRD_ENCODINGS:
         # ITK reads the header of a bzip2 file, allocates the whole image and only then fails: refuse first.
@@ -119,19 +193,10 @@ def _metaimage_payload(path: Path, header: ImageHeader) -> Payload | None:
     """MetaImage: "Key = Value" lines, the last one ElementDataFile: LOCAL (the data follows that line) or a data
     file (relative to the header's folder) from which HeaderSize bytes are skipped (-1: the data ends the file).
     CompressedData = True: a zlib stream. BinaryData = False: text."""
-    lines = _header_lines(path)
-    if not lines:
+    parsed = _metaimage_fields(path)
+    if parsed is None:
         return None
-    fields: dict[str, str] = {}
-    data_start = None
-    for text, after in lines:
-        match = re.match(r"\s*([^=]+?)\s*=\s*(.*?)\s*$", text)  # keys may hold brackets: "dim[0] = 3"
-        if match is None:
-            continue
-        fields[match.group(1).lower()] = match.group(2)
-        if match.group(1).lower() == "elementdatafile":
-            data_start = after
-            break
+    fields, data_start = parsed
     data_file_field = fields.get("elementdatafile")
     if data_start is None or not data_file_field:
         return None
