@@ -101,7 +101,8 @@ class SetCriterion(nn.Module):
         self.config = config
         self.mask_loss = mask_loss
         # How mask logits are sampled at each mask's points (see ``mask_logits_at_points``): same numbers, the
-        # default samples 32x less. False keeps the former path, for the training benchmark's side-by-side.
+        # default samples 32x less. False keeps the reference step (--reference-step), for the training benchmark's
+        # side-by-side.
         self.logits_first = logits_first
         class_weights = torch.ones(num_classes + 1)
         class_weights[-1] = config.no_object_weight

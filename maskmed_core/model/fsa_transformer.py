@@ -134,7 +134,8 @@ class FullScaleDeformableTransformer(nn.Module):
         embedding folded into the bias, it is the same function as the Conv3d followed by the embedding addition,
         several times faster on CPU at full resolution, where oneDNN's 1x1x1 convolution backward was the largest
         single cost of a training step; its output is already in the (B, S, value_dim) layout the op wants.
-        ``fused_value_projection = False`` keeps the former path (the training benchmark compares both).
+        ``fused_value_projection = False`` is the reference step (``--reference-step``; the training benchmark
+        compares both).
         """
         flat = []
         for level, feature in enumerate(features):

@@ -40,7 +40,8 @@ def mask_logits_at_points(
     ((Q, D, H, W), one matrix product) and samples that single channel, instead of sampling all E feature channels
     at every query's points and taking the dot product afterwards. Trilinear interpolation and the dot product are
     both linear, so the two give the same numbers (up to rounding), but the first samples E times less (E = 32 in
-    ``small``: the point sampling was ~15 % of a CPU training step). ``logits_first=False`` is the former path.
+    ``small``: the point sampling was ~15 % of a CPU training step).
+    ``logits_first=False`` is the reference step (``--reference-step``).
     """
     if points.dim() == 2:
         features = sample_points(mask_features[None], points[None])[0]  # (E, K)

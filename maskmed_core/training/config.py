@@ -148,7 +148,7 @@ class TrainConfig:
         0.0, flag="--contrast-prob", at_least=0.0, at_most=1.0, must_match=True, before=0.0,
         help="probability that a real CT patch is shown in another contrast phase (enhancing classes shifted by "
         "class; TotalSegmentator v2 label maps)")
-    # False: the former training step (benchmarks/training.py compares both)
+    # False: the reference training step, --reference-step (benchmarks/training.py compares both)
     fast_step: bool = option(True, flag="--reference-step", action="store_false",
                              help="the former, slower training step (for benchmarks; learns the same)")
     # (image, labels) of a held-out case: preprocessed with the others, never trained on, scored at the end
