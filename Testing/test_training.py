@@ -164,11 +164,12 @@ def test_sigterm_during_training_is_a_clean_cancel(dataset, tmp_path):
     command = [sys.executable, "-m", "maskmed_core.cli", *train_args(dataset, output, "--epochs", "500")]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     state = output / "training_state.safetensors"
-    deadline = time.monotonic() + 300
-    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+    # No deadline: on a busy machine the first epoch may take minutes; a run that fails ends the wait by exiting.
+    while not state.exists() and process.poll() is None:
         time.sleep(0.02)
+    assert process.poll() is None, process.communicate()[1]
     process.send_signal(signal.SIGTERM)  # after the first epoch's files, during a later epoch
-    _, err = process.communicate(timeout=120)
+    _, err = process.communicate()  # the cancel comes at the next step, however slow the machine is
     assert process.returncode == ExitCode.CANCELLED, err
     assert "interrupted (SIGTERM); the files of the last completed epoch are kept: add --resume to continue" in err
     assert "Traceback" not in err, err
