@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 import maskmed_core
 
@@ -33,6 +34,15 @@ class DemoData:
 
 def shared_data_hidden() -> bool:
     return os.environ.get("MASKMED_NO_SHARED_DATA", "") not in ("", "0")
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """A test that sets torch's thread count (the benchmarks' --threads) must not change it for the tests after it:
+    results compared with a child process's depend on it."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -143,7 +143,10 @@ def test_resume_after_kill_minus_nine_ends_with_the_same_weights(dataset, tmp_pa
 
     interrupted = tmp_path / "interrupted"
     command = [sys.executable, "-m", "maskmed_core.cli", *train_args(dataset, interrupted, "--deterministic")]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # The same number of torch threads as this process: a CPU convolution's sums are ordered by its threads, so the
+    # first steps in a child with another count differ in the last bit (CI failed on that, not on the resume).
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     state = interrupted / "training_state.safetensors"
     deadline = time.monotonic() + 300
     while not state.exists() and process.poll() is None and time.monotonic() < deadline:
