@@ -145,6 +145,7 @@ def test_data_file_outside_the_header_s_folder_is_refused_before_itk(tmp_path, n
 
 
 def test_data_file_list_naming_a_file_elsewhere_is_refused(tmp_path, no_itk):
+    (tmp_path / "slice0.raw").write_bytes(bytes(1 << 10))
     path = tmp_path / "slices.nhdr"
     path.write_text(NRRD_HEADER.format(encoding="raw", data_file="data file: LIST\nslice0.raw\n/etc/passwd\n"))
     assert "names the data file '/etc/passwd', which lies outside the header's own folder" in refusal(path)
@@ -242,3 +243,89 @@ def test_multi_member_gzip_with_zero_padding_is_complete(tmp_path):
     path = tmp_path / "padded.nii.gz"
     path.write_bytes(gzip.compress(raw[:400]) + gzip.compress(raw[400:]) + bytes(512))
     np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(path)), array)
+
+
+SMALL_NRRD = (
+    "NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\nsizes: 4 4 4\n"
+    "space directions: (1,0,0) (0,1,0) (0,0,1)\nendian: little\nencoding: raw\n{data_file}\n"
+)
+
+
+def test_data_file_that_links_outside_the_header_s_folder_is_refused_before_itk(tmp_path, no_itk):
+    """Issue 23: a link planted beside the header under the name it gives was read wherever it pointed."""
+    folder = tmp_path / "case"
+    folder.mkdir()
+    (tmp_path / "secret.raw").write_bytes(bytes(128))
+    (folder / "data.raw").symlink_to(tmp_path / "secret.raw")
+    path = folder / "image.nhdr"
+    path.write_text(SMALL_NRRD.format(data_file="data file: data.raw"))
+    message = refusal(path)
+    assert f"names the data file 'data.raw', a link to {tmp_path / 'secret.raw'}, outside the header's own folder" \
+        in message and "a copy, not a link to elsewhere" in message
+
+
+def test_data_file_linked_within_the_header_s_folder_is_read(tmp_path):
+    array = np.arange(64, dtype=np.int16).reshape(4, 4, 4)
+    (tmp_path / "stored.raw").write_bytes(array.tobytes())
+    (tmp_path / "data.raw").symlink_to("stored.raw")
+    path = tmp_path / "image.nhdr"
+    path.write_text(SMALL_NRRD.format(data_file="data file: data.raw"))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(path)), array)
+
+
+def _slices(folder: Path, array: np.ndarray, name: str = "slice{:02d}.raw") -> None:
+    for index, plane in enumerate(array):
+        (folder / name.format(index)).write_bytes(plane.tobytes())
+
+
+@pytest.mark.parametrize("data_file", ["data file: slice%02d.raw 0 3 1",
+                                       "data file: LIST\nslice00.raw\nslice01.raw\nslice02.raw\nslice03.raw"],
+                         ids=["pattern", "list"])
+def test_image_in_one_data_file_per_slice_is_read(tmp_path, data_file):
+    array = np.arange(64, dtype=np.int16).reshape(4, 4, 4)
+    _slices(tmp_path, array)
+    path = tmp_path / "image.nhdr"
+    path.write_text(SMALL_NRRD.format(data_file=data_file))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read_image(path)), array)
+
+
+@pytest.mark.parametrize("data_file", ["data file: slice%04d.raw 0 1023 1",
+                                       "data file: LIST\n" + "\n".join(f"slice{i:04d}.raw" for i in range(1024))],
+                         ids=["pattern", "list"])
+def test_per_slice_data_files_shorter_than_their_share_are_refused_before_reading(tmp_path, no_voxel_read,
+                                                                                   data_file):
+    """Issue 23 (memory bounded by what the files hold): lists and patterns were left to the memory budget alone.
+    1024 slice files of 1 KiB where the header claims 2 MiB each."""
+    for index in range(1024):
+        (tmp_path / f"slice{index:04d}.raw").write_bytes(bytes(1024))
+    path = tmp_path / "huge.nhdr"
+    path.write_text(NRRD_HEADER.format(encoding="raw", data_file=data_file))
+    message = refusal(path)
+    assert f"announces {GIB_2 // 1024:,} bytes, but its data file {tmp_path / 'slice0000.raw'} holds only 1,024" \
+        in message
+
+
+def test_pattern_claiming_a_billion_files_stops_at_the_first_missing_one(tmp_path, no_itk):
+    _slices(tmp_path, np.zeros((3, 4, 4), np.int16), "s{:d}.raw")
+    path = tmp_path / "many.nhdr"
+    path.write_text(NRRD_HEADER.format(encoding="raw", data_file="data file: s%d.raw 0 999999999 1"))
+    assert "names the data file 's3.raw', which cannot be opened (No such file or directory)" in refusal(path)
+
+
+@pytest.mark.parametrize("header", ["bad.nhdr", "bad.mhd"])
+@pytest.mark.parametrize(("pattern", "phrase"), [("s%d.raw 0 3 0", "arg 3 must not be zero"),
+                                                 ("s%d%d.raw 0 3 1", "not enough arguments")])
+def test_data_file_pattern_that_cannot_be_expanded_is_refused(tmp_path, no_itk, header, pattern, phrase):
+    path = tmp_path / header
+    path.write_text(NRRD_HEADER.format(encoding="raw", data_file=f"data file: {pattern}") if header.endswith("nhdr")
+                    else METAIMAGE_HEADER.format(compressed="", data_file=pattern))
+    message = refusal(path)
+    assert f"the data file pattern '{pattern}' cannot be expanded" in message and phrase in message
+
+
+def test_metaimage_slice_files_by_pattern_are_checked_each(tmp_path, no_itk):
+    _slices(tmp_path, np.zeros((2, 4, 4), np.int16), "m{:d}.raw")
+    (tmp_path / "m2.raw").symlink_to("/dev/zero")
+    path = tmp_path / "slices.mhd"
+    path.write_text(METAIMAGE_HEADER.format(compressed="", data_file="m%d.raw 0 3 1"))
+    assert "names the data file 'm2.raw', which is not a regular file" in refusal(path)

@@ -35,7 +35,7 @@ from maskmed_core.io.nifti_header import (
     read_tolerating_sform_rounding,
 )
 from maskmed_core.io.payload import check_payload
-from maskmed_core.io.text_header_payload import check_data_files, text_header_payload
+from maskmed_core.io.text_header_payload import check_data_files, text_header_payloads
 from maskmed_core.io.volume_checks import ImageHeader, validate_header, validate_volume
 
 
@@ -126,8 +126,8 @@ def _read_file(
     header = read_header(path)
     validate_header(header, str(path), memory_budget)
     # Before ITK allocates the image: the file must hold the voxels its header announces, whatever memory is free.
-    payload = nifti_payload(path) if nifti else text_header_payload(path, header)
-    if payload is not None:
+    payloads = [p for p in [nifti_payload(path)] if p is not None] if nifti else text_header_payloads(path, header)
+    for payload in payloads:
         check_payload(payload, str(path))
     if check_header is not None:
         check_header(header, str(path))
