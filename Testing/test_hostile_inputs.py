@@ -61,6 +61,7 @@ class Run:
 # parent's resident pages until its exec. Signals sent to the launcher are passed on.
 _LAUNCHER = """
 import os, signal, subprocess, sys
+signal.signal(signal.SIGINT, signal.SIG_DFL)  # inherited ignored when the suite runs in the background (`&`)
 child = subprocess.Popen(sys.argv[2:])
 for number in (signal.SIGINT, signal.SIGTERM):
     signal.signal(number, lambda received, frame: child.send_signal(received))
@@ -850,8 +851,8 @@ def test_signal_during_inference_is_a_cancel(model_path, tmp_path, signum):
     out = tmp_path / "out"
 
     def interrupt_when_inferring(process, out_path):
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and process.poll() is None:
+        # No deadline: on a busy machine the model may take minutes to load; a run that ends ends the wait.
+        while process.poll() is None:
             if '"stage": "inference"' in out_path.read_text():
                 process.send_signal(signum)
                 return

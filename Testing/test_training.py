@@ -395,3 +395,42 @@ def test_mask_loss_option_reaches_the_criterion(dataset, tmp_path, capsys, monke
         main(train_args(dataset, tmp_path / "bad", "--mask-loss", "voxels"))
     assert refused.value.code == ExitCode.USAGE
     assert "invalid choice: 'voxels'" in capsys.readouterr().err
+
+
+def _rank_pid(parent: int, rank: int) -> int:
+    for pid in subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split():
+        if f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            return int(pid)
+    raise AssertionError(f"no worker of rank {rank} under {parent}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["maskmed train", "rank 1"])
+def test_sigterm_to_a_multi_process_training_stops_every_process_and_keeps_the_last_epoch(dataset, tmp_path, target):
+    """Issue 23: `maskmed train --nproc 2` ran torchrun, which ran the workers; SIGTERM to it (what Slicer's Cancel
+    and a scheduler send) killed torchrun and left both workers training as orphans. Now every process stops, as
+    one clean cancel; a signal to one worker alone (`kill` of one process) stops all of them too, at the same step
+    (before: its partner failed with "Connection closed by peer" and a traceback). Output goes to files, not
+    pipes: an orphan holding a pipe would block the test's read."""
+    output = tmp_path / "run"
+    command = [sys.executable, "-m", "maskmed_core.cli",
+               *train_args(dataset, output, "--epochs", "500", "--nproc", "2")]
+    state = output / "training_state.safetensors"
+    with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
+        process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=err,
+                                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+        while not state.exists() and process.poll() is None:  # no deadline: a failed run ends the wait by exiting
+            time.sleep(0.02)
+        assert process.poll() is None, (tmp_path / "err.txt").read_text()
+        os.kill(process.pid if target == "maskmed train" else _rank_pid(process.pid, 1), signal.SIGTERM)
+        process.wait()
+    left = subprocess.run(["pgrep", "-f", str(output)], capture_output=True, text=True).stdout.split()
+    for pid in left:
+        os.kill(int(pid), signal.SIGKILL)
+    message = (tmp_path / "err.txt").read_text()
+    assert not left, f"{len(left)} training processes were still running"
+    assert process.returncode == ExitCode.CANCELLED, message
+    assert message.count("interrupted (SIGTERM); the files of the last completed epoch are kept: add --resume to "
+                         "continue") == 1, message
+    assert "Traceback" not in message, message
+    assert load_state(state).step >= 2

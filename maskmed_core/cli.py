@@ -132,9 +132,28 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    args.raw_argv = argv  # `train --nproc K` relaunches itself through torchrun with the same arguments
+    args.raw_argv = argv  # `train --nproc K` starts K workers with the same arguments
     return int(args.handler(args))
 
 
+def program() -> None:
+    """The ``maskmed`` program (and ``python -m maskmed_core.cli``): :func:`main`, with Ctrl+C and SIGTERM a clean
+    cancel everywhere. Each command handles them while it works (its message says what was kept); one that comes
+    outside that (while Python starts the command, or while it prints its last lines) ends the run with exit code
+    CANCELLED and one line, not a traceback; once the exit code is decided, both are ignored until the process has
+    exited, so a late signal cannot change it."""
+    from maskmed_core.interrupts import hold_signals, interruption, sigterm_as_keyboard_interrupt_from_now
+
+    sigterm_as_keyboard_interrupt_from_now()
+    try:
+        code = main()
+        hold_signals()
+    except KeyboardInterrupt as interrupt:
+        hold_signals()
+        print(f"maskmed: interrupted ({interruption(interrupt)})", file=sys.stderr, flush=True)
+        code = ExitCode.CANCELLED
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    program()

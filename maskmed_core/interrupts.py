@@ -1,6 +1,7 @@
 """SIGTERM handled as Ctrl+C by the commands: a closed Slicer, `kill` or a job scheduler's stop becomes a
 KeyboardInterrupt whose text is the signal's name, so each command cancels cleanly (exit code CANCELLED) as it does
-for Ctrl+C, instead of dying with -15 and no word."""
+for Ctrl+C, instead of dying with -15 and no word. Once a program's work is done, both signals are ignored until it
+exits (:func:`hold_signals`), so a late one cannot turn a finished run into a traceback or a -2/-15."""
 
 from __future__ import annotations
 
@@ -26,6 +27,50 @@ def sigterm_as_keyboard_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class StopRequest:
+    """The SIGINT or SIGTERM that came inside :func:`signals_recorded` (its name), or None."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+
+@contextmanager
+def signals_recorded() -> Iterator[StopRequest]:
+    """Inside the block SIGINT and SIGTERM are recorded in the yielded StopRequest, not raised; the previous
+    handlers come back after it. For DDP training: a rank that raised at once would leave its partners waiting
+    in a collective (and then failing with "Connection closed by peer"), so the ranks agree at each step whether
+    one was asked to stop, and stop together. Only in the main thread (signal's rule); elsewhere nothing is
+    recorded."""
+    request = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield request
+        return
+
+    def record(signum: int, frame) -> None:
+        request.signal = signal.Signals(signum).name
+
+    previous = {number: signal.signal(number, record) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def sigterm_as_keyboard_interrupt_from_now() -> None:
+    """For the whole process (a program's start): SIGTERM raises ``KeyboardInterrupt("SIGTERM")`` wherever it comes."""
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+
+
+def hold_signals() -> None:
+    """From here on SIGINT and SIGTERM are ignored, for a program whose work is done and whose exit code is decided.
+    Ignored, not blocked: a block holds for the calling thread only, and a signal sent to the process then reaches
+    another thread (torch's), whose handler makes the main thread raise anyway; and Python's exit puts its own
+    handlers back to the default, which ends the process with -15, but leaves an ignored signal ignored."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
 
 
 def interruption(interrupt: KeyboardInterrupt) -> str:

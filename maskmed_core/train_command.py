@@ -1,10 +1,10 @@
-"""``maskmed train``: train or fine-tune MaskMed on local labelled cases (CPU, one GPU, or many via torchrun).
+"""``maskmed train``: train or fine-tune MaskMed on local labelled cases (CPU, one GPU, or several).
 
 DATASET is an nnU-Net v2 raw folder (dataset.json, imagesTr/, labelsTr/), or a .json / .csv list of
 image/label pairs. Writes to OUT: best.maskmed and last.maskmed (each usable by `maskmed predict`),
 training_state.safetensors (for --resume), training_log.jsonl and training_curves.png.
-Several GPUs or processes: `maskmed train --nproc K ...`, or `torchrun --nproc_per_node=K -m
-maskmed_core.cli train ...` (add torchrun's --nnodes/--node_rank/--rdzv_endpoint for several machines).
+Several GPUs or processes on this machine: `maskmed train --nproc K ...`; on several machines: `torchrun
+--nnodes=N --node_rank=I --rdzv_endpoint=HOST:PORT --nproc_per_node=K -m maskmed_core.cli train ...`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_arguments(parser, TrainConfig)
     parser.add_argument("--export", help="also copy the best model file here when training ends (e.g. the bundled "
                         "default model maskmed_core/resources/default.maskmed)")
-    parser.add_argument("--nproc", type=int, default=1, help="start K processes through torchrun (DDP)")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="train with K DDP processes on this machine (one per GPU, or CPU processes with gloo)")
     parser.add_argument("--json", action="store_true", help="JSON lines on stdout instead of a progress bar")
 
 
@@ -75,20 +76,24 @@ class _Progress:
         self(MessageEvent("error", text))
 
 
-def run(args: argparse.Namespace) -> int:
-    if args.nproc > 1:
-        return _relaunch_with_torchrun(args)
-    from maskmed_core.training.trainer import run_training
+def _cancelled(interrupt: KeyboardInterrupt) -> str:
+    return (f"interrupted ({interruption(interrupt)}); the files of the last completed epoch are kept: add --resume "
+            "to continue")
 
+
+def run(args: argparse.Namespace) -> int:
     is_main = int(os.environ.get("RANK", "0")) == 0
     progress = _Progress(args.json, is_main)
+    if args.nproc > 1:
+        return _run_local_workers(args, progress)
+    from maskmed_core.training.trainer import run_training
+
     try:
         config = _config_from_args(args)
         with sigterm_as_keyboard_interrupt():  # a scheduler's stop or `kill` cancels as Ctrl+C does
             summary = run_training(config, progress)
     except KeyboardInterrupt as interrupt:
-        progress.error(f"interrupted ({interruption(interrupt)}); the files of the last completed epoch are kept: "
-                       "add --resume to continue")
+        progress.error(_cancelled(interrupt))
         return ExitCode.CANCELLED
     except Exception as error:  # its exit code by its type (maskmed_core.exit_codes); a bug is reported as one
         return report_failure(error, progress.error)
@@ -130,7 +135,12 @@ def _export(source: Path, target: Path) -> Path:
     return target
 
 
-def _relaunch_with_torchrun(args: argparse.Namespace) -> int:
+def _run_local_workers(args: argparse.Namespace, progress: _Progress) -> int:
+    """--nproc K: K workers of this command on this machine (``training.local_workers``); the exit code is the
+    first failing worker's. Ctrl+C or SIGTERM stops every worker (each cancels as one process does); rank 0 says what
+    was kept, or this process does when rank 0 ended before it could."""
+    from maskmed_core.training.local_workers import start_workers, stop_workers, wait_for_workers
+
     argv, skip = [], False
     for argument in args.raw_argv:
         if skip:
@@ -139,6 +149,13 @@ def _relaunch_with_torchrun(args: argparse.Namespace) -> int:
             skip = True
         elif not argument.startswith("--nproc="):
             argv.append(argument)
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-               "-m", "maskmed_core.cli", *argv]
-    return subprocess.call(command)
+    workers: list[subprocess.Popen] = []
+    try:
+        with sigterm_as_keyboard_interrupt():
+            start_workers(argv, args.nproc, workers)
+            return wait_for_workers(workers)
+    except KeyboardInterrupt as interrupt:
+        stop_workers(workers)
+        if not workers or workers[0].returncode != ExitCode.CANCELLED:
+            progress.error(_cancelled(interrupt))
+        return ExitCode.CANCELLED

@@ -25,6 +25,7 @@ from maskmed_core.allocator import retain_freed_memory
 from maskmed_core.checkpoint import load_model_file, save_model_file
 from maskmed_core.classes import AMOS15_CLASSES, SegmentClass, lateral_pairs
 from maskmed_core.events import EpochEvent, Event, MessageEvent, StepEvent
+from maskmed_core.interrupts import StopRequest, signals_recorded
 from maskmed_core.model import MaskMed, ModelConfig, preset
 from maskmed_core.model.heads import build_criterion, head_type
 from maskmed_core.plans import Plans
@@ -467,23 +468,37 @@ def _train(run: _Run, progress: _Progress, report: Reporter) -> None:
         # Restored only now: creating the loader's iterator draws from the global generator, and the
         # uninterrupted run did that before its first step, not at this point.
         torch.set_rng_state(progress.torch_rng)
-    while progress.step < run.total_steps:
-        loss = _train_step(run, training_model, next(iterator), autocast, scaler, progress.step)
-        progress.step += 1
-        # One collective per step: the global-batch loss (the mean of the ranks' losses) and the time-limit flag
-        # (every rank must stop at the same step, so rank 0's clock decides).
-        loss_sum, out_of_time_flag = distributed.all_reduce_sum(
-            (loss, float(run.clock.out_of_time() and context.is_main)), context
-        )
-        epoch_losses.append(loss_sum / context.world_size)
-        out_of_time = out_of_time_flag > 0
-        report(StepEvent(progress.step, run.total_steps, epoch_losses[-1], run.clock.elapsed(),
-                         run.clock.remaining(progress.step, run.total_steps)))
-        if progress.step % config.steps_per_epoch == 0 or progress.step == run.total_steps or out_of_time:
-            _end_epoch(run, progress, float(np.mean(epoch_losses)), out_of_time, report)
-            epoch_losses = []
-        if out_of_time:
-            break
+    # Under DDP a Ctrl+C or SIGTERM is recorded and acted on at the next step's collective, by every rank at once
+    # (one rank raising alone would fail its partners inside a collective); a single process raises at once.
+    with signals_recorded() if context.enabled else contextlib.nullcontext(StopRequest()) as stop:
+        while progress.step < run.total_steps:
+            loss = _train_step(run, training_model, next(iterator), autocast, scaler, progress.step)
+            progress.step += 1
+            # One collective per step: the global-batch loss (the mean of the ranks' losses), the time-limit flag
+            # (every rank must stop at the same step, so rank 0's clock decides) and whether a rank was asked to
+            # stop.
+            loss_sum, out_of_time_flag, stop_flag = distributed.all_reduce_sum(
+                (loss, float(run.clock.out_of_time() and context.is_main), float(stop.signal is not None)), context
+            )
+            if stop_flag > 0:
+                raise KeyboardInterrupt(stop.signal or "SIGTERM")  # a partner's signal: the same cancel
+            _after_step(run, progress, epoch_losses, loss_sum, out_of_time_flag > 0, report)
+            if out_of_time_flag > 0:
+                break
+    if stop.signal is not None:  # it came after the last step's collective: the cancel still holds
+        raise KeyboardInterrupt(stop.signal)
+
+
+def _after_step(run: _Run, progress: _Progress, epoch_losses: list[float], loss_sum: float, out_of_time: bool,
+                report: Reporter) -> None:
+    """The step's event, and the epoch's end (validation, files) when the epoch, the steps or the time ran out."""
+    config, context = run.config, run.context
+    epoch_losses.append(loss_sum / context.world_size)
+    report(StepEvent(progress.step, run.total_steps, epoch_losses[-1], run.clock.elapsed(),
+                     run.clock.remaining(progress.step, run.total_steps)))
+    if progress.step % config.steps_per_epoch == 0 or progress.step == run.total_steps or out_of_time:
+        _end_epoch(run, progress, float(np.mean(epoch_losses)), out_of_time, report)
+        epoch_losses.clear()
 
 
 def _train_step(run: _Run, training_model: torch.nn.Module, batch: dict[str, Any], autocast, scaler,
