@@ -105,9 +105,13 @@ def atomic_path(
     disk, a quota) fails here rather than after the rename, and the folder is fsynced after the rename. When the
     block or a check raises, the temporary file is deleted and ``path`` stays as it was. Inside
     :func:`output_batch` the checked temporary file is handed to the batch instead of replacing ``path``.
-    Raises FileNotFoundError when the block wrote nothing, OSError when a check fails.
+    Raises IsADirectoryError before yielding when ``path`` is a folder (a link to one is replaced as a link),
+    FileNotFoundError when the block wrote nothing, OSError when a check fails.
     """
     target = Path(path)
+    if target.is_dir() and not target.is_symlink():  # a rename cannot replace a folder: found before any writing
+        raise IsADirectoryError(errno.EISDIR, f"Cannot write {target}: a folder has that name. Move or rename the "
+                                "folder, or choose another output folder")
     temporary = temporary_sibling(target)
     batch = _BATCH.get()
     try:
