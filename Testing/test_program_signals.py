@@ -74,3 +74,35 @@ def test_the_maskmed_program_is_the_entry_with_signal_handling():
     scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     assert scripts == {"maskmed": "maskmed_core.cli:program"}
     assert (REPO / "maskmed_core" / "cli.py").read_text().rstrip().endswith('if __name__ == "__main__":\n    program()')
+
+
+class _SignalsWhenFinalized:
+    """Sends SIGTERM to this process from its finalizer: the KeyboardInterrupt is raised inside __del__, where
+    Python prints it as "Exception ignored" and drops it."""
+
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        sum(range(1000))  # a few bytecodes: the handler runs here
+
+
+@pytest.mark.parametrize("report", ["predict", "train"])
+def test_a_cancel_that_a_finalizer_dropped_comes_back_at_the_next_progress_report(report, monkeypatch):
+    """Seen on a loaded machine: a training SIGTERMed after its first epoch trained on (a second SIGTERM ended it).
+    The signal is remembered for the command's block, and each progress report raises it again."""
+    from maskmed_core.events import StepEvent
+    from maskmed_core.interrupts import sigterm_as_keyboard_interrupt
+    from maskmed_core.predict_command import Reporter
+    from maskmed_core.train_command import _Progress
+
+    dropped = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: dropped.append(unraisable.exc_type))
+    with sigterm_as_keyboard_interrupt():
+        finalized = _SignalsWhenFinalized()
+        del finalized  # its KeyboardInterrupt is dropped ("Exception ignored"): the block goes on
+        assert dropped == [KeyboardInterrupt]
+        with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+            if report == "predict":
+                Reporter(json_lines=True).progress("ct", "inference", 0.5)
+            else:
+                _Progress(json_lines=True, is_main=True)(StepEvent(3, 10, 1.0, 2.0, 5.0))
+    Reporter(json_lines=True).progress("ct", "inference", 0.5)  # after the block: nothing remembered

@@ -10,23 +10,44 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+# The signals received inside sigterm_as_keyboard_interrupt, by name, until the block ends (raise_if_interrupted).
+_received: list[str] = []
+
 
 def _raise_keyboard_interrupt(signum: int, frame) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    name = signal.Signals(signum).name
+    _received.append(name)
+    raise KeyboardInterrupt(name)
 
 
 @contextmanager
 def sigterm_as_keyboard_interrupt() -> Iterator[None]:
-    """Inside the block SIGTERM raises ``KeyboardInterrupt("SIGTERM")``; the previous handler comes back after it.
-    Only in the main thread (signal's rule); elsewhere the block runs unchanged."""
+    """Inside the block SIGTERM raises ``KeyboardInterrupt("SIGTERM")`` and Ctrl+C ``KeyboardInterrupt("SIGINT")``
+    (unless SIGINT is ignored, as for a job a script started in the background), and both are remembered until the
+    block ends (:func:`raise_if_interrupted`); the previous handlers come back after it. Only in the main thread
+    (signal's rule); elsewhere the block runs unchanged."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    numbers = [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN else [])
+    previous = {number: signal.signal(number, _raise_keyboard_interrupt) for number in numbers}
+    _received.clear()
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        _received.clear()
+
+
+def raise_if_interrupted() -> None:
+    """Inside :func:`sigterm_as_keyboard_interrupt`: KeyboardInterrupt again when a signal came whose first
+    KeyboardInterrupt was lost. Python runs a signal's handler in whatever code the main thread is executing; a
+    KeyboardInterrupt raised inside a finalizer (a ``__del__``, a weakref callback) is printed as "Exception
+    ignored" and dropped, and the run went on as if never cancelled (seen: a training that trained on after its
+    SIGTERM). The commands call this at every progress report."""
+    if _received:
+        raise KeyboardInterrupt(_received[0])
 
 
 class StopRequest:

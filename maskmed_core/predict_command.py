@@ -19,7 +19,7 @@ from maskmed_core import bundled
 from maskmed_core.command_options import add_device_option, add_largest_component_option
 from maskmed_core.events import DoneEvent, Event, MessageEvent, OutputEvent, ProgressEvent, to_json
 from maskmed_core.exit_codes import ExitCode, exit_code_for, exit_codes_help, report_failure
-from maskmed_core.interrupts import interruption, sigterm_as_keyboard_interrupt
+from maskmed_core.interrupts import interruption, raise_if_interrupted, sigterm_as_keyboard_interrupt
 
 RESULT_SUFFIX = ".maskmed-result"
 # What --format may ask for: the label-map files inference/writers.write_labels writes (by the file's suffix).
@@ -42,6 +42,7 @@ class Reporter:
             print(to_json(event), flush=True)
 
     def progress(self, case: str, stage: str, fraction: float) -> None:
+        raise_if_interrupted()  # a cancel whose KeyboardInterrupt was lost comes back here
         if self.json_lines:
             self.emit(ProgressEvent(case, stage, round(fraction, 4)))
             return

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from maskmed_core.events import EpochEvent, Event, MessageEvent, StepEvent, SummaryEvent, to_json
 from maskmed_core.exit_codes import ExitCode, exit_codes_help, report_failure
-from maskmed_core.interrupts import interruption, sigterm_as_keyboard_interrupt
+from maskmed_core.interrupts import interruption, raise_if_interrupted, sigterm_as_keyboard_interrupt
 
 # ExitCode (maskmed_core.exit_codes) is shared by every command. Here USAGE: an option refused (its value, or
 # --resume with nothing or another run to continue); BAD_INPUT: the dataset check found problems
@@ -55,6 +55,7 @@ class _Progress:
         self.is_main = is_main
 
     def __call__(self, event: Event) -> None:
+        raise_if_interrupted()  # a cancel whose KeyboardInterrupt was lost comes back here
         if not self.is_main:
             return
         if self.json_lines:
