@@ -77,8 +77,11 @@ fi
 
 stamp "train for $MINUTES min on $DEVICE"
 set +e
+# The whole model trains on the cache's cases only, also with --init (a user's fine-tune would freeze the encoder
+# and add the rehearsal maps); options given to the job come after these and win.
 python3 -m maskmed_core.cli train "$CACHE/manifest.json" -o "$WORK/run" --device "$DEVICE" \
-  --time-limit "$MINUTES" --json "$@" > "$OUT/train_stdout.jsonl" 2> "$OUT/train_stderr.txt"
+  --time-limit "$MINUTES" --json --no-freeze-encoder --rehearsal 0 "$@" \
+  > "$OUT/train_stdout.jsonl" 2> "$OUT/train_stderr.txt"
 STATUS=$?
 set -e
 stamp "training exit code $STATUS"
