@@ -14,7 +14,8 @@
 #   bash recipes/default_model/compare_on_s0009.sh CACHE/manifest.json INIT.maskmed OUT MINUTES [extra train options]
 # CACHE: a cache prepared by the default recipe (train_cpu.sh writes OUT/cache/manifest.json, or use
 # --prepare-only); INIT: the start model (its plans and classes must be the cache's). RUNS: which runs (default:
-# all, a to i); a run whose OUT/NAME.s0009.json exists is kept, not rerun. The table lists every finished run in OUT.
+# all, a to i); a run whose OUT/NAME.s0009.json exists is kept, not rerun. Every run trains the whole model on the
+# cache's cases (--no-freeze-encoder --rehearsal 0: not a user's fine-tune). The table lists every finished run in OUT.
 set -euo pipefail
 MANIFEST="$1"
 INIT="$2"
@@ -44,7 +45,7 @@ for name in ${RUNS:-$ORDER}; do
     # shellcheck disable=SC2086
     python3 -m maskmed_core.cli train "$MANIFEST" -o "$OUT/$name" --init "$INIT" ${RECIPES[$name]} \
         --augmentation strong --batch-size 2 --learning-rate 1e-3 --epochs 1 --steps-per-epoch 100000 \
-        --workers 0 --device cpu --seed 0 --time-limit "$MINUTES" --json "$@" \
+        --workers 0 --device cpu --seed 0 --time-limit "$MINUTES" --json --no-freeze-encoder --rehearsal 0 "$@" \
         > "$OUT/$name.log"
     python3 -m maskmed_core.cli evaluate "$OUT/$name/last.maskmed" "$DATA/totalseg_subjects/s0009_ct.nii.gz" \
         "$DATA/totalseg_subjects/s0009_totalseg.nii.gz" --label-mapping "$DATA/amos15_from_totalseg_v2.json" \
