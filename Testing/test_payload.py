@@ -329,3 +329,10 @@ def test_metaimage_slice_files_by_pattern_are_checked_each(tmp_path, no_itk):
     path = tmp_path / "slices.mhd"
     path.write_text(METAIMAGE_HEADER.format(compressed="", data_file="m%d.raw 0 3 1"))
     assert "names the data file 'm2.raw', which is not a regular file" in refusal(path)
+
+
+def test_metaimage_list_naming_no_file_is_refused_before_itk(tmp_path, no_itk):
+    """ITK read such a header as an image of zeros of whatever size it claims (2 GiB here) from a 120-byte file."""
+    path = tmp_path / "empty.mhd"
+    path.write_text(METAIMAGE_HEADER.format(compressed="", data_file="LIST"))
+    assert "names its data files as a list but lists none, so it holds no image" in refusal(path)

@@ -138,15 +138,21 @@ def data_file_names(path: Path) -> Iterator[str]:
     yield from (form % number for number in numbers)
 
 
+_KEEP_BESIDE = ("Put the data file beside the header (a copy, not a link to elsewhere) and name it there without a "
+                "folder (e.g. 'data file: image.raw'), or save the image as one file (.nrrd, .nii.gz).")
+
+
 def check_data_files(path: Path) -> None:
     """Before any ITK call on ``path``: each data file a detached header names must lie in the header's folder (or
     below it, also once links are resolved), exist and be a regular file. ITK opens the data files while it reads
     the header, so a header naming /etc/passwd (or a link to it) would be read as an image, /dev/urandom never ends
-    and a FIFO blocks forever. Stops at the first file that fails (a pattern may claim more files than exist).
-    InputError."""
+    and a FIFO blocks forever; a list that names no file holds no image. Stops at the first file that fails (a
+    pattern may claim more files than exist). InputError."""
     folder = os.path.normpath(path.parent.absolute())
     real_folder = os.path.realpath(folder)
+    named_any = False
     for name in data_file_names(path):
+        named_any = True
         data_file = os.path.normpath(os.path.join(folder, name))  # an absolute name stays as it is
         if os.path.commonpath([folder, data_file]) != folder:
             raise InputError(
@@ -170,10 +176,8 @@ def check_data_files(path: Path) -> None:
                 f"{path} names the data file '{name}', a link to {target}, outside the header's own folder: MaskMed "
                 f"reads only data files beside their header. {_KEEP_BESIDE}"
             )
-
-
-_KEEP_BESIDE = ("Put the data file beside the header (a copy, not a link to elsewhere) and name it there without a "
-                "folder (e.g. 'data file: image.raw'), or save the image as one file (.nrrd, .nii.gz).")
+    if not named_any and _data_file_field(path) is not None:  # ITK would read zeros for the whole image it claims
+        raise InputError(f"{path} names its data files as a list but lists none, so it holds no image. {_KEEP_BESIDE}")
 
 
 def _shares(path: Path, needed: int) -> list[tuple[Path, int]]:
