@@ -1,7 +1,7 @@
 """Atomic file output: a reader never sees a half-written file, and a failed write leaves the old one.
 
-Needs nothing beyond the standard library, so model files and training states use it on machines
-without SimpleITK.
+Needs nothing beyond the standard library (and maskmed_core.interrupts, which needs no more), so model files and
+training states use it on machines without SimpleITK.
 """
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from __future__ import annotations
 import contextvars
 import errno
 import os
-import signal
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from maskmed_core.interrupts import signals_recorded
 
 # Multi-part extensions that must survive in the temporary name (".seg.nrrd": Slicer segmentation files).
 _COMPOUND_SUFFIXES = (".nii.gz", ".seg.nrrd")
@@ -77,19 +77,10 @@ def output_batch() -> Iterator[OutputBatch]:
 def _signals_deferred() -> Iterator[None]:
     """SIGINT and SIGTERM that arrive inside the block are delivered (as KeyboardInterrupt) when it ends; only the
     main thread can set handlers, elsewhere the block runs as it is."""
-    if threading.current_thread() is not threading.main_thread():
+    with signals_recorded() as request:
         yield
-        return
-    received: list[int] = []
-    previous = {number: signal.signal(number, lambda signum, frame: received.append(signum))
-                for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-    if received:
-        raise KeyboardInterrupt(signal.Signals(received[0]).name)
+    if request.signal is not None:
+        raise KeyboardInterrupt(request.signal)
 
 
 @contextmanager

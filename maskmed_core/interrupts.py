@@ -51,7 +51,7 @@ def raise_if_interrupted() -> None:
 
 
 class StopRequest:
-    """The SIGINT or SIGTERM that came inside :func:`signals_recorded` (its name), or None."""
+    """The first SIGINT or SIGTERM that came inside :func:`signals_recorded` (its name), or None."""
 
     def __init__(self) -> None:
         self.signal: str | None = None
@@ -70,7 +70,8 @@ def signals_recorded() -> Iterator[StopRequest]:
         return
 
     def record(signum: int, frame) -> None:
-        request.signal = signal.Signals(signum).name
+        if request.signal is None:  # the first one is the one that counts
+            request.signal = signal.Signals(signum).name
 
     previous = {number: signal.signal(number, record) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
