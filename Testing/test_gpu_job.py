@@ -74,25 +74,44 @@ def test_gpu_job_dry_run_on_cpu_trains_from_the_cache_alone(tmp_path):
     assert "build the CUDA op" not in (out / "timeline.txt").read_text()  # GPU steps skipped with --device cpu
 
 
-def test_cpu_recipe_is_a_train_command_that_trains_the_whole_model_on_its_own_lists(tmp_path):
-    """recipes/default_model/train_cpu.sh with a stand-in python3 that records its arguments: they parse as
-    `maskmed train` options into a valid TrainConfig that trains the encoder and adds no rehearsal data (a recipe
-    that continues the default model's training is not a user's fine-tune, whose --init defaults differ)."""
+def _recipe_config(tmp_path: Path, *command: str):
+    """The TrainConfig a recipe script's `maskmed train` command means, read with a stand-in python3 that records
+    its arguments instead of training."""
     from maskmed_core.cli import build_parser
     from maskmed_core.train_command import _config_from_args
 
     recorder = tmp_path / "bin" / "python3"
-    recorder.parent.mkdir()
+    recorder.parent.mkdir(exist_ok=True)
     record = tmp_path / "argv.json"
     recorder.write_text(f"#!{sys.executable}\nimport json, sys\njson.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n")
     recorder.chmod(0o755)
     env = {**os.environ, "PATH": f"{recorder.parent}{os.pathsep}{os.environ['PATH']}"}
-    run = subprocess.run(["bash", "recipes/default_model/train_cpu.sh", str(tmp_path / "out"), "7", "--seed", "3"],
-                         capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+    run = subprocess.run(["bash", *command], capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
     assert run.returncode == 0, run.stderr
     argv = json.loads(record.read_text())
     assert argv[:3] == ["-m", "maskmed_core.cli", "train"]
-    config = _config_from_args(build_parser().parse_args(argv[2:]))
+    return _config_from_args(build_parser().parse_args(argv[2:]))
+
+
+def test_cpu_recipe_is_a_train_command_that_trains_the_whole_model_on_its_own_lists(tmp_path):
+    """recipes/default_model/train_cpu.sh parses as `maskmed train` options into a valid TrainConfig that trains the
+    encoder and adds no rehearsal data (a recipe that continues the default model's training is not a user's
+    fine-tune, whose --init defaults differ)."""
+    config = _recipe_config(tmp_path, "recipes/default_model/train_cpu.sh", str(tmp_path / "out"), "7", "--seed", "3")
     assert config.freeze_encoder is False and config.rehearsal == 0.0
     assert config.time_limit_minutes == 7 and config.seed == 3 and config.init is not None
     assert not any("s0009" in str(path) for path in config.synthetic_labels)
+    untimed = _recipe_config(tmp_path, "recipes/default_model/train_cpu.sh", str(tmp_path / "out"), "none")
+    assert untimed.time_limit_minutes is None
+
+
+def test_long_recipe_plans_its_schedule_by_steps_and_resumes_only_a_saved_state(tmp_path):
+    """train_long.sh: no time limit (the learning rate follows the 6000 planned steps), the balanced mask loss, and
+    --resume exactly when the output folder holds a training state (a first start would be refused with it)."""
+    out = tmp_path / "long"
+    first = _recipe_config(tmp_path, "recipes/default_model/train_long.sh", str(out))
+    assert first.time_limit_minutes is None and first.epochs * first.steps_per_epoch == 6000
+    assert first.mask_loss == "balanced" and first.resume is False and first.output == str(out)
+    out.mkdir()
+    (out / "training_state.safetensors").write_bytes(b"")
+    assert _recipe_config(tmp_path, "recipes/default_model/train_long.sh", str(out)).resume is True

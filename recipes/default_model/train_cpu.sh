@@ -9,10 +9,14 @@
 # s0009 (the held-out validation CT) is NOT in these lists: never add it.
 # Usage, from the repository root with ../shared/data beside it:
 #   bash recipes/default_model/train_cpu.sh [OUT (runs/default)] [MINUTES (80)] [extra maskmed train options]
+# MINUTES 'none': no time limit, the learning rate planned over the steps alone (--epochs x --steps-per-epoch), for
+# one long run continued with --resume over several sittings (train_long.sh).
 set -euo pipefail
 OUT="${1:-runs/default}"
 MINUTES="${2:-80}"
 shift $(( $# < 2 ? $# : 2 ))
+TIME_LIMIT=(--time-limit "$MINUTES")
+if [ "$MINUTES" = none ]; then TIME_LIMIT=(); fi
 DATA="../shared/data"
 SUBJECTS="$DATA/totalseg_subjects"
 python3 -m maskmed_core.cli train recipes/default_model/dataset.json -o "$OUT" \
@@ -23,5 +27,5 @@ python3 -m maskmed_core.cli train recipes/default_model/dataset.json -o "$OUT" \
         "$SUBJECTS/s0011_totalseg.nii.gz" "$SUBJECTS/s0327_totalseg.nii.gz" "$SUBJECTS/s0328_totalseg.nii.gz" \
     --synthetic-ratio 0.6 --synthetic-prob 0.3 --contrast-prob 0.4 \
     --augmentation strong --batch-size 2 --learning-rate 1e-3 --epochs 60 --steps-per-epoch 50 --val-every 6 \
-    --workers 1 --device cpu --time-limit "$MINUTES" --json \
+    --workers 1 --device cpu "${TIME_LIMIT[@]}" --json \
     --no-freeze-encoder --rehearsal 0 "$@"
