@@ -176,6 +176,21 @@ def test_lateral_pairs_from_terminology():
     assert names == {("left kidney", "right kidney"), ("left adrenal gland", "right adrenal gland")}
 
 
+def test_lateral_pairs_from_names_where_the_terminology_names_no_side():
+    """A user's "left iliopsoas" / "right iliopsoas" (no terminology) are partners whatever the spelling of the side;
+    a side without a partner, or partners known one by code and one by name only, are not paired."""
+    from maskmed_core.classes import SegmentClass, lateral_classes_without_partner
+
+    colour = (1, 2, 3)
+    classes = [*AMOS15_CLASSES, SegmentClass(16, "Left Iliopsoas", colour), SegmentClass(17, "iliopsoas_right", colour),
+               SegmentClass(18, "lung, left", colour), SegmentClass(19, "righteous", colour)]
+    pairs = {(classes[a].name, classes[b].name) for a, b in lateral_pairs(classes)}
+    assert ("Left Iliopsoas", "iliopsoas_right") in pairs and len(pairs) == 3
+    assert [classes[i].name for i in lateral_classes_without_partner(classes)] == ["lung, left"]
+    mixed = [AMOS15_CLASSES[2], SegmentClass(4, "right kidney", colour)]  # left kidney by code, right by name only
+    assert lateral_pairs(mixed) == [] and lateral_classes_without_partner(mixed) == [0, 1]
+
+
 class _PositionalModel(MaskMed):
     """A conv-head 'network' that calls the left half of its input (high x in LPS order) left kidney."""
 

@@ -376,6 +376,34 @@ def test_mirror_axes_are_trained_recorded_in_the_model_file_and_used_by_tta(data
     assert "mirror_axes must be letters among z, y, x" in capsys.readouterr().err
 
 
+def test_left_right_mirrors_only_where_every_class_of_one_side_has_its_partner():
+    """x mirrors swap partner classes; with a class of one side alone (or sides unknown) x is not mirrored in training
+    and not recorded for test-time augmentation, and the user is told why."""
+    from types import SimpleNamespace
+
+    from maskmed_core.classes import AMOS15_CLASSES, SegmentClass
+    from maskmed_core.training.config import TrainConfig
+    from maskmed_core.training.trainer import _lateral_pairs_by_index, _mirror_axes
+
+    colour = (1, 2, 3)
+    amos = list(AMOS15_CLASSES)
+    assert _lateral_pairs_by_index(amos) == [(3, 2), (12, 11)]
+    users = [*amos, SegmentClass(16, "left iliopsoas", colour), SegmentClass(17, "right iliopsoas", colour)]
+    assert _lateral_pairs_by_index(users) == [(3, 2), (12, 11), (16, 17)]
+    assert _lateral_pairs_by_index([SegmentClass(1, "liver", colour), SegmentClass(2, "tumour", colour)]) is None
+    alone = [*amos, SegmentClass(16, "left iliopsoas", colour)]
+    assert _lateral_pairs_by_index(alone) is None
+
+    config = TrainConfig(dataset="d", output="o", mirror_axes="zyx")
+    events: list = []
+    assert _mirror_axes(config, SimpleNamespace(classes=users, init_file=None), events.append) == "zyx"
+    assert events == []
+    assert _mirror_axes(config, SimpleNamespace(classes=alone, init_file=None), events.append) == "zy"
+    assert len(events) == 1 and "'left iliopsoas' has no class of the other side" in events[0].text
+    only_x = TrainConfig(dataset="d", output="o", mirror_axes="x")
+    assert _mirror_axes(only_x, SimpleNamespace(classes=alone, init_file=None), events.append) == ""
+
+
 def test_mask_loss_option_reaches_the_criterion(dataset, tmp_path, capsys, monkeypatch):
     from maskmed_core.model import heads as heads_module
     from maskmed_core.training import trainer

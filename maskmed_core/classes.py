@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -185,13 +186,46 @@ AMOS15_CLASSES: tuple[SegmentClass, ...] = (
 
 
 def lateral_pairs(classes: list[SegmentClass]) -> list[tuple[int, int]]:
-    """Index pairs of classes that are the left and right of one structure (same SNOMED type code)."""
-    by_type: dict[str, dict[str, int]] = {}
+    """(left, right) index pairs of classes that are the two sides of one structure: the same SNOMED type with the
+    left and right modifiers, or, for classes without a side in their terminology, names alike but for the word
+    'left' / 'right' ("left iliopsoas" / "right iliopsoas", "kidney_left" / "kidney_right")."""
+    return [(sides["left"][0], sides["right"][0]) for sides in _sides_by_structure(classes).values()
+            if len(sides["left"]) == 1 and len(sides["right"]) == 1]
+
+
+def lateral_classes_without_partner(classes: list[SegmentClass]) -> list[int]:
+    """Indices of the classes that name one side of a structure (by terminology or name) but have no single partner
+    of the other side: a left-right mirror would put such a class on the wrong side under its own name."""
+    paired = {index for pair in lateral_pairs(classes) for index in pair}
+    return sorted(index for sides in _sides_by_structure(classes).values()
+                  for index in sides["left"] + sides["right"] if index not in paired)
+
+
+def _sides_by_structure(classes: list[SegmentClass]) -> dict[tuple[str, str], dict[str, list[int]]]:
+    """Structure -> {"left": indices, "right": indices} of the classes that name a side: keyed by the SNOMED type
+    code when the terminology has a left/right modifier, else by the name without its side word."""
+    by_structure: dict[tuple[str, str], dict[str, list[int]]] = {}
     for index, segment_class in enumerate(classes):
-        terminology = segment_class.terminology
-        if terminology is None or terminology.type_modifier is None:
-            continue
-        side = terminology.type_modifier.code
-        if side in (LEFT[1], RIGHT[1]):
-            by_type.setdefault(terminology.type.code, {})[side] = index
-    return [(sides[LEFT[1]], sides[RIGHT[1]]) for sides in by_type.values() if len(sides) == 2]
+        side_and_key = _terminology_side(segment_class.terminology) or _name_side(segment_class.name)
+        if side_and_key is not None:
+            side, key = side_and_key
+            by_structure.setdefault(key, {"left": [], "right": []})[side].append(index)
+    return by_structure
+
+
+def _terminology_side(terminology: Terminology | None) -> tuple[str, tuple[str, str]] | None:
+    modifier = terminology.type_modifier if terminology is not None else None
+    if terminology is None or modifier is None or modifier.code not in (LEFT[1], RIGHT[1]):
+        return None
+    return ("left" if modifier.code == LEFT[1] else "right"), ("code", terminology.type.code)
+
+
+def _name_side(name: str) -> tuple[str, tuple[str, str]] | None:
+    """("left" | "right", ("name", the other words)) when exactly one word of the name is a side; case, spaces,
+    underscores and punctuation do not matter."""
+    words = re.findall(r"[^\W_]+", name.casefold())
+    sides = [word for word in words if word in ("left", "right")]
+    rest = " ".join(word for word in words if word not in ("left", "right"))
+    if len(sides) != 1 or not rest:
+        return None
+    return sides[0], ("name", rest)

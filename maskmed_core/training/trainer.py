@@ -23,7 +23,7 @@ import torch
 
 from maskmed_core.allocator import retain_freed_memory
 from maskmed_core.checkpoint import load_model_file, save_model_file
-from maskmed_core.classes import AMOS15_CLASSES, SegmentClass, lateral_pairs
+from maskmed_core.classes import AMOS15_CLASSES, SegmentClass, lateral_classes_without_partner, lateral_pairs
 from maskmed_core.events import EpochEvent, Event, MessageEvent, StepEvent
 from maskmed_core.interrupts import StopRequest, signals_recorded
 from maskmed_core.model import MaskMed, ModelConfig, preset
@@ -247,7 +247,7 @@ def run_training(config: TrainConfig, report: Reporter | None = None) -> dict[st
                     "label_only_cases": len(data.label_only_cases), "holdout": data.holdout is not None}
         # The head and mirror axes the run trains with, recorded as such in its state (None asked for the default
         # or --init's).
-        config = replace(config, head=data.model_config.head.kind, mirror_axes=_mirror_axes(config, data),
+        config = replace(config, head=data.model_config.head.kind, mirror_axes=_mirror_axes(config, data, report),
                          warmup_steps=_warmup_steps(config))
         run = _build(config, data, context, report)
         progress = _resume(run, report)
@@ -689,10 +689,13 @@ def _label_only_files(entries: list[str]) -> list[Path]:
 
 
 def _lateral_pairs_by_index(classes: list[SegmentClass]) -> list[tuple[int, int]] | None:
-    """Left/right partner classes as 1-based class indices of the training labels, or None if unknown."""
-    if not any(c.terminology is not None for c in classes):
+    """Left/right partner classes as 1-based class indices of the training labels, or None (no left-right mirrors)
+    when the classes' sides are unknown (no class has a terminology or a side in its name) or a class of one side
+    has no partner to swap with."""
+    pairs = lateral_pairs(classes)
+    if lateral_classes_without_partner(classes) or not (pairs or any(c.terminology is not None for c in classes)):
         return None
-    return [(a + 1, b + 1) for a, b in lateral_pairs(classes)]
+    return [(a + 1, b + 1) for a, b in pairs]
 
 
 def _autocast(config: TrainConfig, device: torch.device):
@@ -715,13 +718,24 @@ def _warmup_steps(config: TrainConfig) -> int:
     return 10 if config.init else 50
 
 
-def _mirror_axes(config: TrainConfig, data: TrainingData) -> str:
-    """``config.mirror_axes``, or when None: the --init model's axes (letters of zyx), else all three."""
+def _mirror_axes(config: TrainConfig, data: TrainingData, report: Reporter) -> str:
+    """``config.mirror_axes``, or when None: the --init model's axes (letters of zyx), else all three; without x
+    when the classes' sides cannot be swapped (``_lateral_pairs_by_index``), so that the model file does not tell
+    test-time augmentation to mirror left-right either."""
     if config.mirror_axes is not None:
-        return config.mirror_axes
-    if data.init_file is not None:
-        return "".join("zyx"[axis] for axis in data.init_file.mirror_axes)
-    return "zyx"
+        axes = config.mirror_axes
+    elif data.init_file is not None:
+        axes = "".join("zyx"[axis] for axis in data.init_file.mirror_axes)
+    else:
+        axes = "zyx"
+    if "x" in axes and _lateral_pairs_by_index(data.classes) is None:
+        without_partner = [data.classes[i].name for i in lateral_classes_without_partner(data.classes)]
+        why = (f"{', '.join(repr(name) for name in without_partner)} {'has' if len(without_partner) == 1 else 'have'} "
+               "no class of the other side to swap with" if without_partner
+               else "the classes' sides are unknown (no terminology, no 'left'/'right' in their names)")
+        report(MessageEvent("warning", f"no left-right (x) mirroring: {why}"))
+        axes = axes.replace("x", "")
+    return axes
 
 
 def mirror_axes_of(config: TrainConfig) -> tuple[int, ...]:
