@@ -190,15 +190,18 @@ def lateral_pairs(classes: list[SegmentClass]) -> list[tuple[int, int]]:
     left and right modifiers, or, for classes without a side in their terminology, names alike but for the word
     'left' / 'right' ("left iliopsoas" / "right iliopsoas", "kidney_left" / "kidney_right")."""
     return [(sides["left"][0], sides["right"][0]) for sides in _sides_by_structure(classes).values()
-            if len(sides["left"]) == 1 and len(sides["right"]) == 1]
+            if _one_of_each(sides)]
 
 
 def lateral_classes_without_partner(classes: list[SegmentClass]) -> list[int]:
     """Indices of the classes that name one side of a structure (by terminology or name) but have no single partner
     of the other side: a left-right mirror would put such a class on the wrong side under its own name."""
-    paired = {index for pair in lateral_pairs(classes) for index in pair}
-    return sorted(index for sides in _sides_by_structure(classes).values()
-                  for index in sides["left"] + sides["right"] if index not in paired)
+    return sorted(index for sides in _sides_by_structure(classes).values() if not _one_of_each(sides)
+                  for index in sides["left"] + sides["right"])
+
+
+def _one_of_each(sides: dict[str, list[int]]) -> bool:
+    return len(sides["left"]) == 1 and len(sides["right"]) == 1
 
 
 def _sides_by_structure(classes: list[SegmentClass]) -> dict[tuple[str, str], dict[str, list[int]]]:

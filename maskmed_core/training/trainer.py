@@ -729,10 +729,11 @@ def _mirror_axes(config: TrainConfig, data: TrainingData, report: Reporter) -> s
     else:
         axes = "zyx"
     if "x" in axes and _lateral_pairs_by_index(data.classes) is None:
-        without_partner = [data.classes[i].name for i in lateral_classes_without_partner(data.classes)]
-        why = (f"{', '.join(repr(name) for name in without_partner)} {'has' if len(without_partner) == 1 else 'have'} "
-               "no class of the other side to swap with" if without_partner
-               else "the classes' sides are unknown (no terminology, no 'left'/'right' in their names)")
+        alone = [repr(data.classes[i].name) for i in lateral_classes_without_partner(data.classes)]
+        if alone:
+            why = f"{', '.join(alone)} {'has' if len(alone) == 1 else 'have'} no class of the other side to swap with"
+        else:
+            why = "the classes' sides are unknown (no terminology, no 'left'/'right' in their names)"
         report(MessageEvent("warning", f"no left-right (x) mirroring: {why}"))
         axes = axes.replace("x", "")
     return axes
