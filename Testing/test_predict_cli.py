@@ -59,6 +59,20 @@ def test_predict_writes_outputs_and_json_lines(capsys, model_path, ct_file, tmp_
     assert [c["name"] for c in output["classes"]] == ["spleen", "right kidney", "left kidney"]
 
 
+def test_a_folder_named_like_an_output_is_a_usage_error_and_nothing_is_written(capsys, model_path, ct_file, tmp_path):
+    out_dir = tmp_path / "out"
+    in_the_way = out_dir / "crop.maskmed-result"
+    in_the_way.mkdir(parents=True)
+    (in_the_way / "kept.txt").write_text("the user's")
+
+    code, _, err = run_cli(capsys, ct_file, "-o", out_dir, "--model", model_path, "--save-result")
+
+    assert code == ExitCode.USAGE, err  # the user's to move, not a failure of the system (exit 1)
+    assert f"Cannot write {in_the_way}: a folder has that name" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in out_dir.iterdir()) == ["crop.maskmed-result"]  # no label map without its result
+    assert (in_the_way / "kept.txt").read_text() == "the user's"
+
+
 def test_probability_maps_are_uint8_on_the_input_grid(capsys, model_path, ct_file, tmp_path):
     code, _, err = run_cli(capsys, ct_file, "-o", tmp_path / "out", "--model", model_path, "--probabilities")
     assert code == 0, err

@@ -21,6 +21,11 @@ _COMPOUND_SUFFIXES = (".nii.gz", ".seg.nrrd")
 _MAX_NAME_BYTES = 255  # NAME_MAX of Linux, macOS and Windows file systems
 
 
+class OutputIsAFolderError(IsADirectoryError):
+    """The path to write is a folder (not a link to one): the user's to move or rename, so a usage error of the
+    command (exit_codes maps it by name), not a failure of the system like the other OSErrors."""
+
+
 class OutputBatch:
     """Files written under temporary names that replace their targets together (see :func:`output_batch`).
 
@@ -96,13 +101,13 @@ def atomic_path(
     disk, a quota) fails here rather than after the rename, and the folder is fsynced after the rename. When the
     block or a check raises, the temporary file is deleted and ``path`` stays as it was. Inside
     :func:`output_batch` the checked temporary file is handed to the batch instead of replacing ``path``.
-    Raises IsADirectoryError before yielding when ``path`` is a folder (a link to one is replaced as a link),
+    Raises OutputIsAFolderError before yielding when ``path`` is a folder (a link to one is replaced as a link),
     FileNotFoundError when the block wrote nothing, OSError when a check fails.
     """
     target = Path(path)
     if target.is_dir() and not target.is_symlink():  # a rename cannot replace a folder: found before any writing
-        raise IsADirectoryError(errno.EISDIR, f"Cannot write {target}: a folder has that name. Move or rename the "
-                                "folder, or choose another output folder")
+        raise OutputIsAFolderError(f"Cannot write {target}: a folder has that name. Move or rename the folder, or "
+                                   "choose another output folder")
     temporary = temporary_sibling(target)
     batch = _BATCH.get()
     try:

@@ -30,6 +30,7 @@ class ExitCode(IntEnum):
 # code of the nearest class in its MRO named here. Testing/test_commands.py checks that every name resolves.
 KNOWN_FAILURES: dict[str, ExitCode] = {
     "maskmed_core.io.errors.OutputLocationError": ExitCode.USAGE,
+    "maskmed_core.atomic.OutputIsAFolderError": ExitCode.USAGE,
     "maskmed_core.training.options.OptionError": ExitCode.USAGE,
     "maskmed_core.plans.fingerprint.PlanOptionError": ExitCode.USAGE,
     "maskmed_core.devices.DeviceError": ExitCode.USAGE,

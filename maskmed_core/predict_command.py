@@ -176,9 +176,9 @@ def _run_cases(args: argparse.Namespace, reporter: Reporter, written: list[str])
         except InputError as error:  # its message already names the file
             reporter.message("error", str(error))
             worst = exit_code_for(error)
-        except OSError as error:  # a write failed its check (full disk, quota): the file was not left behind
+        except OSError as error:  # a folder in the way, or a write failed its check (full disk, quota)
             reporter.message("error", f"{case}: {error}; no file of this case was left under a final name")
-            return ExitCode.ERROR
+            return exit_code_for(error)
     return worst
 
 
