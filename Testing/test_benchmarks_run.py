@@ -205,6 +205,7 @@ def test_finetune_heads_benchmark_fits_a_conv_twin_and_fine_tunes_both_heads(tmp
     twin, decoupled, conv = calls
     start = tmp_path / "iliopsoas_1_conv_twin" / "conv_start.maskmed"
     assert twin["init"] == start and twin["minutes"] == 3
+    assert twin["extra"] == ["--learning-rate", "0.003"]  # a fresh head: not the fine-tune's 3e-4
     assert decoupled["init"] == finetune.DEFAULT_MODEL and conv["init"] == twin["output"] / "best.maskmed"
     assert decoupled["minutes"] == conv["minutes"] == 2 and decoupled["extra"] == conv["extra"] == []
     printed = capsys.readouterr().out
