@@ -136,6 +136,23 @@ def test_resume_without_a_saved_state_is_refused_naming_the_folder(tmp_path, cap
     assert list(output.iterdir()) == []
 
 
+def test_an_output_the_run_could_not_write_is_refused_before_training(tmp_path, capsys):
+    # Found at the first epoch's end, minutes later, before: a folder named best.maskmed; -o a file (exit 1).
+    output = tmp_path / "out"
+    (output / "best.maskmed").mkdir(parents=True)
+    (output / "best.maskmed" / "kept.txt").write_text("the user's")
+    code = main(["train", str(tmp_path / "data"), "-o", str(output), "--device", "cpu"])
+    assert code == ExitCode.USAGE
+    assert f"Cannot train into {output}: the run writes files named best.maskmed there" in capsys.readouterr().err
+    assert sorted(p.name for p in output.rglob("*")) == ["best.maskmed", "kept.txt"]
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    assert main(["train", str(tmp_path / "data"), "-o", str(a_file), "--device", "cpu"]) == ExitCode.USAGE
+    assert f"{a_file} is a file, not a folder" in capsys.readouterr().err
+    assert a_file.read_text() == "not a folder"
+
+
 def test_the_encoder_is_frozen_by_default_only_when_fine_tuning_a_whole_model():
     from maskmed_core.training.trainer import encoder_frozen
 

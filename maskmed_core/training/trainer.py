@@ -53,6 +53,8 @@ from maskmed_core.training.validation import validate
 STATE_FILE = "training_state.safetensors"
 LOG_FILE = "training_log.jsonl"
 PLOT_FILE = "training_curves.png"
+BEST_MODEL = "best.maskmed"
+LAST_MODEL = "last.maskmed"
 
 
 class TrainingError(RuntimeError):
@@ -237,7 +239,8 @@ def run_training(config: TrainConfig, report: Reporter | None = None) -> dict[st
     ``_end_epoch`` (validation, model files, state), and ``_summary``.
     """
     report = report or (lambda event: None)
-    if config.resume:  # before any slow work
+    _check_output(Path(config.output))  # before any slow work
+    if config.resume:
         require_saved_state(Path(config.output) / STATE_FILE)
     context = distributed.setup(config.device)
     try:
@@ -287,6 +290,22 @@ class _Progress:
     best_step: int = -1
     history: list[dict[str, Any]] = field(default_factory=list)
     torch_rng: torch.Tensor | None = None  # a resumed run's generator state, restored when its loop starts
+
+
+def _check_output(output: Path) -> None:
+    """Refuse (OutputLocationError) an output folder the run could not write into at its first epoch's end, minutes
+    later: -o a file, a read-only place, or a folder in the way of a file the run writes (a link is replaced)."""
+    from maskmed_core.io.errors import OutputLocationError
+    from maskmed_core.io.writing import check_output_folder
+
+    check_output_folder(output)
+    names = (BEST_MODEL, LAST_MODEL, STATE_FILE, LOG_FILE, PLOT_FILE)
+    in_the_way = [name for name in names if (output / name).is_dir() and not (output / name).is_symlink()]
+    if in_the_way:
+        raise OutputLocationError(
+            f"Cannot train into {output}: the run writes files named {', '.join(in_the_way)} there, and a folder has "
+            "that name. Move or rename the folder, or choose another output folder (-o)."
+        )
 
 
 def _set_up(config: TrainConfig, context, report: Reporter) -> TrainingData:
@@ -551,11 +570,11 @@ def _end_epoch(run: _Run, progress: _Progress, mean_loss: float, out_of_time: bo
         if record["mean_dice"] > progress.best_metric:
             progress.best_metric, progress.best_step = record["mean_dice"], step
             if run.context.is_main:
-                _save_model(run.output / "best.maskmed", run.model, data, record, run.config)
+                _save_model(run.output / BEST_MODEL, run.model, data, record, run.config)
         run.model.train()
     progress.history.append(record)
     if run.context.is_main:
-        _save_model(run.output / "last.maskmed", run.model, data, record, run.config)
+        _save_model(run.output / LAST_MODEL, run.model, data, record, run.config)
         save_state(run.state_path, TrainingState(
             step=step, model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
             scheduler=run.scheduler.state_dict(), torch_rng=torch.get_rng_state(), best_metric=progress.best_metric,
@@ -573,7 +592,7 @@ def _summary(run: _Run, progress: _Progress) -> dict[str, Any]:
     best = next((r for r in history if r["step"] == progress.best_step), history[-1] if history else {})
     summary = {
         "best_epoch": best.get("epoch"), "best_mean_dice": progress.best_metric, "dice": best.get("dice", {}),
-        "best_model": str(run.output / "best.maskmed"), "last_model": str(run.output / "last.maskmed"),
+        "best_model": str(run.output / BEST_MODEL), "last_model": str(run.output / LAST_MODEL),
         "steps": progress.step, "seconds": run.clock.elapsed(),
     }
     if run.data.holdout is not None and run.context.is_main:
@@ -588,7 +607,7 @@ def _score_holdout(output: Path, holdout, plans: Plans, classes: list[SegmentCla
     from maskmed_core.evaluation import class_scores, summarize
     from maskmed_core.training.validation import predict_case_indices
 
-    model_file = load_model_file(output / "best.maskmed")
+    model_file = load_model_file(output / BEST_MODEL)
     model = MaskMed(model_file.config)
     model.load_state_dict(model_file.state_dict)
     model.to(device).eval()
