@@ -69,6 +69,7 @@ def test_a_folder_named_like_an_output_is_a_usage_error_and_nothing_is_written(c
 
     assert code == ExitCode.USAGE, err  # the user's to move, not a failure of the system (exit 1)
     assert f"Cannot write {in_the_way}: a folder has that name" in err and "Traceback" not in err, err
+    assert "inference" not in err  # found before the network ran, not after
     assert sorted(p.name for p in out_dir.iterdir()) == ["crop.maskmed-result"]  # no label map without its result
     assert (in_the_way / "kept.txt").read_text() == "the user's"
 

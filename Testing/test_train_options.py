@@ -143,7 +143,7 @@ def test_an_output_the_run_could_not_write_is_refused_before_training(tmp_path, 
     (output / "best.maskmed" / "kept.txt").write_text("the user's")
     code = main(["train", str(tmp_path / "data"), "-o", str(output), "--device", "cpu"])
     assert code == ExitCode.USAGE
-    assert f"Cannot train into {output}: the run writes files named best.maskmed there" in capsys.readouterr().err
+    assert f"Cannot write {output / 'best.maskmed'}: a folder has that name" in capsys.readouterr().err
     assert sorted(p.name for p in output.rglob("*")) == ["best.maskmed", "kept.txt"]
 
     a_file = tmp_path / "a_file"

@@ -88,6 +88,14 @@ def _signals_deferred() -> Iterator[None]:
         raise KeyboardInterrupt(request.signal)
 
 
+def refuse_a_folder_in_the_way(path: Path) -> None:
+    """Raise OutputIsAFolderError when ``path``, a file to write, is a folder (a link to one is replaced as a link):
+    callers that write after slow work check their outputs first."""
+    if path.is_dir() and not path.is_symlink():
+        raise OutputIsAFolderError(f"Cannot write {path}: a folder has that name. Move or rename the folder, or "
+                                   "choose another output folder")
+
+
 @contextmanager
 def atomic_path(
     path: str | os.PathLike[str], sync: bool = True, verify: Callable[[Path], None] | None = None
@@ -105,9 +113,7 @@ def atomic_path(
     FileNotFoundError when the block wrote nothing, OSError when a check fails.
     """
     target = Path(path)
-    if target.is_dir() and not target.is_symlink():  # a rename cannot replace a folder: found before any writing
-        raise OutputIsAFolderError(f"Cannot write {target}: a folder has that name. Move or rename the folder, or "
-                                   "choose another output folder")
+    refuse_a_folder_in_the_way(target)  # a rename cannot replace a folder: found before any writing
     temporary = temporary_sibling(target)
     batch = _BATCH.get()
     try:

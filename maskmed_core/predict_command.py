@@ -201,7 +201,7 @@ def _write_probabilities(result, query_threshold: float, folder: Path, files: li
 def _predict_case(
     predictor, case: Path, output_folder: Path, args: argparse.Namespace, reporter: Reporter, written: list[str]
 ) -> None:
-    from maskmed_core.atomic import output_batch
+    from maskmed_core.atomic import output_batch, refuse_a_folder_in_the_way
     from maskmed_core.inference.writers import write_labels
     from maskmed_core.io.dicom import several_series_warning
     from maskmed_core.io.errors import OutputLocationError
@@ -211,6 +211,11 @@ def _predict_case(
     if args.probabilities and probabilities_folder.is_symlink():  # it would write into whatever folder it points to
         raise OutputLocationError(f"{probabilities_folder} is a symbolic link: remove it or choose another -o; MaskMed "
                                   "writes the probability maps into a folder of its own")
+    label_path = output_folder / f"{name}.{args.format}"
+    result_path = output_folder / f"{name}{RESULT_SUFFIX}" if args.save_result else None
+    for path in (label_path, result_path):
+        if path is not None:
+            refuse_a_folder_in_the_way(path)  # now, not after the inference
     start = time.perf_counter()
     result = predictor.predict(
         case,
@@ -230,9 +235,9 @@ def _predict_case(
         # A case is all or nothing, and replaces a previous run's files only once all of its own are complete: each
         # file is written and checked under a temporary name, and they are put in place together at the end.
         with output_batch() as batch:
-            files.append(str(write_labels(label_image, result.classes, output_folder / f"{name}.{args.format}")))
-            if args.save_result:
-                files.append(str(result.save(output_folder / f"{name}{RESULT_SUFFIX}")))
+            files.append(str(write_labels(label_image, result.classes, label_path)))
+            if result_path is not None:
+                files.append(str(result.save(result_path)))
             if args.probabilities:
                 _write_probabilities(result, args.query_threshold, probabilities_folder, files)
             batch.on_commit = lambda: written.extend(files)

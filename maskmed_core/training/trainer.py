@@ -293,19 +293,14 @@ class _Progress:
 
 
 def _check_output(output: Path) -> None:
-    """Refuse (OutputLocationError) an output folder the run could not write into at its first epoch's end, minutes
-    later: -o a file, a read-only place, or a folder in the way of a file the run writes (a link is replaced)."""
-    from maskmed_core.io.errors import OutputLocationError
+    """Refuse an output folder the run could not write into at its first epoch's end, minutes later: -o a file or a
+    read-only place (OutputLocationError), a folder in the way of a file the run writes (OutputIsAFolderError)."""
+    from maskmed_core.atomic import refuse_a_folder_in_the_way
     from maskmed_core.io.writing import check_output_folder
 
     check_output_folder(output)
-    names = (BEST_MODEL, LAST_MODEL, STATE_FILE, LOG_FILE, PLOT_FILE)
-    in_the_way = [name for name in names if (output / name).is_dir() and not (output / name).is_symlink()]
-    if in_the_way:
-        raise OutputLocationError(
-            f"Cannot train into {output}: the run writes files named {', '.join(in_the_way)} there, and a folder has "
-            "that name. Move or rename the folder, or choose another output folder (-o)."
-        )
+    for name in (BEST_MODEL, LAST_MODEL, STATE_FILE, LOG_FILE, PLOT_FILE):
+        refuse_a_folder_in_the_way(output / name)
 
 
 def _set_up(config: TrainConfig, context, report: Reporter) -> TrainingData:
