@@ -210,6 +210,12 @@ def test_finetune_heads_benchmark_fits_a_conv_twin_and_fine_tunes_both_heads(tmp
     assert decoupled["minutes"] == conv["minutes"] == 2 and decoupled["extra"] == conv["extra"] == []
     printed = capsys.readouterr().out
     assert "decoupled" in printed and "conv " in printed
+    assert finetune_heads.main(["--minutes", "2", "--twin-minutes", "3", "--workdir", str(tmp_path)]) == 0
+    assert len(calls) == 3  # recorded runs are not run again ...
+    assert finetune_heads.main(["--minutes", "2", "--twin-minutes", "3", "--twin-learning-rate", "1e-3",
+                                "--workdir", str(tmp_path)]) == 0
+    # ... but another twin is fitted, and the conv head fine-tuned from it again (the decoupled run stands)
+    assert [call["init"] for call in calls[3:]] == [start, calls[3]["output"] / "best.maskmed"]
     # The twin's start: a conv head on the default model's encoder, transformer and pixel decoder.
     default, made = load_model_file(finetune.DEFAULT_MODEL), load_model_file(start)
     assert made.config.head.kind == "conv" and made.classes == default.classes

@@ -113,22 +113,24 @@ def main(argv: list[str] | None = None) -> int:
     if not start.is_file():
         twin_folder.mkdir(parents=True, exist_ok=True)
         conv_start_model(start)
-    twin_key = f"{prefix}/conv-twin/{args.twin_minutes:g}/{args.twin_learning_rate:g}"
+    twin_name = f"{args.twin_minutes:g}min_lr{args.twin_learning_rate:g}"  # the conv runs' records name their twin
+    twin_key = f"{prefix}/conv-twin/{twin_name}"
     twin_cases = pseudo_labelled_cases(cases, twin_folder / "pseudo")
     twin_options = ["--learning-rate", str(args.twin_learning_rate)]
-    twin_out = twin_folder / f"out_{args.twin_minutes:g}min_lr{args.twin_learning_rate:g}"
+    twin_out = twin_folder / f"out_{twin_name}"
     twin = results.get(twin_key, partial(fine_tune, twin_cases, None, twin_out, args.twin_minutes, twin_options,
                                          args.threads, init=start))
     twin_model = twin_out / "best.maskmed"
     starts = {"decoupled": DEFAULT_MODEL, "conv": twin_model}
-    before = {head: results.get(f"{prefix}/{head}/before", partial(score_record, model, ids))
+    records = {"decoupled": f"{prefix}/decoupled", "conv": f"{prefix}/conv_{twin_name}"}
+    before = {head: results.get(f"{records[head]}/before", partial(score_record, model, ids))
               for head, model in starts.items()}
     print(f"conv twin fitted in {twin['steps']} steps ({args.twin_minutes:g} min, learning rate "
           f"{args.twin_learning_rate:g})")
     print(f"{'head':10s} {'min':>4s} {'steps':>5s} {'RSS GiB':>7s} {'new class Dice':>24s} {'own before':>10s} "
           f"{'own after':>9s} {'change':>7s}")
     for head, model in starts.items():
-        key = f"{prefix}/{head}/{args.minutes:g}"
+        key = f"{records[head]}/{args.minutes:g}"
         after = results.get(key, partial(add_structure, args.scenario, len(cases), workdir / key.replace("/", "_"),
                                          args.minutes, [], args.threads, init=model))
         own = [c for c in before[head]["dice"] if c not in scenario.new_classes]
