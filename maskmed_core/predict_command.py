@@ -151,7 +151,7 @@ def _run_cases(args: argparse.Namespace, reporter: Reporter, written: list[str])
     """Check the arguments, then segment each case; errors before the first case end the run (``_run`` maps them to
     their exit code), a case's bad input is reported and the next case goes on."""
     from maskmed_core.io.errors import InputError
-    from maskmed_core.io.writing import check_output_folder
+    from maskmed_core.io.output_folder import check_output_folder
 
     for name in ("query_threshold", "class_threshold"):
         value = getattr(args, name)

@@ -296,7 +296,7 @@ def _check_output(output: Path) -> None:
     """Refuse an output folder the run could not write into at its first epoch's end, minutes later: -o a file or a
     read-only place (OutputLocationError), a folder in the way of a file the run writes (OutputIsAFolderError)."""
     from maskmed_core.atomic import refuse_a_folder_in_the_way
-    from maskmed_core.io.writing import check_output_folder
+    from maskmed_core.io.output_folder import check_output_folder
 
     check_output_folder(output)
     for name in (BEST_MODEL, LAST_MODEL, STATE_FILE, LOG_FILE, PLOT_FILE):
