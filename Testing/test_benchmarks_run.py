@@ -21,8 +21,8 @@ import SimpleITK as sitk
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
 # The modules with a command line (a `main`), each run by the test named after it below.
-RUN_TESTED = {"ablation", "data_loading", "deform_attn", "finetune", "finetune_heads", "inference", "mirrored", "model",
-              "slicer_logic", "training"}
+RUN_TESTED = {"ablation", "data_loading", "deform_attn", "finetune", "finetune_heads", "inference", "mask_refinement",
+              "mirrored", "model", "slicer_logic", "training"}
 
 
 def _has_main(path: Path) -> bool:
@@ -138,6 +138,18 @@ def test_training_benchmark(tmp_path, demo_data, peer):
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_mask_refinement_benchmark_times_and_scores_both_models(tmp_path, demo_data):
+    from factories import tiny_model_file
+
+    model = tiny_model_file(tmp_path / "tiny.maskmed", num_classes=3)
+    printed = _run_main("mask_refinement", "--baseline", str(model), "--ct", str(demo_data.ct), "--labels",
+                        str(demo_data.labels), "--mapping", str(demo_data.label_mapping), "--workdir", str(tmp_path))
+    assert "masks at stage 1" in printed and "masks at stage 0" in printed  # the grown model's are finer
+    assert "refined / baseline: time" in printed and "right kidney" in printed
+    assert (tmp_path / "refined_zero.maskmed").is_file()
+
+
 def test_slicer_logic_benchmark(tmp_path, demo_data):
     pytest.importorskip("slicer", reason="the slicer-core wheel is not installed")
     _run_main("slicer_logic", "--skip-large", "--workdir", str(tmp_path), replace={"REAL_CT": str(demo_data.ct)})

@@ -3,12 +3,15 @@ a new class, and the sampler's share of patches for new classes."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 from factories import tiny_model
 
 from maskmed_core.classes import AMOS15_CLASSES, SegmentClass
+from maskmed_core.model import MaskMed
 from maskmed_core.plans import Plans
 from maskmed_core.training.cache_entries import PreprocessedCase
 from maskmed_core.training.distillation import (
@@ -19,6 +22,7 @@ from maskmed_core.training.distillation import (
 from maskmed_core.training.finetune import (
     adapt_state_dict,
     class_key,
+    grown_weights,
     imprint_new_class_rows,
     patches_around_classes,
     plan_classes,
@@ -263,3 +267,22 @@ def test_the_slicer_export_and_training_match_class_names_alike():
 
     for name in ("Left_Kidney", " left  kidney", "LEFT-KIDNEY", "Leber (Hépar)"):
         assert _normalizedName(name) == class_key(name)
+
+
+def test_a_model_grown_by_mask_refinement_starts_with_its_source_predictions():
+    source = tiny_model(num_classes=3).eval()
+    config = copy.deepcopy(source.config)
+    config.pixel_decoder.mask_refine_levels = 1
+    grown = MaskMed(config).eval()
+    added = grown_weights(grown, source.config)
+    assert added and all(k.startswith(("mask_refine_proj.", "pixel_decoder.blocks.0.", "pixel_decoder.upsample.0."))
+                         for k in added)
+    grown.load_state_dict({**source.state_dict(), **added})  # strict: nothing else is missing
+    image = torch.randn(1, 1, 32, 48, 48)
+    with torch.no_grad():
+        before, after = source(image), grown(image)
+    assert after["mask_features"].shape[2:] == image.shape[2:]  # finer than the source's (half resolution)
+    assert before["mask_features"].shape[2:] != image.shape[2:]
+    torch.testing.assert_close(after["pred_logits"], before["pred_logits"])
+    torch.testing.assert_close(grown.head.class_probabilities(after, 0.2), source.head.class_probabilities(before, 0.2),
+                               atol=1e-5, rtol=0)

@@ -92,6 +92,44 @@ def test_output_shapes_on_anisotropic_patch(kind, transformer):
     assert probabilities.shape == (2, config.num_classes, 16, 32, 32)
 
 
+def test_refined_masks_come_out_at_the_finer_stage_and_every_part_learns():
+    config = tiny_config()
+    config.pixel_decoder.mask_refine_levels = 1
+    model = MaskMed(config)
+    image = torch.randn(2, 1, 16, 32, 32)
+    outputs = model(image)
+    # mask_level 1 refined by stage 0: the patch's own resolution.
+    assert outputs["mask_features"].shape == (2, config.pixel_decoder.mask_dim, 16, 32, 32)
+    assert model.head.class_probabilities(outputs).shape == (2, config.num_classes, 16, 32, 32)
+    assert config.estimated_parameters() == count_parameters(model)
+    labels = torch.zeros(2, 16, 32, 32, dtype=torch.int64)
+    labels[:, 4:12, 8:20, 8:20] = 1
+    optimiser = torch.optim.SGD(model.parameters(), lr=0.1)
+    criterion = build_criterion(config, mask_loss="balanced")
+    for _ in range(2):  # the zero-initialised refinement passes no gradient to stage 0 on the first step
+        optimiser.zero_grad()
+        criterion(model(image), labels)["loss"].backward()
+        optimiser.step()
+    refinement = {n: p for n, p in model.named_parameters()
+                  if n.startswith(("mask_refine_proj.", "pixel_decoder.blocks.0."))}
+    assert refinement
+    assert all(p.grad is not None and torch.any(p.grad != 0) for p in refinement.values())
+
+
+@pytest.mark.parametrize("levels", [-1, 2])
+def test_masks_cannot_be_refined_past_full_resolution(levels):
+    config = tiny_config()
+    config.pixel_decoder.mask_refine_levels = levels
+    with pytest.raises(ValueError, match="mask_refine_levels"):
+        config.validate()
+
+
+def test_a_model_file_from_before_mask_refinement_reads_as_unrefined():
+    data = tiny_config().to_dict()
+    del data["pixel_decoder"]["mask_refine_levels"]
+    assert ModelConfig.from_dict(data).pixel_decoder.mask_refine_levels == 0
+
+
 def test_input_not_divisible_by_stride_is_refused():
     model = MaskMed(tiny_config())
     with pytest.raises(ValueError, match="divisible"):

@@ -306,6 +306,30 @@ def test_another_head_on_a_model_files_encoder_needs_init_encoder_only(dataset, 
     assert not any(k.startswith(("transformer.", "query_decoder.")) for k in after)
 
 
+def test_mask_refinement_grows_a_model_file_and_is_never_dropped(dataset, tmp_path, capsys):
+    from factories import tiny_model_file
+
+    from maskmed_core.checkpoint import load_model_file
+
+    init = tiny_model_file(tmp_path / "init.maskmed", num_classes=3, patch_size=(32, 32, 32))
+    output = tmp_path / "refined"
+    assert main(train_args(dataset, output, "--init", str(init), "--mask-refine-levels", "1")) == ExitCode.OK, \
+        capsys.readouterr().err
+    refined = load_model_file(output / "last.maskmed")
+    assert refined.config.pixel_decoder.mask_refine_levels == 1
+    before, after = _weights(init), _weights(output / "last.maskmed")
+    assert set(after) - set(before) and all(k.startswith(("mask_refine_proj.", "pixel_decoder."))
+                                            for k in set(after) - set(before))
+    predictor = Predictor.from_file(output / "last.maskmed", device="cpu")  # the file builds and loads strictly
+    assert predictor.model.config.pixel_decoder.mask_refine_levels == 1
+    capsys.readouterr()
+    dropped = tmp_path / "dropped"
+    assert main(train_args(dataset, dropped, "--init", str(output / "last.maskmed"), "--mask-refine-levels", "0")) \
+        == ExitCode.BAD_INPUT
+    assert "fine-tuning keeps them" in capsys.readouterr().err
+    assert not (dropped / "last.maskmed").exists()
+
+
 def test_init_encoder_only_without_init_is_a_usage_error(dataset, tmp_path, capsys):
     assert main(train_args(dataset, tmp_path / "run", "--init-encoder-only")) == ExitCode.USAGE
     assert "init_encoder_only needs init" in capsys.readouterr().err

@@ -89,8 +89,8 @@ class DecoupledHead(Head):
 
     Outputs: "pred_logits" (B, Q, C+1) class logits of the last decoder layer (last column: no object),
     "pred_mask_embed" (B, Q, E) mask embeddings of the last layer, "mask_features" (B, E, D_m, H_m, W_m) per-voxel
-    mask features (at stage ``mask_level``'s resolution), "aux_outputs" a list of {"pred_logits",
-    "pred_mask_embed"} of the earlier layers (deep supervision).
+    mask features (at stage ``mask_output_level``'s resolution, see ``PixelDecoderConfig``), "aux_outputs" a list
+    of {"pred_logits", "pred_mask_embed"} of the earlier layers (deep supervision).
     """
 
     kind = "decoupled"
@@ -108,20 +108,33 @@ class DecoupledHead(Head):
         self.scale_proj = nn.ModuleList(Conv3d(channels[i], config.head.hidden_dim, 1) for i in self.feature_levels)
         self.query_decoder = QueryDecoder(config.head, config.num_classes, pixel.mask_dim, pixel.num_feature_levels)
         self.layers = {"mask_proj": self.mask_proj, "scale_proj": self.scale_proj, "query_decoder": self.query_decoder}
+        # Entry i refines with stage mask_level - 1 - i. Zero weights: the refinement starts as a no-op.
+        self.mask_refine_proj = nn.ModuleList(
+            Conv3d(channels[level], pixel.mask_dim, 1)
+            for level in range(pixel.mask_level - 1, pixel.mask_output_level - 1, -1)
+        )
+        for projection in self.mask_refine_proj:
+            nn.init.zeros_(projection.weight)
+            nn.init.zeros_(projection.bias)
+        if pixel.mask_refine_levels:  # registered only when there is one, so older models' keys stay as they were
+            self.layers["mask_refine_proj"] = self.mask_refine_proj
 
     @staticmethod
     def pixel_decoder_stop_level(config: ModelConfig) -> int:
-        return config.pixel_decoder.mask_level
+        return config.pixel_decoder.mask_output_level
 
     @staticmethod
     def build_criterion(config: ModelConfig, logits_first: bool = True, mask_loss: str = "points") -> nn.Module:
         return SetCriterion(config.num_classes, config.loss, logits_first, mask_loss)
 
     def forward(self, decoded: list[torch.Tensor], stop_level: int) -> Outputs:
-        mask_features = self.mask_proj(decoded[0])
+        mask_level = self.config.pixel_decoder.mask_level
+        coarse_mask_features = self.mask_proj(decoded[mask_level - stop_level])
         scales = [proj(decoded[level - stop_level])
                   for proj, level in zip(self.scale_proj, self.feature_levels, strict=True)]
-        predictions = self.query_decoder(scales, mask_features)
+        # The query decoder's attention masks pool the mask_level features; the masks use the refined ones.
+        predictions = self.query_decoder(scales, coarse_mask_features)
+        mask_features = self._refined(coarse_mask_features, decoded, stop_level)
         class_logits, mask_embed = predictions[-1]
         return {
             "pred_logits": class_logits,
@@ -129,6 +142,15 @@ class DecoupledHead(Head):
             "mask_features": mask_features,
             "aux_outputs": [{"pred_logits": c, "pred_mask_embed": m} for c, m in predictions[:-1]],
         }
+
+    def _refined(self, mask_features: torch.Tensor, decoded: list[torch.Tensor], stop_level: int) -> torch.Tensor:
+        """(B, E, *stage) mask features at ``mask_output_level``: ``mask_features`` (B, E, *stage mask_level)
+        upsampled trilinearly one stage at a time, each finer stage's decoder output added through its projection."""
+        for index, projection in enumerate(self.mask_refine_proj):
+            finer = decoded[self.config.pixel_decoder.mask_level - 1 - index - stop_level]
+            upsampled = F.interpolate(mask_features, size=finer.shape[2:], mode="trilinear", align_corners=False)
+            mask_features = upsampled + projection(finer)
+        return mask_features
 
     @staticmethod
     def mask_logits(outputs: Outputs, size: tuple[int, int, int] | None = None) -> torch.Tensor:
@@ -162,7 +184,7 @@ class DecoupledHead(Head):
         return [self.query_decoder.class_embed]
 
     def _input_size(self, mask_features: torch.Tensor) -> tuple[int, int, int]:
-        level = self.config.pixel_decoder.mask_level
+        level = self.config.pixel_decoder.mask_output_level
         factor = [1, 1, 1]
         for stride in self.config.encoder.strides[1 : level + 1]:
             factor = [f * s for f, s in zip(factor, stride, strict=True)]

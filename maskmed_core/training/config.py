@@ -109,6 +109,12 @@ class TrainConfig:
         help="decoupled head: mask losses on Mask2Former's sampled points (default), on every cell of the "
         "mask-feature grid, or 'balanced': the grid with each mask's inside and outside weighted alike, which also "
         "learns structures of a few hundred voxels (adrenal glands)")
+    # Finer masks (issue 25): None keeps the preset's (0) or --init's own; with --init more levels grow the model,
+    # the new ones zero-initialised so that it starts from the model file's predictions (PixelDecoderConfig).
+    mask_refine_levels: int | None = option(
+        None, flag="--mask-refine-levels", type=int, metavar="LEVELS", at_least=0, must_match=True, before=None,
+        help="decoupled head: refine the mask features with this many finer decoder stages (1 with the small preset: "
+        "masks at the patch's full resolution instead of half); with --init the added stages start as a no-op")
     # "decoupled" or "conv"; None: decoupled for a new model, --init's own head with --init
     head: str | None = option(
         None, flag="--head", choices=HEAD_KINDS, must_match=True,

@@ -12,7 +12,7 @@ import torch
 
 from maskmed_core.checkpoint import ModelFileError
 from maskmed_core.classes import SegmentClass
-from maskmed_core.model import MaskMed
+from maskmed_core.model import MaskMed, ModelConfig
 
 # What a fine-tune does with the starting model's classes that its data does not label (TrainConfig.absent_classes).
 ABSENT_CLASSES = ("distill", "freeze", "drop")
@@ -99,6 +99,16 @@ def adapt_state_dict(
         rows[head.extra_row] = source[head.extra_row]  # the no-object or background row
         adapted[key] = rows
     return adapted
+
+
+def grown_weights(model: MaskMed, start_config: ModelConfig) -> dict[str, torch.Tensor]:
+    """The weights of ``model`` that a network of ``start_config`` (the model file it starts from) does not have:
+    the parts a training option added (``--mask-refine-levels``: finer decoder stages and their zero-initialised
+    projections), kept at their fresh initialisation. Nothing else: a weight missing from a file whose own
+    architecture has it is still refused by the strict load."""
+    with torch.device("meta"):  # only the key names are needed: nothing is allocated
+        start_keys = set(MaskMed(start_config).state_dict())
+    return {key: value for key, value in model.state_dict().items() if key not in start_keys}
 
 
 def freeze_class_rows(model: MaskMed, frozen: list[int]) -> None:

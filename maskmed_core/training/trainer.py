@@ -35,6 +35,7 @@ from maskmed_core.training.finetune import (
     adapt_state_dict,
     freeze_class_rows,
     freeze_encoder,
+    grown_weights,
     imprint_new_class_rows,
     load_encoder_weights,
     patches_around_classes,
@@ -138,11 +139,32 @@ def _start_model(config: TrainConfig, data_classes: list[SegmentClass], make_pla
             model_config.transformer.enabled = config.transformer
         else:
             _check_same_architecture(config, model_config)
+        kept = 0 if config.init_encoder_only else init_file.config.pixel_decoder.mask_refine_levels
+        _refine_masks(config, model_config, kept)
         return init_file.plans, plan.classes, model_config, init_file, plan
     plans = make_plans()
     model_config = preset(config.preset, len(data_classes), patch_size=plans.patch_size, spacing=plans.spacing,
                           head_kind=config.head or "decoupled", transformer_enabled=config.transformer)
+    _refine_masks(config, model_config, 0)
     return plans, data_classes, model_config, None, None
+
+
+def _refine_masks(config: TrainConfig, model_config: ModelConfig, start_levels: int) -> None:
+    """Apply ``--mask-refine-levels`` to ``model_config``; a model file's refinement can grow, never shrink (its
+    weights would be dropped)."""
+    wanted = config.mask_refine_levels
+    if wanted is None or wanted == model_config.pixel_decoder.mask_refine_levels:
+        return
+    if model_config.head.kind != "decoupled":
+        raise TrainingError("--mask-refine-levels refines the decoupled head's masks; the conv head has none")
+    if wanted < start_levels:
+        raise TrainingError(f"--init {config.init} refines its masks with {start_levels} finer stage(s); fine-tuning "
+                            f"keeps them (got --mask-refine-levels {wanted})")
+    model_config.pixel_decoder.mask_refine_levels = wanted
+    try:
+        model_config.validate()
+    except ValueError as error:
+        raise TrainingError(f"--mask-refine-levels {wanted}: {error}") from None
 
 
 def _check_same_architecture(config: TrainConfig, init_config: ModelConfig) -> None:
@@ -397,7 +419,8 @@ def _build(config: TrainConfig, data: TrainingData, context, report: Reporter) -
     if data.init_file is not None and config.init_encoder_only:
         load_encoder_weights(model, data.init_file.state_dict)
     elif data.init_file is not None and data.class_plan is not None:
-        model.load_state_dict(adapt_state_dict(data.init_file.state_dict, model, data.class_plan))
+        weights = adapt_state_dict(data.init_file.state_dict, model, data.class_plan)
+        model.load_state_dict({**weights, **grown_weights(model, data.init_file.config)})
         if config.absent_classes == "freeze":
             freeze_class_rows(model, data.class_plan.frozen)
         new = _new_class_indices(data)
