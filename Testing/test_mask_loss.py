@@ -103,6 +103,37 @@ def test_balanced_bce_is_near_zero_for_a_right_mask_and_symmetric():
     assert len({float(criterion(outputs, labels)["loss"]) for _ in range(3)}) == 1
 
 
+@pytest.mark.parametrize("mask_loss", ["grid", "balanced", "points"])
+def test_refined_masks_are_matched_on_the_coarse_grid_and_only_the_last_layer_is_scored_on_the_fine_one(
+        mask_loss, monkeypatch):
+    from maskmed_core.model import criterion as criterion_module
+
+    outputs, labels = _outputs(tiny_found=True)
+    coarse = outputs["mask_features"]
+    fine = torch.nn.functional.interpolate(coarse, scale_factor=2.0, mode="nearest")  # the labels' own grid
+    outputs = {**outputs, "mask_features": fine, "coarse_mask_features": coarse,
+               "aux_outputs": [{"pred_logits": outputs["pred_logits"], "pred_mask_embed": outputs["pred_mask_embed"]}]}
+    matched, scored = [], []
+    real_match, real_logits = criterion_module.hungarian_match, criterion_module.mask_logits_on_grid
+    def match(*args, **kwargs):
+        matched.append(tuple(args[2].shape[1:]))  # mask_features (E, D, H, W)
+        return real_match(*args, **kwargs)
+
+    def logits(embed, features):
+        scored.append(tuple(features.shape[1:]))
+        return real_logits(embed, features)
+
+    monkeypatch.setattr(criterion_module, "hungarian_match", match)
+    monkeypatch.setattr(criterion_module, "mask_logits_on_grid", logits)
+    criterion = SetCriterion(2, LossConfig(num_points=64), mask_loss=mask_loss)
+    assert torch.isfinite(criterion(outputs, labels)["loss"])
+    if mask_loss == "points":  # sampled points cost the same on any grid: everything on the refined one
+        assert matched == [(16, 32, 32)] * 2 and scored == []
+    else:
+        assert matched == [(8, 16, 16)] * 2  # last layer and the one earlier layer
+        assert scored == [(16, 32, 32), (8, 16, 16)]
+
+
 def test_unknown_mask_loss_is_refused():
     with pytest.raises(ValueError, match="mask_loss must be one of points, grid, balanced"):
         SetCriterion(2, LossConfig(), mask_loss="voxels")

@@ -90,7 +90,8 @@ class DecoupledHead(Head):
     Outputs: "pred_logits" (B, Q, C+1) class logits of the last decoder layer (last column: no object),
     "pred_mask_embed" (B, Q, E) mask embeddings of the last layer, "mask_features" (B, E, D_m, H_m, W_m) per-voxel
     mask features (at stage ``mask_output_level``'s resolution, see ``PixelDecoderConfig``), "aux_outputs" a list
-    of {"pred_logits", "pred_mask_embed"} of the earlier layers (deep supervision).
+    of {"pred_logits", "pred_mask_embed"} of the earlier layers (deep supervision); with refined masks also
+    "coarse_mask_features" (B, E, *stage mask_level), the features before refinement.
     """
 
     kind = "decoupled"
@@ -136,12 +137,15 @@ class DecoupledHead(Head):
         predictions = self.query_decoder(scales, coarse_mask_features)
         mask_features = self._refined(coarse_mask_features, decoded, stop_level)
         class_logits, mask_embed = predictions[-1]
-        return {
+        outputs: Outputs = {
             "pred_logits": class_logits,
             "pred_mask_embed": mask_embed,
             "mask_features": mask_features,
             "aux_outputs": [{"pred_logits": c, "pred_mask_embed": m} for c, m in predictions[:-1]],
         }
+        if self.config.pixel_decoder.mask_refine_levels:  # for the criterion's grid losses (SetCriterion)
+            outputs["coarse_mask_features"] = coarse_mask_features
+        return outputs
 
     def _refined(self, mask_features: torch.Tensor, decoded: list[torch.Tensor], stop_level: int) -> torch.Tensor:
         """(B, E, *stage) mask features at ``mask_output_level``: ``mask_features`` (B, E, *stage mask_level)
