@@ -100,7 +100,7 @@ def compare(args: argparse.Namespace, workdir: Path) -> None:
     print(f"refined / baseline: time {fine['seconds'] / base['seconds']:.2f}x, peak RSS "
           f"{fine['peak_rss'] / base['peak_rss']:.2f}x, mean Dice {fine['mean'] - base['mean']:+.3f}")
     print(f"{'class':24s} {'baseline':>8s} {'refined':>8s} {'change':>7s}")
-    for name in base["classes"].keys() | fine["classes"].keys():
+    for name in {**base["classes"], **fine["classes"]}:  # the model's class order
         before, after = base["classes"].get(name, 0.0), fine["classes"].get(name, 0.0)
         marker = "  (small)" if name in SMALL_CLASSES else ""
         print(f"{name:24s} {before:8.3f} {after:8.3f} {after - before:+7.3f}{marker}")
