@@ -97,18 +97,20 @@ def _bug(*args, **kwargs):
     raise ValueError("an internal bug")
 
 
-@pytest.mark.parametrize("command", ["predict", "train", "evaluate", "demo"])
+@pytest.mark.parametrize("command", ["predict", "train", "evaluate", "demo", "average"])
 def test_an_internal_bug_exits_as_an_error_not_as_bad_usage(command, tmp_path, capsys, monkeypatch, model_path):
     from maskmed_core.cli import main
 
     monkeypatch.setattr("maskmed_core.inference.Predictor.from_file", _bug)
     monkeypatch.setattr("maskmed_core.training.trainer.run_training", _bug)
+    monkeypatch.setattr("maskmed_core.model_averaging.average_model_files", _bug)
     ct = tmp_path / "ct.nii.gz"
     ct.write_bytes(b"")
     argv = {"predict": ["predict", str(ct), "--model", str(model_path), "-o", str(tmp_path / "out")],
             "train": ["train", str(tmp_path), "-o", str(tmp_path / "out")],
             "evaluate": ["evaluate", str(model_path), str(ct), str(ct)],
-            "demo": ["demo", "--model", str(model_path), "-o", str(tmp_path / "out")]}[command]
+            "demo": ["demo", "--model", str(model_path), "-o", str(tmp_path / "out")],
+            "average": ["average", str(tmp_path / "out.maskmed"), str(model_path), str(model_path)]}[command]
     assert main(argv) == ExitCode.ERROR
     err = capsys.readouterr().err
     assert "internal error, a bug in MaskMed" in err and "ValueError: an internal bug" in err
@@ -125,7 +127,7 @@ def test_a_device_that_is_not_here_is_a_usage_error(tmp_path, capsys, monkeypatc
     assert "no CUDA GPU is usable here" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["predict", "train", "evaluate", "demo"])
+@pytest.mark.parametrize("command", ["predict", "train", "evaluate", "demo", "average"])
 def test_every_command_lists_its_exit_codes_and_the_readme_lists_them_all(command):
     parser = _command_parsers()[command]
     assert parser.epilog.startswith("exit codes: 0 ok, 1 error, 2 usage")

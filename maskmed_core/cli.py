@@ -1,4 +1,4 @@
-"""The ``maskmed`` command line: ``info``, ``build-ops``, ``predict``, ``train``, ``evaluate`` and ``demo``.
+"""The ``maskmed`` command line: ``info``, ``build-ops``, ``predict``, ``train``, ``evaluate``, ``average``, ``demo``.
 
 Exit codes: ``maskmed_core.exit_codes.ExitCode``, the same for every command (2 also for arguments argparse refuses);
 each command's ``--help`` lists those it uses.
@@ -126,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     evaluate_command.add_arguments(evaluate)
     evaluate.set_defaults(handler=evaluate_command.run)
+    from maskmed_core import average_command
+
+    average = commands.add_parser("average", help="average the weights of model files of one training lineage",
+                                  description=average_command.__doc__, epilog=average_command.EXIT_CODES_HELP,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    average_command.add_arguments(average)
+    average.set_defaults(handler=average_command.run)
     return parser
 
 
