@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
 # The modules with a command line (a `main`), each run by the test named after it below.
 RUN_TESTED = {"ablation", "data_loading", "deform_attn", "finetune", "finetune_heads", "inference", "mask_refinement",
-              "mirrored", "model", "slicer_logic", "training"}
+              "mirrored", "model", "protocol_shifts", "slicer_logic", "training"}
 
 
 def _has_main(path: Path) -> bool:
@@ -234,6 +234,17 @@ def test_finetune_heads_benchmark_fits_a_conv_twin_and_fine_tunes_both_heads(tmp
     for key in ("encoder.stem.conv.weight", "transformer.level_embed"):
         shared = [k for k in default.state_dict if k.startswith(key.split(".")[0])]
         assert shared and all(torch.equal(made.state_dict[k], default.state_dict[k]) for k in shared)
+
+
+def test_protocol_shifts_benchmark_scores_each_model_under_each_change(tmp_path, demo_data):
+    from factories import tiny_model_file
+
+    first, second = tiny_model_file(tmp_path / "a.maskmed"), tiny_model_file(tmp_path / "b.maskmed")
+    printed = _run_main("protocol_shifts", str(first), str(second), "--changes", "as given", "7.5 mm slices",
+                        "--ct", str(demo_data.ct), "--labels", str(demo_data.labels), "--mapping",
+                        str(demo_data.label_mapping))
+    rows = [line for line in printed.splitlines() if line.startswith(("| as given |", "| 7.5 mm slices |"))]
+    assert len(rows) == 2 and all("(+0.000)" in row for row in rows), printed  # the same weights score the same
 
 
 def test_mirrored_benchmark_on_the_held_out_ct(demo_data):

@@ -20,7 +20,8 @@ from maskmed_core.model.config import HEAD_KINDS
 from maskmed_core.model.heads import HEADS, ConvHead, DecoupledHead
 
 # Labels of the bundled default model on the kidney crop of the demo CT (X 10:110, Y 10:90, Z 56:112), saved from
-# the code before the heads became classes (commit d13a1da), on the CPU.
+# the code before the heads became classes (commit d13a1da), on the CPU; for the model shipped on 2026-12-06, read there
+# with its config less the later field pixel_decoder.mask_refine_levels (0: the network that code built).
 REFERENCE_LABELS = Path(__file__).parent / "reference" / "default_model_kidney_crop_labels.npz"
 # Voxels allowed to differ from the reference: none differed on the machine that saved it; a different CPU or
 # torch build may round a few near-tied voxels the other way.
