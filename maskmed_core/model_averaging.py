@@ -72,6 +72,21 @@ def check_averageable(paths: Sequence[Path], files: Sequence[ModelFile]) -> None
             )
 
 
+def normalized_weights(weights: Sequence[float] | None, count: int) -> list[float]:
+    """``weights`` scaled to sum to 1 (None: uniform). Raises ValueError unless there is one positive, finite
+    weight per file."""
+    if count < 1:
+        raise ValueError("nothing to average")
+    if weights is None:
+        return [1.0 / count] * count
+    if len(weights) != count:
+        raise ValueError(f"{len(weights)} weights given for {count} model files: give one per file, in their order")
+    if any(not math.isfinite(w) or w <= 0 for w in weights):
+        raise ValueError(f"averaging weights must be positive numbers, got {', '.join(f'{w:g}' for w in weights)}")
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
 def average_state_dicts(state_dicts: Sequence[dict[str, torch.Tensor]], weights: Sequence[float] | None = None
                         ) -> dict[str, torch.Tensor]:
     """sum_i w_i * state_dicts[i] per floating-point tensor, in float32, with w = normalized_weights(weights) (every
@@ -89,21 +104,6 @@ def average_state_dicts(state_dicts: Sequence[dict[str, torch.Tensor]], weights:
                 raise ValueError(f"the integer tensor {key} differs between the state dicts: it cannot be averaged")
             averaged[key] = first
     return averaged
-
-
-def normalized_weights(weights: Sequence[float] | None, count: int) -> list[float]:
-    """``weights`` scaled to sum to 1 (None: uniform). Raises ValueError unless there is one positive, finite
-    weight per file."""
-    if count < 1:
-        raise ValueError("nothing to average")
-    if weights is None:
-        return [1.0 / count] * count
-    if len(weights) != count:
-        raise ValueError(f"{len(weights)} weights given for {count} model files: give one per file, in their order")
-    if any(not math.isfinite(w) or w <= 0 for w in weights):
-        raise ValueError(f"averaging weights must be positive numbers, got {', '.join(f'{w:g}' for w in weights)}")
-    total = sum(weights)
-    return [w / total for w in weights]
 
 
 def _training_summary(model_file: ModelFile) -> dict[str, float]:
