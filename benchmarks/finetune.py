@@ -105,7 +105,7 @@ def score_on_s0009(model: Path, ids_by_name: dict[str, tuple[int, ...]]) -> dict
     """Dice per class name on s0009 (classes present in its reference; a missed one scores 0)."""
     import SimpleITK as sitk
 
-    from maskmed_core.evaluation import class_scores
+    from maskmed_core.evaluation import class_scores, scores_in_reference
     from maskmed_core.inference import Predictor
 
     predictor = Predictor.from_file(model, "cpu")
@@ -118,7 +118,7 @@ def score_on_s0009(model: Path, ids_by_name: dict[str, tuple[int, ...]]) -> dict
         reference[np.isin(raw, ids_by_name[name])] = value
     spacing_zyx = tuple(reversed(image.GetSpacing()))
     scores = class_scores(prediction, reference, values, spacing_zyx)
-    return {name: score["dice"] for name, score in scores.items() if score["status"] != "false_positive"}
+    return {name: score["dice"] for name, score in scores_in_reference(scores).items()}
 
 
 def fine_tune(case_list: Path, mapping: Path | None, output: Path, minutes: float, extra: list[str], threads: int,

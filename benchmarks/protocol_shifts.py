@@ -82,7 +82,7 @@ def score(model_path: Path, change: Callable | None, ct: Path, reference: Path, 
     """Dice per class present in the (changed) reference, as ``maskmed evaluate`` scores it."""
     import SimpleITK as sitk  # noqa: N813
 
-    from maskmed_core.evaluation import class_scores
+    from maskmed_core.evaluation import class_scores, scores_in_reference
     from maskmed_core.inference import Predictor
     from maskmed_core.io import read_image
     from maskmed_core.label_mapping import read_label_mapping
@@ -99,7 +99,7 @@ def score(model_path: Path, change: Callable | None, ct: Path, reference: Path, 
     spacing_zyx = tuple(float(s) for s in image.GetSpacing()[::-1])
     scores = class_scores(prediction, sitk.GetArrayFromImage(labels), {c.name: c.label for c in result.classes},
                           spacing_zyx)
-    return {name: entry["dice"] for name, entry in scores.items() if entry["status"] != "false_positive"}
+    return {name: entry["dice"] for name, entry in scores_in_reference(scores).items()}
 
 
 def main() -> None:

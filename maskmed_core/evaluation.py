@@ -69,10 +69,15 @@ def class_scores(
     return scores
 
 
+def scores_in_reference(scores: ClassScores) -> ClassScores:
+    """The scores of the classes the reference holds (found or missed): the classes every mean is taken over."""
+    return {name: score for name, score in scores.items() if score["status"] != "false_positive"}
+
+
 def summarize(scores: ClassScores) -> dict[str, Any]:
     """Means over the classes of the reference (missed ones count Dice 0): mean Dice, mean HD95 over the classes
     that have one, and how many classes each mean covers."""
-    in_reference = {n: s for n, s in scores.items() if s["status"] != "false_positive"}
+    in_reference = scores_in_reference(scores)
     distances = [s["hd95"] for s in in_reference.values() if s["hd95"] is not None]
     return {
         "mean_dice": float(np.mean([s["dice"] for s in in_reference.values()])) if in_reference else None,
