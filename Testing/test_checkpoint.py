@@ -81,6 +81,32 @@ def test_newer_format_version_is_refused(model_path, tmp_path):
         load_model_file(target)
 
 
+def _with_setting(metadata: dict, key: str, path: tuple[str, ...]) -> None:
+    """Add a setting this version does not know at ``path`` inside the JSON of ``metadata[key]``."""
+    value = json.loads(metadata[key])
+    target = value[0] if isinstance(value, list) else value
+    for name in path[:-1]:
+        target = target[name]
+    target[path[-1]] = 1
+    metadata[key] = json.dumps(value)
+
+
+@pytest.mark.parametrize(("key", "path", "named"), [
+    ("config", ("pixel_decoder", "a_later_setting"), "PixelDecoderConfig: unknown fields: a_later_setting"),
+    ("config", ("a_later_setting",), "ModelConfig: unknown fields: a_later_setting"),
+    ("plans", ("a_later_setting",), "plans: unknown fields: a_later_setting"),
+    ("classes", ("a_later_setting",), "classes[0]: unknown fields: a_later_setting"),
+])
+def test_a_setting_from_a_newer_version_asks_for_an_update_not_a_re_export(model_path, tmp_path, key, path, named):
+    target = tmp_path / "newer_setting.maskmed"
+    _rewrite_metadata(model_path, target, lambda m: _with_setting(m, key, path))
+    with pytest.raises(ModelFileError) as refused:
+        load_model_file(target)
+    message = str(refused.value)
+    assert named in message and "written by a newer maskmed_core; update maskmed_core" in message
+    assert "re-export" not in message
+
+
 @pytest.mark.parametrize("version", ["-7", "0", "1.0", "+1", " 1", "one", "", "1" * 40])
 def test_invalid_format_version_is_refused(model_path, tmp_path, version):
     target = tmp_path / "invalid.maskmed"

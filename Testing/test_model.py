@@ -57,7 +57,7 @@ def test_config_json_round_trip():
     config = preset("base", num_classes=15, patch_size=(64, 128, 128), spacing=(2.0, 0.8, 0.8))
     again = ModelConfig.from_json(config.to_json())
     assert again == config
-    with pytest.raises(ValueError, match="unknown ModelConfig fields"):
+    with pytest.raises(ValueError, match="ModelConfig: unknown fields: colour"):
         ModelConfig.from_dict({"num_classes": 2, "colour": 1})
 
 

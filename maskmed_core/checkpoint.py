@@ -28,14 +28,23 @@ from typing import Any
 
 import torch
 
+from maskmed_core import __version__
 from maskmed_core.atomic import atomic_path, verify_safetensors
 from maskmed_core.classes import SegmentClass, validate_classes
 from maskmed_core.model import MaskMed, ModelConfig
 from maskmed_core.plans import Plans
-from maskmed_core.untrusted import UntrustedValueError, check_int, check_sequence, load_json, memory_budget_bytes
+from maskmed_core.untrusted import (
+    UnknownFieldsError,
+    UntrustedValueError,
+    check_int,
+    check_sequence,
+    load_json,
+    memory_budget_bytes,
+)
 
 FORMAT_NAME = "maskmed-model"
 FORMAT_VERSION = 1
+_UPDATE = "update maskmed_core (pip install -U maskmed_core, or update the Slicer extension)"
 REQUIRED_METADATA = ("format", "format_version", "config", "plans", "classes")
 WEIGHT_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 FLOAT16_MAX = 65504.0
@@ -201,7 +210,7 @@ def load_model_file(path: str | Path) -> ModelFile:
     if version > FORMAT_VERSION:
         raise ModelFileError(
             f"{path} uses model file format {version}, newer than this maskmed_core reads ({FORMAT_VERSION}); "
-            "update maskmed_core (pip install -U maskmed_core, or update the Slicer extension)"
+            f"{_UPDATE}"
         )
     try:
         config = ModelConfig.from_json(metadata["config"])
@@ -217,6 +226,11 @@ def load_model_file(path: str | Path) -> ModelFile:
         if weights_dtype not in WEIGHT_DTYPES:
             expected = ", ".join(WEIGHT_DTYPES)
             raise UntrustedValueError("weights_dtype", f"{weights_dtype!r:.40}; expected one of {expected}")
+    except UnknownFieldsError as error:
+        raise ModelFileError(
+            f"{path} has settings this maskmed_core ({__version__}) does not know ({error}): it was written by a "
+            f"newer maskmed_core; {_UPDATE}"
+        ) from error
     except (ValueError, KeyError, TypeError) as error:
         raise ModelFileError(f"{path} has invalid model metadata ({error}); re-export it from training") from error
     if len(classes) != config.num_classes:

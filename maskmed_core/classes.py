@@ -76,13 +76,13 @@ class SegmentClass:
     def from_dict(cls, data: Any, field: str = "class") -> SegmentClass:
         """Build from JSON data read from a file: every field is type-checked and every text checked (printable,
         bounded, no separators) before use; raises UntrustedValueError naming the field."""
-        from maskmed_core.untrusted import UntrustedValueError, check_sequence
+        from maskmed_core.untrusted import UnknownFieldsError, UntrustedValueError, check_sequence
 
         if not isinstance(data, dict):
             raise UntrustedValueError(field, f"expected an object, got {type(data).__name__}")
         unknown = set(data) - {"label", "name", "color", "terminology"}
         if unknown:
-            raise UntrustedValueError(field, f"unknown fields: {', '.join(sorted(map(str, unknown)))}")
+            raise UnknownFieldsError(field, unknown)
         terminology = data.get("terminology")
         if terminology is not None:
             if not isinstance(terminology, dict):

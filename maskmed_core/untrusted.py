@@ -39,6 +39,15 @@ class UntrustedValueError(ValueError):
         self.problem = problem
 
 
+class UnknownFieldsError(UntrustedValueError):
+    """An object read from a file names fields this version does not know: most often a file written by a newer
+    maskmed_core (one that added a setting), so the reader can say "update" instead of "damaged"."""
+
+    def __init__(self, field: str, names: Any):
+        super().__init__(field, f"unknown fields: {', '.join(sorted(map(str, names)))}")
+        self.names = sorted(map(str, names))
+
+
 def load_json(text: str, field: str, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """``json.loads`` after bounding the size and the nesting depth (without recursion), so hostile JSON fails
     with an UntrustedValueError instead of a RecursionError or a huge allocation. NaN and Infinity are refused."""

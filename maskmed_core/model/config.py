@@ -315,7 +315,9 @@ def _from_dict(cls: type, data: dict[str, Any]) -> Any:
     known = {f.name: f for f in fields(cls)}
     unknown = set(data) - set(known)
     if unknown:
-        raise ValueError(f"unknown {cls.__name__} fields: {', '.join(sorted(unknown))}")
+        from maskmed_core.untrusted import UnknownFieldsError
+
+        raise UnknownFieldsError(cls.__name__, unknown)
     kwargs = {}
     for name, value in data.items():
         default = getattr(cls, "__dataclass_fields__")[name].default_factory  # noqa: B009

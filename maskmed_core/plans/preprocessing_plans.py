@@ -65,13 +65,13 @@ MAX_HU = 1e5
 
 
 def _known_fields(cls: type, data: Any, field: str) -> dict[str, Any]:
-    from maskmed_core.untrusted import UntrustedValueError
+    from maskmed_core.untrusted import UnknownFieldsError, UntrustedValueError
 
     if not isinstance(data, dict):
         raise UntrustedValueError(field, f"expected an object of fields, got {type(data).__name__}")
     unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
-        raise UntrustedValueError(field, f"unknown fields: {', '.join(sorted(map(str, unknown)))}")
+        raise UnknownFieldsError(field, unknown)
     return data
 
 
