@@ -78,22 +78,25 @@ CHANGES: dict[str, Callable | None] = {
 }
 
 
-def score(model_path: Path, change: Callable | None, ct: Path, reference: Path, mapping: Path) -> dict[str, float]:
-    """Dice per class present in the (changed) reference, as ``maskmed evaluate`` scores it."""
+def read_case(ct: Path, reference: Path, mapping: Path):
+    """The CT and its reference label map (mapped to the models' label values) on the CT's grid."""
     import SimpleITK as sitk  # noqa: N813
 
-    from maskmed_core.evaluation import class_scores, scores_in_reference
-    from maskmed_core.inference import Predictor
     from maskmed_core.io import read_image
     from maskmed_core.label_mapping import read_label_mapping
     from maskmed_core.training.dataset import read_label
 
-    predictor = Predictor.from_file(model_path, "cpu")
     image = read_image(str(ct))
     labels = read_label(str(reference), read_label_mapping(mapping))
-    labels = sitk.Resample(labels, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, labels.GetPixelID())
-    if change is not None:
-        image, labels = change(image, labels)
+    return image, sitk.Resample(labels, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, labels.GetPixelID())
+
+
+def score(predictor, image, labels) -> dict[str, float]:
+    """Dice per class present in the reference ``labels`` (on ``image``'s grid), as ``maskmed evaluate`` scores it."""
+    import SimpleITK as sitk  # noqa: N813
+
+    from maskmed_core.evaluation import class_scores, scores_in_reference
+
     result = predictor.predict(image)
     prediction = sitk.GetArrayFromImage(result.label_map())
     spacing_zyx = tuple(float(s) for s in image.GetSpacing()[::-1])
@@ -113,12 +116,18 @@ def main() -> None:
     parser.add_argument("--mapping", type=Path, default=S0009_MAPPING,
                         help="the label map's values to the models' (default: TotalSegmentator v2 to AMOS)")
     args = parser.parse_args()
+    from maskmed_core.inference import Predictor
+
     models = [bundled.DEFAULT_MODEL if m == "default" else Path(m) for m in args.models]
+    predictors = [Predictor.from_file(model, "cpu") for model in models]
+    given = read_case(args.ct, args.labels, args.mapping)
     print_machine()
     print("| change | " + " | ".join(f"{m.parent.name}/{m.name}" for m in models) + " | largest class loss |")
     print("| --- " * (len(models) + 2) + "|")
     for name in args.changes:
-        per_model = [score(model, CHANGES[name], args.ct, args.labels, args.mapping) for model in models]
+        change = CHANGES[name]
+        image, labels = given if change is None else change(*given)
+        per_model = [score(predictor, image, labels) for predictor in predictors]
         if not per_model[0]:
             print(f"| {name} | none of the first model's classes is in the reference |")
             continue

@@ -44,8 +44,8 @@ class UnknownFieldsError(UntrustedValueError):
     maskmed_core (one that added a setting), so the reader can say "update" instead of "damaged"."""
 
     def __init__(self, field: str, names: Any):
-        super().__init__(field, f"unknown fields: {', '.join(sorted(map(str, names)))}")
         self.names = sorted(map(str, names))
+        super().__init__(field, f"unknown fields: {', '.join(self.names)}")
 
 
 def load_json(text: str, field: str, max_bytes: int = MAX_JSON_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
