@@ -91,6 +91,13 @@ class TrainConfig:
         "model's own classes, so it keeps seeing the organs it knew (0: off)")
     augmentation: str = option("default", flag="--augmentation", choices=("default", "strong", "none"),
                                must_match=True)
+    # How often a patch is cut to a small in-plane reconstruction field of view (air outside, as a kidney or spine
+    # protocol's CT padded by the sliding window): None keeps the --augmentation preset's (strong: 0.2, else 0).
+    field_of_view_prob: float | None = option(
+        None, flag="--field-of-view-prob", metavar="P", type=float, at_least=0.0, at_most=1.0, must_match=True,
+        before=None,
+        help="share of patches cut to a small in-plane field of view, air outside, as a kidney or spine protocol's CT "
+        "(default: the --augmentation preset's: 0.2 for strong, 0 otherwise)")
     # Axes the augmentation mirrors along, as letters of z, y, x ("" none): "zyx" is nnU-Net's. Mirrors make a
     # vessel on the wrong side or behind the spine a training example (the aorta and the vena cava are told apart by
     # side); TotalSegmentator trains without them. Recorded in the model file: --tta mirrors along these only.

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -50,6 +50,9 @@ from maskmed_core.training.state import (
     save_state,
 )
 from maskmed_core.training.validation import validate
+
+if TYPE_CHECKING:  # augmentation imports MONAI: loaded when a run builds its loader
+    from maskmed_core.training.augmentation import AugmentationConfig
 
 STATE_FILE = "training_state.safetensors"
 LOG_FILE = "training_log.jsonl"
@@ -672,7 +675,7 @@ class _TrainingClock:
 
 def _make_loader(config, cases, label_only_cases, classes, plans: Plans, context, start_step: int,
                  focus_classes: list[int], unannotated: dict[str, list[int]]):
-    from maskmed_core.training.augmentation import Augmenter, augmentation_preset
+    from maskmed_core.training.augmentation import Augmenter
     from maskmed_core.training.intensity_sources import SynthesisOptions, from_hu
     from maskmed_core.training.loader import PatchDataset, SynthesisSetup, make_loader
     from maskmed_core.training.sampling import PatchSampler
@@ -682,8 +685,7 @@ def _make_loader(config, cases, label_only_cases, classes, plans: Plans, context
     # A fine-tune's new classes (focus_classes, 1-based) get half of the foreground patches of the real cases.
     sampler = PatchSampler(cases, plans.patch_size, seed=config.seed, focus_classes=focus_classes)
     air = float(from_hu(torch.tensor(plans.intensity.clip_low), plans.intensity))  # what inference pads with
-    augmentation = replace(augmentation_preset(config.augmentation), mirror_axes=mirror_axes_of(config))
-    augmenter = Augmenter(augmentation, plans.patch_size,
+    augmenter = Augmenter(augmentation_of(config), plans.patch_size,
                           lateral_pairs=_lateral_pairs_by_index(classes), seed=config.seed, air_value=air)
     synthesis = None
     label_only_sampler = None
@@ -781,6 +783,16 @@ def mirror_axes_of(config: TrainConfig) -> tuple[int, ...]:
     resolves it: all three)."""
     letters = "zyx" if config.mirror_axes is None else config.mirror_axes
     return tuple(axis for axis, letter in enumerate("zyx") if letter in letters)
+
+
+def augmentation_of(config: TrainConfig) -> AugmentationConfig:
+    """The --augmentation preset with the config's mirror axes and, where given, its field-of-view share."""
+    from maskmed_core.training.augmentation import augmentation_preset
+
+    augmentation = replace(augmentation_preset(config.augmentation), mirror_axes=mirror_axes_of(config))
+    if config.field_of_view_prob is not None:
+        augmentation = replace(augmentation, field_of_view_prob=config.field_of_view_prob)
+    return augmentation
 
 
 def _save_model(path: Path, model: MaskMed, data: TrainingData, record: dict, config: TrainConfig) -> None:
