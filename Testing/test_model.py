@@ -124,10 +124,13 @@ def test_masks_cannot_be_refined_past_full_resolution(levels):
         config.validate()
 
 
-def test_a_model_file_from_before_mask_refinement_reads_as_unrefined():
+def test_a_model_file_from_before_mask_refinement_reads_as_unrefined_and_an_unrefined_one_is_written_so():
     data = tiny_config().to_dict()
-    del data["pixel_decoder"]["mask_refine_levels"]
+    assert "mask_refine_levels" not in data["pixel_decoder"]  # earlier versions refuse a field they do not know
     assert ModelConfig.from_dict(data).pixel_decoder.mask_refine_levels == 0
+    refined = tiny_config()
+    refined.pixel_decoder.mask_refine_levels = 1
+    assert ModelConfig.from_json(refined.to_json()) == refined
 
 
 def test_input_not_divisible_by_stride_is_refused():

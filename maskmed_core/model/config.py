@@ -150,7 +150,14 @@ class ModelConfig:
         return tuple(math.prod(s[axis] for s in self.encoder.strides) for axis in range(3))  # type: ignore[return-value]
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field, less those added since the first release while they hold the value a file without them
+        means (_LATER_FIELDS): a model file that does not use a later feature stays readable by earlier versions."""
+        data = asdict(self)
+        for path, value_without in _LATER_FIELDS.items():
+            part, name = path.split(".")
+            if data[part][name] == value_without:
+                del data[part][name]
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -166,6 +173,9 @@ class ModelConfig:
 
         return cls.from_dict(load_json(text, "config"))
 
+
+# Fields added after the first release ("part.name"), with the value that a file written before them means.
+_LATER_FIELDS: dict[str, Any] = {"pixel_decoder.mask_refine_levels": 0}
 
 # Range of every numeric field: generous for real networks (the `base` preset is well inside), far below what
 # would take a machine's memory. (kind, low, high); kind "int", "float", "bool" or "str".
