@@ -15,6 +15,7 @@ from maskmed_core.training.trainer import TrainConfig, augmentation_of
     ("amp", "fp61"), ("schedule", "polly"), ("preset", "large"), ("augmentation", "extreme"), ("head", "linear"),
     ("device", "gpu"), ("epochs", 0), ("batch_size", 0), ("learning_rate", 0.0), ("synthetic_ratio", 1.5),
     ("contrast_prob", -0.1), ("time_limit_minutes", 0.0), ("field_of_view_prob", 1.5),
+    ("field_of_view_size", (0.5, 0.4)), ("field_of_view_size", (0.0, 1.0)),
 ])
 def test_train_config_refuses_a_bad_option_naming_it(field, value):
     with pytest.raises(ValueError, match=field):
@@ -44,3 +45,5 @@ def test_field_of_view_prob_replaces_the_presets_share_and_keeps_the_rest():
     for share in (0.0, 0.6):
         assert augmentation_of(replace(strong, field_of_view_prob=share)) == replace(
             augmentation_preset("strong"), mirror_axes=(), field_of_view_prob=share)
+    assert augmentation_of(replace(strong, field_of_view_size=(0.25, 0.5))) == replace(
+        augmentation_preset("strong"), mirror_axes=(), field_of_view_size=(0.25, 0.5))

@@ -786,12 +786,14 @@ def mirror_axes_of(config: TrainConfig) -> tuple[int, ...]:
 
 
 def augmentation_of(config: TrainConfig) -> AugmentationConfig:
-    """The --augmentation preset with the config's mirror axes and, where given, its field-of-view share."""
+    """The --augmentation preset with the config's mirror axes and, where given, its field-of-view share and size."""
     from maskmed_core.training.augmentation import augmentation_preset
 
     augmentation = replace(augmentation_preset(config.augmentation), mirror_axes=mirror_axes_of(config))
     if config.field_of_view_prob is not None:
         augmentation = replace(augmentation, field_of_view_prob=config.field_of_view_prob)
+    if config.field_of_view_size is not None:
+        augmentation = replace(augmentation, field_of_view_size=config.field_of_view_size)
     return augmentation
 
 
