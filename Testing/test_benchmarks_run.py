@@ -245,6 +245,23 @@ def test_protocol_shifts_benchmark_scores_each_model_under_each_change(tmp_path,
                         str(demo_data.label_mapping))
     rows = [line for line in printed.splitlines() if line.startswith(("| as given |", "| 7.5 mm slices |"))]
     assert len(rows) == 2 and all("(+0.000)" in row for row in rows), printed  # the same weights score the same
+    verdict = [line for line in printed.splitlines() if line.startswith(f"- {tmp_path.name}/b.maskmed: ")]
+    assert len(verdict) == 1 and "fails: as given: mean" in verdict[0] and "not above" in verdict[0], printed
+
+
+def test_ship_rule_needs_a_higher_mean_no_class_lost_and_no_change_worse():
+    from benchmarks.protocol_shifts import MAX_CLASS_LOSS, ship_verdict
+
+    shipped = {"as given": {"liver": 0.9, "spleen": 0.8}, "noise 60 HU": {"liver": 0.8, "spleen": 0.6}}
+    better = {"as given": {"liver": 0.92, "spleen": 0.8}, "noise 60 HU": {"liver": 0.8, "spleen": 0.6}}
+    assert ship_verdict(shipped, better) == []
+    trade = {**better, "as given": {"liver": 1.0, "spleen": 0.8 - MAX_CLASS_LOSS - 0.01}}
+    assert ship_verdict(shipped, trade) == ["as given: spleen 0.760 against 0.800"]
+    missing_class = {**better, "as given": {"liver": 1.0}}
+    assert ship_verdict(shipped, missing_class) == ["as given: spleen 0.000 against 0.800"]
+    fragile = {**better, "noise 60 HU": {"liver": 0.8, "spleen": 0.5}}
+    assert ship_verdict(shipped, fragile) == ["noise 60 HU: mean 0.650 below 0.700"]
+    assert ship_verdict(shipped, shipped) == ["as given: mean 0.850, not above 0.850"]
 
 
 def test_mirrored_benchmark_on_the_held_out_ct(demo_data):

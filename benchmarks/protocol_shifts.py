@@ -8,6 +8,10 @@ evaluate``: Dice per class on the (changed) CT's grid, mean over the classes pre
 model is the reference: every other model's row gives its mean and its change against the first, and the class it
 loses most on. s0009 is never trained on; this script only scores (it must not choose a checkpoint).
 
+With "as given" among the changes it ends with each other model's verdict under the default model's ship rule
+(issue 25, recipes/default_model/README.md): a model replaces the first only if, on the CT as given, its mean is
+higher and no class is more than MAX_CLASS_LOSS below the first's, and under every other change its mean is not lower.
+
     OMP_NUM_THREADS=1 nice -n 5 python3 -m benchmarks.protocol_shifts default runs/x/best.maskmed [...]
         [--changes "as given" ...] [--ct CT --labels LABELS --mapping MAPPING]  # ~15 s a model and change, one core
 """
@@ -27,6 +31,8 @@ S0009_MAPPING = DEMO / "amos15_from_totalseg_v2.json"
 NOISE_HU = 60.0
 HU_OFFSET = 50.0
 FIELD_OF_VIEW_KEPT = 0.6
+AS_GIVEN = "as given"
+MAX_CLASS_LOSS = 0.03  # the ship rule's largest loss of one class on the CT as given (Dice)
 
 
 def _thicker_slices(millimetres: float) -> Callable:
@@ -69,7 +75,7 @@ def _hu_offset(image, labels):
 
 
 CHANGES: dict[str, Callable | None] = {
-    "as given": None,
+    AS_GIVEN: None,
     "5 mm slices": _thicker_slices(5.0),
     "7.5 mm slices": _thicker_slices(7.5),
     f"noise {NOISE_HU:g} HU": _noise,
@@ -105,6 +111,29 @@ def score(predictor, image, labels) -> dict[str, float]:
     return {name: entry["dice"] for name, entry in scores_in_reference(scores).items()}
 
 
+def mean_dice(scores: dict[str, float]) -> float:
+    """Mean Dice over the classes of ``scores`` (0 for none)."""
+    return sum(scores.values()) / len(scores) if scores else 0.0
+
+
+def ship_verdict(reference: dict[str, dict[str, float]], candidate: dict[str, dict[str, float]]) -> list[str]:
+    """Why ``candidate`` may not replace ``reference`` under the ship rule (module docstring); [] when it may.
+    Both map a change's name to Dice per class present (the reference's classes count; one the candidate lacks
+    scores 0, as a missed class does)."""
+    given, other = reference[AS_GIVEN], candidate[AS_GIVEN]
+    reasons = []
+    if mean_dice(other) <= mean_dice(given):
+        reasons.append(f"{AS_GIVEN}: mean {mean_dice(other):.3f}, not above {mean_dice(given):.3f}")
+    for name, dice in given.items():
+        if other.get(name, 0.0) < dice - MAX_CLASS_LOSS:
+            reasons.append(f"{AS_GIVEN}: {name} {other.get(name, 0.0):.3f} against {dice:.3f}")
+    for change in reference.keys() - {AS_GIVEN}:
+        if mean_dice(candidate[change]) < mean_dice(reference[change]):
+            reasons.append(f"{change}: mean {mean_dice(candidate[change]):.3f} below "
+                           f"{mean_dice(reference[change]):.3f}")
+    return reasons
+
+
 def main() -> None:
     from maskmed_core import bundled
 
@@ -124,6 +153,7 @@ def main() -> None:
     print_machine()
     print("| change | " + " | ".join(f"{m.parent.name}/{m.name}" for m in models) + " | largest class loss |")
     print("| --- " * (len(models) + 2) + "|")
+    scored: list[dict[str, dict[str, float]]] = [{} for _ in models]  # per model: change -> Dice per class
     for name in args.changes:
         change = CHANGES[name]
         image, labels = given if change is None else change(*given)
@@ -131,13 +161,21 @@ def main() -> None:
         if not per_model[0]:
             print(f"| {name} | none of the first model's classes is in the reference |")
             continue
-        means = [sum(d.values()) / len(d) if d else 0.0 for d in per_model]
+        for model_scores, dice in zip(scored, per_model, strict=True):
+            model_scores[name] = dice
+        means = [mean_dice(d) for d in per_model]
         cells = [f"{means[0]:.3f}"] + [f"{m:.3f} ({m - means[0]:+.3f})" for m in means[1:]]
         losses = []
         for other in per_model[1:]:  # a class the other model lacks counts 0, as a missed class does
             worst = min(per_model[0], key=lambda c, o=other: o.get(c, 0.0) - per_model[0][c])
             losses.append(f"{worst} {other.get(worst, 0.0) - per_model[0][worst]:+.3f}")
         print(f"| {name} | " + " | ".join(cells) + f" | {'; '.join(losses) or '-'} |", flush=True)
+    if AS_GIVEN not in scored[0]:
+        return
+    print(f"\nShip rule against {models[0].name} (issue 25):")
+    for model, model_scores in zip(models[1:], scored[1:], strict=True):
+        reasons = ship_verdict(scored[0], model_scores)
+        print(f"- {model.parent.name}/{model.name}: " + ("passes" if not reasons else "fails: " + "; ".join(reasons)))
 
 
 if __name__ == "__main__":
