@@ -150,12 +150,13 @@ class ModelConfig:
         return tuple(math.prod(s[axis] for s in self.encoder.strides) for axis in range(3))  # type: ignore[return-value]
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field, less those added since the first release while they hold the value a file without them
-        means (_LATER_FIELDS): a model file that does not use a later feature stays readable by earlier versions."""
+        """Every field, less those added since the first release (_LATER_FIELDS) while they hold their default, which
+        is what a file without them means: a model file that does not use a later feature stays readable by earlier
+        versions."""
         data = asdict(self)
-        for path, value_without in _LATER_FIELDS.items():
+        for path in _LATER_FIELDS:
             part, name = path.split(".")
-            if data[part][name] == value_without:
+            if data[part][name] == type(getattr(self, part)).__dataclass_fields__[name].default:
                 del data[part][name]
         return data
 
@@ -174,8 +175,8 @@ class ModelConfig:
         return cls.from_dict(load_json(text, "config"))
 
 
-# Fields added after the first release ("part.name"), with the value that a file written before them means.
-_LATER_FIELDS: dict[str, Any] = {"pixel_decoder.mask_refine_levels": 0}
+# Fields added after the first release ("part.name"): a file without one means the field's default (from_dict).
+_LATER_FIELDS: tuple[str, ...] = ("pixel_decoder.mask_refine_levels",)
 
 # Range of every numeric field: generous for real networks (the `base` preset is well inside), far below what
 # would take a machine's memory. (kind, low, high); kind "int", "float", "bool" or "str".
