@@ -15,6 +15,10 @@ from maskmed_core.classes import AMOS15_CLASSES
 from maskmed_core.model import MaskMed, preset
 from maskmed_core.plans import Plans
 
+# How long a test waits before it calls a child or a wait hung: long enough that a busy 2-core machine is never
+# mistaken for a hang (a test must not depend on how fast the machine is), short enough that a hang ends the run.
+HANG_SECONDS = 600
+
 
 def tiny_model(num_classes: int = 3, kind: str = "decoupled", seed: int = 0) -> MaskMed:
     """A small-preset-shaped MaskMed with few channels (fast on CPU)."""

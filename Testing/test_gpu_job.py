@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import SimpleITK as sitk  # noqa: N813
+from factories import HANG_SECONDS
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "maskmed_core" / "resources" / "demo"
@@ -86,7 +87,7 @@ def _recipe_config(tmp_path: Path, *command: str):
     recorder.write_text(f"#!{sys.executable}\nimport json, sys\njson.dump(sys.argv[1:], open({str(record)!r}, 'w'))\n")
     recorder.chmod(0o755)
     env = {**os.environ, "PATH": f"{recorder.parent}{os.pathsep}{os.environ['PATH']}"}
-    run = subprocess.run(["bash", *command], capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
+    run = subprocess.run(["bash", *command], capture_output=True, text=True, cwd=REPO, env=env, timeout=HANG_SECONDS)
     assert run.returncode == 0, run.stderr
     argv = json.loads(record.read_text())
     assert argv[:3] == ["-m", "maskmed_core.cli", "train"]

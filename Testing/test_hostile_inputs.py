@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk  # noqa: N813
 import torch
-from factories import tiny_model, tiny_model_file
+from factories import HANG_SECONDS, tiny_model, tiny_model_file
 from safetensors.torch import load_file, save_file
 
 from maskmed_core.checkpoint import ModelFileError, load_model_file, save_model_file
@@ -401,7 +401,7 @@ def test_nifti_orientation_that_hangs_itk_is_refused_first(model_path, tmp_path,
     path = tmp_path / "hangs.nii"
     path.write_bytes(bytes(data))
     out = tmp_path / "out"
-    run = predict(tmp_path, [path], model_path, out, timeout=120)
+    run = predict(tmp_path, [path], model_path, out, timeout=HANG_SECONDS)
     assert_refused(run, ExitCode.BAD_INPUT, phrase, out=out)
 
 

@@ -31,7 +31,7 @@ if str(MODULE_DIR) not in sys.path:
     sys.path.insert(0, str(MODULE_DIR))  # as inside Slicer: the module folder is on sys.path
 
 import MaskMedSegmentationLib as Logic  # noqa: E402
-from factories import tiny_model_file  # noqa: E402
+from factories import HANG_SECONDS, tiny_model_file  # noqa: E402
 from MaskMedSegmentationLib.volumeio import orientedImageArray  # noqa: E402
 
 from maskmed_core.events import (  # noqa: E402
@@ -76,7 +76,7 @@ def segmentation_nodes(scene) -> list:
             for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"))]
 
 
-def run_logic(logic, volume, model, timeout=300, **kwargs) -> tuple[bool, str, list]:
+def run_logic(logic, volume, model, timeout=HANG_SECONDS, **kwargs) -> tuple[bool, str, list]:
     finished: list = []
     progress: list = []
     logic.startSegmentation(volume, str(model), "cpu", onProgress=lambda f, t: progress.append((f, t)),
@@ -518,7 +518,7 @@ def test_background_process_events_and_cancel_of_a_whole_tree():
     events = []
     process = Logic.BackgroundProcess([sys.executable, "-c", script], env={"X_TEST": "1"}, onEvent=events.append)
     process.start()
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + HANG_SECONDS
     while len(events) < 4 or len(psutil.Process(process.pid).children()) < 1:
         assert process.poll() and time.monotonic() < deadline
         time.sleep(0.02)
@@ -534,7 +534,7 @@ def test_background_process_events_and_cancel_of_a_whole_tree():
     done = Logic.BackgroundProcess([sys.executable, "-c", "import os; print(os.environ['CUDA_VISIBLE_DEVICES'])"],
                                    env=Logic.childEnvironment("cpu"), onEvent=events.append)
     done.start()
-    assert done.wait(timeout=30) == 0 and events[-1] == LogEvent("-1")
+    assert done.wait(timeout=HANG_SECONDS) == 0 and events[-1] == LogEvent("-1")
     command = Logic.maskmedCommand("predict", "x")
     assert command[1:] == ["-m", "maskmed_core.cli", "predict", "x"] and Path(command[0]).is_file()
 
