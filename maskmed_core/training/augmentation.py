@@ -15,10 +15,8 @@ Pipeline, in order (each step with its own probability, see ``AugmentationConfig
    (a mirrored left kidney is a right kidney). With ``lateral_pairs=None`` (unknown anatomy) x is never
    flipped, whatever the config says;
 5. a small reconstruction field of view, last: outside a random in-plane rectangle the image becomes the padding
-   value of air and the labels background. A CT reconstructed on a small field of view (a spine or kidney
-   protocol: 150 to 250 mm) is smaller in-plane than the patch at the model's spacing, so at inference the body
-   ends at the image border and the sliding window pads the rest with air; real training CTs (350 to 500 mm)
-   never look like that. After the intensity steps, so that the padding is exactly the value inference uses.
+   value of air and the labels background (why: ``maskmed_core.training.field_of_view``). After the intensity
+   steps, so that the padding is exactly the value inference uses.
 
 The geometric steps (1, 2, 4) run first, on the image, the labels and, when given, the source tissue map; then an
 optional ``intensity_source`` replaces the image (CT synthesised from the moved tissue map, or a real CT shown in
@@ -56,6 +54,13 @@ from monai.transforms import (
     RandSimulateLowResolutiond,
 )
 from monai.transforms.spatial.array import RandAffineGrid
+
+from maskmed_core.training.field_of_view import (
+    DEFAULT_FIELD_OF_VIEW_SIZE,
+    check_field_of_view_size,
+    cut_to_field_of_view,
+    field_of_view_box,
+)
 
 IMAGE = "image"
 LABELS = "labels"
@@ -104,7 +109,7 @@ class AugmentationConfig:
     mirror_prob: float = 0.5
     mirror_axes: tuple[int, ...] = (0, 1, 2)
     field_of_view_prob: float = 0.0
-    field_of_view_size: tuple[float, float] = (0.4, 1.0)
+    field_of_view_size: tuple[float, float] = DEFAULT_FIELD_OF_VIEW_SIZE
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -114,8 +119,7 @@ class AugmentationConfig:
             raise ValueError(f"mirror_axes must be among 0 (z), 1 (y), 2 (x), got {self.mirror_axes}")
         if not 0.0 < self.scaling_range[0] <= self.scaling_range[1]:
             raise ValueError(f"scaling_range must be 0 < low <= high, got {self.scaling_range}")
-        if not 0.0 < self.field_of_view_size[0] <= self.field_of_view_size[1] <= 1.0:
-            raise ValueError(f"field_of_view_size must be 0 < low <= high <= 1, got {self.field_of_view_size}")
+        check_field_of_view_size(self.field_of_view_size)
 
 
 def augmentation_preset(strength: str = "default") -> AugmentationConfig:
@@ -405,24 +409,7 @@ class Augmenter:
         c = self.config
         if c.field_of_view_prob <= 0 or rng.random() >= c.field_of_view_prob:
             return None
-        sides = []
-        for size in self.patch_size[1:]:
-            side = max(1, round(rng.uniform(*c.field_of_view_size) * size))
-            start = int(rng.integers(-(side // 2), size - side // 2 + 1))
-            sides.append(slice(max(start, 0), start + side))  # start + side >= 1: the box overlaps the patch
-        return sides[0], sides[1]
-
-
-def cut_to_field_of_view(
-    image: torch.Tensor, labels: torch.Tensor, box: tuple[slice, slice], air_value: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Image (1, z, y, x) and labels (z, y, x) with everything outside the in-plane ``box`` (y, x slices) set to
-    ``air_value`` and background (0): what a scan reconstructed on that field of view, padded with air, shows."""
-    inside = torch.zeros(labels.shape[1:], dtype=torch.bool)
-    inside[box] = True
-    image = torch.where(inside, image, torch.full_like(image, air_value))
-    labels = torch.where(inside, labels, torch.zeros_like(labels))
-    return image, labels
+        return field_of_view_box(rng, (self.patch_size[1], self.patch_size[2]), c.field_of_view_size)
 
 
 def _transform_input(

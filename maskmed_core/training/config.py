@@ -14,6 +14,7 @@ from maskmed_core.devices import TRAINING_DEVICES
 from maskmed_core.label_mapping import read_label_mapping
 from maskmed_core.model.config import HEAD_KINDS
 from maskmed_core.model.criterion import MASK_LOSSES
+from maskmed_core.training.field_of_view import DEFAULT_FIELD_OF_VIEW_SIZE, check_field_of_view_size
 from maskmed_core.training.finetune import ABSENT_CLASSES
 from maskmed_core.training.options import OptionError, check, choices_of, option
 
@@ -99,12 +100,12 @@ class TrainConfig:
         help="share of patches cut to a small in-plane field of view, air outside, as a kidney or spine protocol's CT "
         "(default: the --augmentation preset's: 0.2 for strong, 0 otherwise)")
     # The kept rectangle's side as a fraction of the patch's y and x sides, drawn uniformly from (low, high); None:
-    # the preset's (0.4, 1.0). A 107 mm field of view in a 288 mm patch is 0.37.
+    # the preset's (DEFAULT_FIELD_OF_VIEW_SIZE).
     field_of_view_size: tuple[float, float] | None = option(
         None, flag="--field-of-view-size", type=float, nargs=2, metavar=("LOW", "HIGH"), convert=tuple,
         must_match=True, before=None,
         help="with a field-of-view cut, its side as a fraction of the patch's, drawn between LOW and HIGH (0 < LOW <= "
-        "HIGH <= 1; default 0.4 1.0)")
+        "HIGH <= 1; default " + " ".join(f"{side:g}" for side in DEFAULT_FIELD_OF_VIEW_SIZE) + ")")
     # Axes the augmentation mirrors along, as letters of z, y, x ("" none): "zyx" is nnU-Net's. Mirrors make a
     # vessel on the wrong side or behind the spine a training example (the aorta and the vena cava are told apart by
     # side); TotalSegmentator trains without them. Recorded in the model file: --tta mirrors along these only.
@@ -192,9 +193,11 @@ class TrainConfig:
         axes = self.mirror_axes
         if axes is not None and (len(set(axes)) != len(axes) or not set(axes) <= set("zyx")):
             raise OptionError(f"mirror_axes must be letters among z, y, x, each once, got {self.mirror_axes!r}")
-        size = self.field_of_view_size
-        if size is not None and not 0.0 < size[0] <= size[1] <= 1.0:
-            raise OptionError(f"field_of_view_size must be 0 < LOW <= HIGH <= 1, got {' '.join(map(str, size))}")
+        if self.field_of_view_size is not None:
+            try:
+                check_field_of_view_size(self.field_of_view_size)
+            except ValueError as error:
+                raise OptionError(str(error)) from None
         if self.init_encoder_only and (self.init is None or self.absent_classes == "freeze"):
             raise OptionError("init_encoder_only needs init and a fresh head: it cannot freeze the model's absent "
                               "classes (distill or drop them)")
