@@ -217,6 +217,18 @@ def test_mirroring_tta_never_confuses_left_and_right():
     assert np.abs(confused.masks - plain.masks).max() > 0.4
 
 
+def test_volume_smaller_than_the_patch_sits_at_its_centre():
+    """Padded on both sides alike (as nnU-Net pads): the positional model's split at the patch's middle falls
+    in the middle of an 8-voxel-wide volume in a 16-wide patch, not past its end (which gave all right kidney)."""
+    model = _PositionalModel(tiny_model(num_classes=3, kind="conv").config)
+    stitched = sliding_window(model, np.zeros((5, 8, 8), dtype=np.float32), (8, 8, 16))
+    assert stitched.masks.shape == (3, 5, 8, 8)
+    left, right = stitched.masks[1], stitched.masks[2]  # class index 1 = left kidney (high x), 2 = right kidney
+    np.testing.assert_allclose(left[..., 4:], 1.0, atol=1e-4)
+    np.testing.assert_allclose(right[..., :4], 1.0, atol=1e-4)
+    assert left[..., :4].max() < 1e-4 and right[..., 4:].max() < 1e-4
+
+
 class _PositionalQueries(MaskMed):
     """A decoupled-head 'network' whose query 0 finds the left kidney on the high-x half of its input, query 1
     the right kidney on the low-x half, and the other queries nothing: query identity follows image position."""

@@ -153,15 +153,19 @@ def sliding_window(
 ) -> StitchedQueries:
     """Run ``model`` over a normalised (z, y, x) volume and stitch volume-level queries (module docstring).
 
-    A volume smaller than the patch is padded with ``pad_value`` (the normalised value of air) and the
-    result cropped back. ``cancel()`` is polled before every batch of patches.
+    A volume smaller than the patch along an axis is padded there with ``pad_value`` (the normalised value of
+    air) on both sides alike, so that it sits at the patch's centre, and the result is cropped back. Centred, as
+    nnU-Net pads, because training patches are centred on foreground: a network that has learnt where organs
+    lie in a patch misses them in a corner (a 177 mm field of view, padded at one end, lost most of the aorta).
+    ``cancel()`` is polled before every batch of patches.
     """
     device = torch.device(device)
     model.eval()
     original = volume.shape
-    pad = [max(0, p - s) for p, s in zip(patch, original, strict=True)]
-    if any(pad):
-        volume = np.pad(volume, [(0, p) for p in pad], constant_values=pad_value)
+    padding = [(extra // 2, extra - extra // 2) for extra in (max(0, p - s) for p, s in zip(patch, original,
+                                                                                          strict=True))]
+    if any(before or after for before, after in padding):
+        volume = np.pad(volume, padding, constant_values=pad_value)
     shape = volume.shape
     starts = list(itertools.product(*(window_starts(s, p, overlap) for s, p in zip(shape, patch, strict=True))))
     importance = gaussian_importance(patch).to(device)
@@ -203,7 +207,7 @@ def sliding_window(
             progress(min(1.0, (first + len(chunk)) / len(starts)), "inference")
 
     mask_acc /= weight_acc
-    crop = tuple(slice(0, s) for s in original)
+    crop = tuple(slice(before, before + s) for (before, _), s in zip(padding, original, strict=True))
     masks = mask_acc[(slice(None), *crop)].clamp_(0.0, 1.0).numpy()
     safe_mass = mass_acc.clamp_min(1e-12)[:, None]
     class_given_object = (class_acc / safe_mass).float().numpy()
