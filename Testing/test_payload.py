@@ -6,6 +6,7 @@ the test if it is reached; the CLI measurement with no budget variable set is in
 from __future__ import annotations
 
 import gzip
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -336,3 +337,55 @@ def test_metaimage_list_naming_no_file_is_refused_before_itk(tmp_path, no_itk):
     path = tmp_path / "empty.mhd"
     path.write_text(METAIMAGE_HEADER.format(compressed="", data_file="LIST"))
     assert "names its data files as a list but lists none, so it holds no image" in refusal(path)
+
+
+def _hostile_label_map(tmp_path: Path, kind: str) -> Path:
+    folder = tmp_path / "labels"
+    folder.mkdir()
+    if kind == "nifti claiming 2 GiB":
+        path = folder / "huge.nii"
+        path.write_bytes(nifti_header_claiming_1024_cubed(tmp_path))
+    elif kind == "data file outside":
+        path = folder / "evil.nhdr"
+        path.write_text(NRRD_HEADER.format(encoding="raw", data_file="data file: /etc/passwd\n"))
+    elif kind == "data file a device":
+        (folder / "zero").symlink_to("/dev/zero")
+        path = folder / "device.mhd"
+        path.write_text(METAIMAGE_HEADER.format(compressed="", data_file="zero"))
+    else:  # a pipe: opening it would block until a writer comes
+        path = folder / "pipe.nii.gz"
+        os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["nifti claiming 2 GiB", "data file outside", "data file a device", "pipe"])
+def test_label_maps_get_the_image_reader_s_refusals(tmp_path, request, monkeypatch, kind):
+    """A label map (the reference of `maskmed evaluate`, every case of a training set) is a file from elsewhere as
+    much as a CT is: the same refusals hold before ITK opens or allocates anything (they once did not: /etc/passwd
+    came back as voxels, a pipe blocked `maskmed evaluate` forever, a 104-byte header took 2 GiB)."""
+    from maskmed_core.training.dataset import read_label_file
+
+    # ITK may read a NIfTI header (one file, nothing detached); a text header's data file it must never open.
+    request.getfixturevalue("no_voxel_read" if kind == "nifti claiming 2 GiB" else "no_itk")
+    monkeypatch.setenv(MEMORY_BUDGET_ENV, str(TERABYTE >> 20))
+    path = _hostile_label_map(tmp_path, kind)
+    with pytest.raises(InputError) as info:
+        read_label_file(path)
+    message = str(info.value)
+    expected = {"nifti claiming 2 GiB": "is truncated: its NIfTI header announces 2,147,484,000 bytes",
+                "data file outside": "names the data file '/etc/passwd', which lies outside the header's own folder",
+                "data file a device": "names the data file 'zero', which is not a regular file",
+                "pipe": "is not a regular file (a pipe or a device)"}[kind]
+    assert expected in message
+
+
+def test_a_label_map_over_the_memory_budget_is_refused_naming_it(tmp_path, monkeypatch):
+    from maskmed_core.training.dataset import read_label_file
+
+    path = tmp_path / "labels.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((64, 64, 64), np.uint8)), str(path))
+    monkeypatch.setenv(MEMORY_BUDGET_ENV, "0")
+    with pytest.raises(InputError, match=r"The label map .*labels.nii.gz has 64 x 64 x 64 voxels .*memory budget"):
+        read_label_file(path)
+    monkeypatch.setenv(MEMORY_BUDGET_ENV, "1")
+    assert read_label_file(path).GetSize() == (64, 64, 64)

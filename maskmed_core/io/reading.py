@@ -118,25 +118,44 @@ def _read_file(
             f"{path} has an unsupported file type ({suffix or 'no extension'}): MaskMed reads {FORMATS}. "
             "Convert it (e.g. in 3D Slicer: Save, as .nii.gz); for DICOM, give the folder that holds the series."
         )
-    _check_regular_file(path)
-    check_data_files(path)  # before ITK, which opens the data file while it reads the header
+    check_before_header(path)
     nifti = suffix in (".nii", ".nii.gz")
     if nifti:
         check_nifti_header(path)  # before SimpleITK, which turns a 0 or NaN pixdim into 1 mm without a word
     header = read_header(path)
     validate_header(header, str(path), memory_budget)
-    # Before ITK allocates the image: the file must hold the voxels its header announces, whatever memory is free.
+    check_voxel_data(path, header)
+    if check_header is not None:
+        check_header(header, str(path))
+    image = read_voxels(path)
+    if nifti:
+        check_nifti_finite(path)
+    return image
+
+
+def check_before_header(path: Path) -> None:
+    """What must hold before ITK opens ``path`` at all (InputError otherwise): a regular file, and a text header's
+    data files inside the header's own folder (ITK opens them while it reads the header)."""
+    _check_regular_file(path)
+    check_data_files(path)
+
+
+def check_voxel_data(path: Path, header: ImageHeader) -> None:
+    """InputError unless the file holds the voxel data its header announces: run before ITK allocates the image,
+    so that a small file claiming a huge volume costs no memory, whatever memory is free."""
+    nifti = volume_suffix(path) in (".nii", ".nii.gz")
     payloads = [p for p in [nifti_payload(path)] if p is not None] if nifti else text_header_payloads(path, header)
     for payload in payloads:
         check_payload(payload, str(path))
-    if check_header is not None:
-        check_header(header, str(path))
+
+
+def read_voxels(path: Path) -> sitk.Image:
+    """The image of a checked file, with a NIfTI sform's geometry where ITK would round it away; InputError
+    when ITK cannot read it."""
     try:
         image, geometry = read_tolerating_sform_rounding(path, lambda: sitk.ReadImage(str(path)))
     except RuntimeError as error:
         raise _unreadable(path, error) from error
     if geometry is not None:
         geometry.apply(image)
-    if nifti:
-        check_nifti_finite(path)
     return image

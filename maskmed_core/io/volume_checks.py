@@ -92,8 +92,6 @@ def validate_header(header: ImageHeader, name: str = "The image", memory_budget:
     pixels, 2D and 4D images, spacings that are not finite or outside SPACING_RANGE_MM, a direction matrix that
     is not a rotation (sheared or scaled), more voxels than the budget.
     """
-    from maskmed_core.untrusted import memory_budget_bytes
-
     size_text = " x ".join(str(n) for n in header.size)
     if "complex" in header.pixel_type:
         raise InputError(
@@ -135,8 +133,17 @@ def validate_header(header: ImageHeader, name: str = "The image", memory_budget:
             "scaled axes); MaskMed needs orthonormal image axes: resample the image onto a regular grid "
             "(e.g. 3D Slicer: Resample Scalar/Vector/DWI Volume) and export it again."
         )
+    check_memory_budget(header, name, memory_budget)
+
+
+def check_memory_budget(header: ImageHeader, name: str, memory_budget: int | None = None) -> None:
+    """Raise InputError when the header's voxels need more than ``memory_budget`` bytes (default:
+    :func:`maskmed_core.untrusted.memory_budget_bytes`)."""
+    from maskmed_core.untrusted import memory_budget_bytes
+
     budget = memory_budget_bytes() if memory_budget is None else memory_budget
     if header.voxel_bytes > budget:
+        size_text = " x ".join(str(n) for n in header.size)
         raise InputError(
             f"{name} has {size_text} voxels ({header.pixel_type}): {header.voxel_bytes / 2**30:.1f} GiB to read, "
             f"more than the {budget / 2**30:.1f} GiB memory budget (the memory available; set "

@@ -30,9 +30,10 @@ from maskmed_core.io.errors import InputError
 
 # SimpleITK fills the missing voxels of a truncated NIfTI file with zeros without a word; for a label map that means
 # silently erased organs, so the I/O layer's completeness check is reused here.
-from maskmed_core.io.formats import VOLUME_SUFFIXES, sitk_error_reason
-from maskmed_core.io.nifti_header import check_nifti_complete, read_tolerating_sform_rounding
-from maskmed_core.io.reading import read_image
+from maskmed_core.io.formats import VOLUME_SUFFIXES
+from maskmed_core.io.nifti_header import check_nifti_complete
+from maskmed_core.io.reading import check_before_header, check_voxel_data, read_header, read_image, read_voxels
+from maskmed_core.io.volume_checks import check_memory_budget
 
 # source label value -> target label value; values not listed become background (0)
 LabelMapping = dict[int, int]
@@ -490,16 +491,13 @@ def read_label_file(path: str | os.PathLike[str]) -> sitk.Image:
             f"The label map {path} is not a NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) or MetaImage (.mha, .mhd) "
             "file; label maps must be one of these (DICOM SEG is not read): convert it, e.g. in 3D Slicer."
         )
-    try:
-        label, geometry = read_tolerating_sform_rounding(path, lambda: sitk.ReadImage(str(path)))
-    except RuntimeError as error:
-        raise InputError(
-            f"The label map {path} could not be read: the file looks corrupted or truncated "
-            f"(SimpleITK: {sitk_error_reason(error)}). "
-            "Export it again."
-        ) from error
-    if geometry is not None:
-        geometry.apply(label)
+    # The image reader's checks that a hostile file cannot pass (a pipe or a device, a data file outside the header's
+    # folder, a header claiming more voxels than the file or the memory holds), before ITK opens or allocates anything.
+    check_before_header(path)
+    header = read_header(path)
+    check_memory_budget(header, f"The label map {path}")
+    check_voxel_data(path, header)
+    label = read_voxels(path)
     if lower.endswith((".nii", ".nii.gz")):
         check_nifti_complete(path)
     return label
