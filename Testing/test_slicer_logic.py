@@ -32,6 +32,7 @@ if str(MODULE_DIR) not in sys.path:
 
 import MaskMedSegmentationLib as Logic  # noqa: E402
 from factories import HANG_SECONDS, tiny_model_file  # noqa: E402
+from MaskMedSegmentationLib.segmentationwriter import setBinarySegment  # noqa: E402
 from MaskMedSegmentationLib.volumeio import orientedImageArray  # noqa: E402
 
 from maskmed_core.events import (  # noqa: E402
@@ -319,6 +320,7 @@ def scene_snapshot(scene) -> tuple:
         node = scene.GetNthNode(i)
         state = [node.GetID(), node.GetName()]
         if node.IsA("vtkMRMLSegmentationNode"):
+            state.append(node.GetNodeReferenceID(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()))
             segmentation = node.GetSegmentation()
             name = slicer.vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
             for segment_id in segmentation.GetSegmentIDs():
@@ -359,6 +361,74 @@ def test_cancel_right_after_the_first_progress_event_leaves_nothing(run, model_p
         assert not logic.isRunning() and not logic.poll()
         assert not temporary.exists(), "the temporary folder was left behind"
         assert scene_snapshot(scene) == snapshot
+
+
+class _ImportThatFailsHalfway:
+    """A ThresholdSession whose import does what the real one does first (the node's reference geometry switched to
+    the segmented volume, a segment written), then runs out of memory."""
+
+    def __init__(self, result_path, target, volume):
+        target.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+        setBinarySegment(target, "MaskMed_1", np.ones((4, 4, 4), np.uint8), volume, "liver", (1, 0, 0))
+        raise MemoryError("Unable to allocate 600 MiB for the class layer")
+
+
+def _scene_with_a_user_segment():
+    """A scene with volumes A (16^3) and B (4^3) and a segmentation of A holding the user's 'tumour'."""
+    scene = slicer.vtkMRMLScene()
+    volumes = []
+    for name, size in (("A", 16), ("B", 4)):
+        volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+        image = vtk.vtkImageData()
+        image.SetDimensions(size, size, size)
+        image.AllocateScalars(vtk.VTK_SHORT, 1)
+        volume.SetAndObserveImageData(image)
+        volumes.append(volume)
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "my segmentation of A")
+    node.SetReferenceImageGeometryParameterFromVolumeNode(volumes[0])
+    tumour = np.zeros((16, 16, 16), np.uint8)
+    tumour[2:6, 2:6, 2:6] = 1
+    setBinarySegment(node, "tumour", tumour, volumes[0], "tumour", (1, 0, 0))
+    return scene, volumes, node
+
+
+def _commit_into(scene, volume, node, tmp_path) -> list:
+    """The Logic's commit of a (never read) result into ``node``, as when the child has written it."""
+    logic = Logic.MaskMedLogic(scene)
+    finished: list = []
+    run = Logic.maskmedlogic.SegmentationRunState(volume, node, *FIRST, None,
+                                                  lambda ok, message: finished.append((ok, message, logic.lastError)))
+    run.resultPath = tmp_path / "result.maskmed-result"
+    logic._run = run
+    logic._commit(run)
+    return finished
+
+
+def test_an_import_failing_halfway_into_an_existing_node_undoes_all_it_changed(monkeypatch, tmp_path):
+    """The user's segment, the node's reference geometry volume (the segmented volume's, halfway) and every segment
+    come back; on slicer-core too, whose vtkSegmentation could not copy itself before the conversion rules were
+    registered (the backup was empty, and restoring it deleted the user's segment)."""
+    scene, volumes, node = _scene_with_a_user_segment()
+    snapshot = scene_snapshot(scene)
+    monkeypatch.setattr(Logic.maskmedlogic, "ThresholdSession", _ImportThatFailsHalfway)
+    [(ok, message, error)] = _commit_into(scene, volumes[1], node, tmp_path)
+    assert not ok and message == error and "could not be imported" in message and "600 MiB" in message
+    assert scene_snapshot(scene) == snapshot
+    assert list(node.GetSegmentation().GetSegmentIDs()) == ["tumour"]
+
+
+def test_an_import_whose_backup_would_be_incomplete_does_not_start(monkeypatch, tmp_path):
+    class CopiesNothing(slicer.vtkSegmentation):
+        def DeepCopy(self, source):  # noqa: N802 (VTK's name)
+            pass
+
+    scene, volumes, node = _scene_with_a_user_segment()
+    snapshot = scene_snapshot(scene)
+    monkeypatch.setattr(Logic.maskmedlogic, "ThresholdSession", _ImportThatFailsHalfway)
+    monkeypatch.setattr(slicer, "vtkSegmentation", CopiesNothing)
+    [(ok, message, _)] = _commit_into(scene, volumes[1], node, tmp_path)
+    assert not ok and "could not be copied aside (copied 0 of 1)" in message and "nothing was changed" in message
+    assert scene_snapshot(scene) == snapshot
 
 
 def test_failing_run_leaves_the_scene_unchanged_and_says_why(run, work):

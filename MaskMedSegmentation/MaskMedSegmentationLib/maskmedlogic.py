@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import slicer
 
 from .childrun import ChildRun
+from .segmentationbackup import SegmentationBackup
 from .segmentationwriter import placeUnderVolumeStudy
 from .thresholdsession import ThresholdSession
 from .volumeio import exportVolumeToFile
@@ -337,8 +338,7 @@ class MaskMedLogic(ChildRun):
                 created.SetName(f"{volumeNode.GetName()} MaskMed")
                 target = created
             else:
-                backup = slicer.vtkSegmentation()
-                backup.DeepCopy(existing.GetSegmentation())
+                backup = SegmentationBackup.take(existing)  # before any change: refused when incomplete
                 target = existing
             session = ThresholdSession(run.resultPath, target, volumeNode)
             # Segments first, then the node into the scene: one round of scene events instead of one per segment.
@@ -353,7 +353,7 @@ class MaskMedLogic(ChildRun):
             if created is not None and created.GetScene() is not None:
                 _removeNode(self.scene, created)
             if backup is not None:
-                existing.GetSegmentation().DeepCopy(backup)
+                backup.restore()
             self._fail(f"The MaskMed result could not be imported: {error}")
             return
         if self.thresholdSession is not None and self.thresholdSession.segmentationNode is target:
