@@ -180,6 +180,35 @@ def test_sigterm_during_training_is_a_clean_cancel(dataset, tmp_path):
     assert load_state(state).step >= 2
 
 
+def test_ctrl_c_while_an_epoch_s_files_are_written_keeps_the_previous_epoch_s_files(dataset, tmp_path, monkeypatch,
+                                                                                   capsys):
+    """The model files, the state and the log of an epoch replace the previous epoch's together: a Ctrl+C after the
+    model files were written but before the state (which --resume reads) leaves every file as the epoch before left
+    it, and no temporary file behind."""
+    from maskmed_core.training import trainer
+
+    output = tmp_path / "run"
+    names = ("best.maskmed", "last.maskmed", "training_state.safetensors", "training_log.jsonl")
+    before: dict[str, bytes] = {}
+    real_save_state = trainer.save_state
+
+    def interrupted_at_the_second_epoch(path, state):
+        if state.step < 4:
+            return real_save_state(path, state)
+        before.update({name: (output / name).read_bytes() for name in names})  # the first epoch's, still in place
+        real_save_state(path, state)  # written under its temporary name, as the model files before it
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "save_state", interrupted_at_the_second_epoch)
+    assert main(train_args(dataset, output)) == ExitCode.CANCELLED
+    assert "the files of the last completed epoch are kept" in capsys.readouterr().err
+    assert before, "the second epoch's files were never written"
+    assert {name: (output / name).read_bytes() for name in names} == before
+    assert load_state(output / "training_state.safetensors").step == 2
+    assert [json.loads(line)["step"] for line in (output / "training_log.jsonl").read_text().splitlines()] == [2]
+    assert sorted(p.name for p in output.iterdir() if p.name.startswith(".")) == []
+
+
 def test_nan_loss_stops_naming_step_and_cases(dataset, tmp_path, capsys, monkeypatch):
     from maskmed_core.model.heads import build_criterion
     from maskmed_core.training import trainer

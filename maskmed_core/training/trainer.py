@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from maskmed_core.allocator import retain_freed_memory
+from maskmed_core.atomic import atomic_path, output_batch, refuse_a_folder_in_the_way
 from maskmed_core.checkpoint import load_model_file, save_model_file
 from maskmed_core.classes import AMOS15_CLASSES, SegmentClass, lateral_classes_without_partner, lateral_pairs
 from maskmed_core.events import EpochEvent, Event, MessageEvent, StepEvent
@@ -320,7 +321,6 @@ class _Progress:
 def _check_output(output: Path) -> None:
     """Refuse an output folder the run could not write into at its first epoch's end, minutes later: -o a file or a
     read-only place (OutputLocationError), a folder in the way of a file the run writes (OutputIsAFolderError)."""
-    from maskmed_core.atomic import refuse_a_folder_in_the_way
     from maskmed_core.io.output_folder import check_output_folder
 
     check_output_folder(output)
@@ -584,24 +584,30 @@ def _end_epoch(run: _Run, progress: _Progress, mean_loss: float, out_of_time: bo
         record["stopped"] = "time limit"
         report(MessageEvent("info", f"time limit of {config.time_limit_minutes} min reached at step "
                                     f"{step}/{run.total_steps}"))
+    improved = False
     if epoch % config.val_every == 0 or step == run.total_steps or out_of_time:
         dice = validate(run.model, data.cases, data.plans, data.classes, run.context)
         record["dice"] = dice
         record["mean_dice"] = float(np.mean(list(dice.values()))) if dice else 0.0
         if record["mean_dice"] > progress.best_metric:
             progress.best_metric, progress.best_step = record["mean_dice"], step
-            if run.context.is_main:
-                _save_model(run.output / BEST_MODEL, run.model, data, record, run.config)
+            improved = True
         run.model.train()
     progress.history.append(record)
     if run.context.is_main:
-        _save_model(run.output / LAST_MODEL, run.model, data, record, run.config)
-        save_state(run.state_path, TrainingState(
-            step=step, model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
-            scheduler=run.scheduler.state_dict(), torch_rng=torch.get_rng_state(), best_metric=progress.best_metric,
-            best_step=progress.best_step, history=progress.history, run_config=_jsonable(config),
-        ))
-        _append_log(run.output / LOG_FILE, record)
+        # One epoch's files replace the previous epoch's together or not at all: a Ctrl+C, a SIGTERM or a full disk
+        # between two of them would leave a best model that the state (and so --resume) knows nothing of.
+        with output_batch():
+            if improved:
+                _save_model(run.output / BEST_MODEL, run.model, data, record, run.config)
+            _save_model(run.output / LAST_MODEL, run.model, data, record, run.config)
+            save_state(run.state_path, TrainingState(
+                step=step, model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
+                scheduler=run.scheduler.state_dict(), torch_rng=torch.get_rng_state(),
+                best_metric=progress.best_metric, best_step=progress.best_step, history=progress.history,
+                run_config=_jsonable(config),
+            ))
+            _write_log(run.output / LOG_FILE, progress.history)
         _plot(run.output / PLOT_FILE, progress.history)
     report(EpochEvent(**record))
 
@@ -803,9 +809,11 @@ def _save_model(path: Path, model: MaskMed, data: TrainingData, record: dict, co
     save_model_file(path, model, data.plans, data.classes, extra=extra)
 
 
-def _append_log(path: Path, record: dict[str, Any]) -> None:
-    with open(path, "a", encoding="utf-8") as log:
-        log.write(json.dumps(record) + "\n")
+def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
+    """The epochs' records as JSON lines, rewritten whole from the history the state keeps (so a resumed run's log
+    has every epoch the state has, and no epoch the state lost)."""
+    with atomic_path(path) as temporary:
+        temporary.write_text("".join(json.dumps(record) + "\n" for record in history), encoding="utf-8")
 
 
 def _plot(path: Path, history: list[dict[str, Any]]) -> None:
