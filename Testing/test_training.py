@@ -209,6 +209,31 @@ def test_ctrl_c_while_an_epoch_s_files_are_written_keeps_the_previous_epoch_s_fi
     assert sorted(p.name for p in output.iterdir() if p.name.startswith(".")) == []
 
 
+def test_an_export_target_that_cannot_be_written_is_refused_before_training(dataset, tmp_path, capsys):
+    in_the_way = tmp_path / "default.maskmed"
+    in_the_way.mkdir()
+    assert main(train_args(dataset, tmp_path / "run", "--export", str(in_the_way))) == ExitCode.USAGE
+    assert "a folder has that name" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists(), "the run started before the export target was checked"
+
+
+def test_an_export_failing_after_training_says_where_the_run_s_files_are(dataset, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from maskmed_core import train_command
+
+    def disk_full(source, target):
+        raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+    monkeypatch.setattr(train_command, "_export", disk_full)
+    output = tmp_path / "run"
+    assert main(train_args(dataset, output, "--export", str(tmp_path / "copy.maskmed"))) == ExitCode.ERROR
+    err = capsys.readouterr().err
+    assert f"the training finished (best model: {output / 'best.maskmed'}), but it could not be copied" in err
+    assert "No space left on device" in err and "Traceback" not in err
+    assert (output / "best.maskmed").is_file()
+
+
 def test_nan_loss_stops_naming_step_and_cases(dataset, tmp_path, capsys, monkeypatch):
     from maskmed_core.model.heads import build_criterion
     from maskmed_core.training import trainer

@@ -91,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = _config_from_args(args)
+        if is_main and args.export:
+            _check_export_target(Path(args.export))  # refused now, not after hours of training
         with sigterm_as_keyboard_interrupt():  # a scheduler's stop or `kill` cancels as Ctrl+C does
             summary = run_training(config, progress)
     except KeyboardInterrupt as interrupt:
@@ -105,7 +107,12 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps({"event": SummaryEvent.KIND, **summary}) if args.json else text, flush=True)
         return ExitCode.OK
     if is_main and args.export:
-        summary["exported"] = str(_export(Path(summary["best_model"]), Path(args.export)))
+        try:
+            summary["exported"] = str(_export(Path(summary["best_model"]), Path(args.export)))
+        except Exception as error:  # the run's own files are complete: say where they are
+            progress.error(f"the training finished (best model: {summary['best_model']}), but it could not be "
+                           f"copied to {args.export}; copy it by hand")
+            return report_failure(error, progress.error)
     if is_main:
         if args.json:
             print(json.dumps({"event": SummaryEvent.KIND, **summary}), flush=True)
@@ -124,13 +131,23 @@ def run(args: argparse.Namespace) -> int:
     return ExitCode.OK
 
 
+def _check_export_target(target: Path) -> None:
+    """Raise OutputLocationError / OutputIsAFolderError when --export could not be written: its folder cannot be
+    created or written, or a folder has the file's name."""
+    from maskmed_core.atomic import refuse_a_folder_in_the_way
+    from maskmed_core.io.output_folder import check_output_folder
+
+    check_output_folder(target.parent)
+    refuse_a_folder_in_the_way(target)
+
+
 def _export(source: Path, target: Path) -> Path:
     """Copy a model file atomically (temporary name in the target folder, then rename)."""
     import shutil
 
-    target.parent.mkdir(parents=True, exist_ok=True)
     from maskmed_core.atomic import atomic_path
 
+    target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as temporary:
         shutil.copyfile(source, temporary)
     return target
