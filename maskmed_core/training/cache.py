@@ -42,7 +42,13 @@ from maskmed_core.inference.preprocessing import prepare
 from maskmed_core.io import InputError
 from maskmed_core.io.reading import VOLUME_SUFFIXES
 from maskmed_core.plans import Plans
-from maskmed_core.training.cache_entries import PreprocessedCase, foreground_samples, load_entry, write_entry
+from maskmed_core.training.cache_entries import (
+    TEMPORARY_ENTRY_NAME,
+    PreprocessedCase,
+    foreground_samples,
+    load_entry,
+    write_entry,
+)
 from maskmed_core.training.dataset import Case, DatasetSpec, LabelMapping, apply_label_mapping, read_case
 
 # Bump when what is written changes (preprocessing, file layout), so that old entries are not trusted.
@@ -260,6 +266,8 @@ def _preprocess(
 def _remove_stale_temporaries(cache: Path) -> None:
     now = time.time()
     for entry in cache.glob(".tmp-*"):
+        if not TEMPORARY_ENTRY_NAME.fullmatch(entry.name):
+            continue  # not one of ours: --cache-dir may be a shared folder
         try:
             if now - entry.stat().st_mtime > _STALE_TEMPORARY_S:
                 shutil.rmtree(entry, ignore_errors=True)

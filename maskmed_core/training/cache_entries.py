@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import uuid
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +31,12 @@ from maskmed_core.atomic import atomic_path
 from maskmed_core.classes import SegmentClass
 from maskmed_core.io.errors import InputError
 from maskmed_core.plans import Plans
+from maskmed_core.untrusted import check_int, check_sequence, load_json
 
+# A cache entry's folder name: the case's name made safe (cache._safe_name), "-", a 16-hex key; a manifest naming
+# anything else (a path, "..") is refused, and only temporaries of this form are cleaned up as stale.
+ENTRY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*-[0-9a-f]{16}")
+TEMPORARY_ENTRY_NAME = re.compile(rf"\.tmp-{ENTRY_NAME.pattern}-[0-9a-f]{{8}}")
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "maskmed-training-cache"
 MANIFEST_VERSION = 1
@@ -82,6 +89,32 @@ def foreground_samples(labels: np.ndarray, num_classes: int, rng: np.random.Gene
 
 
 
+def _read_foreground(path: Path, shape: tuple[int, ...]) -> dict[int, np.ndarray] | None:
+    """The entry's foreground coordinates, or None when the archive is not what ``write_entry`` writes: each member's
+    header is read before its data, so a member claiming more rows than the case has voxels (a zip bomb in a cache
+    from elsewhere) is refused before it is inflated; every coordinate must lie inside ``shape``."""
+    voxels = math.prod(shape)
+    foreground = {}
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.namelist():
+            match = re.fullmatch(r"class_([0-9]{1,3})\.npy", member)
+            if match is None:
+                return None
+            with archive.open(member) as stream:
+                version = np.lib.format.read_magic(stream)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                    np.lib.format.read_array_header_2_0
+                rows_columns, _, dtype = read_header(stream)
+                if len(rows_columns) != 2 or rows_columns[1] != 3 or rows_columns[0] > voxels or dtype.kind not in "iu":
+                    return None
+            with archive.open(member) as stream:
+                coordinates = np.lib.format.read_array(stream, allow_pickle=False)
+            if coordinates.size and ((coordinates < 0).any() or (coordinates >= np.array(shape)).any()):
+                return None
+            foreground[int(match.group(1))] = coordinates
+    return foreground
+
+
 def write_entry(
     entry: Path,
     image: np.ndarray | None,
@@ -131,18 +164,20 @@ def load_entry(entry: Path, name: str, key: str) -> PreprocessedCase | None:
         image = None if label_only else np.load(entry / "image.npy", mmap_mode="r")
         labels = np.load(entry / "labels.npy", mmap_mode="r")
         tissue = np.load(entry / "tissue.npy", mmap_mode="r") if (entry / "tissue.npy").is_file() else None
-        with np.load(entry / "foreground.npz") as archive:
-            foreground = {int(k.removeprefix("class_")): archive[k] for k in archive.files}
-    except (OSError, ValueError, KeyError, json.JSONDecodeError):
+        shape = tuple(int(n) for n in meta["shape_zyx"])
+        spacing = tuple(float(s) for s in meta["spacing_zyx"])
+        if labels.shape != shape or labels.dtype != np.uint8 or len(spacing) != 3:
+            return None
+        if image is not None and (image.shape != shape or image.dtype != np.float32):
+            return None
+        if (tissue is not None and (tissue.shape != shape or tissue.dtype != np.uint8)) or (
+                label_only and tissue is None):
+            return None
+        foreground = _read_foreground(entry / "foreground.npz", shape)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, zipfile.BadZipFile):
         return None
-    shape = tuple(meta.get("shape_zyx", ()))
-    if labels.shape != shape or labels.dtype != np.uint8:
+    if foreground is None:
         return None
-    if image is not None and (image.shape != shape or image.dtype != np.float32):
-        return None
-    if (tissue is not None and (tissue.shape != shape or tissue.dtype != np.uint8)) or (label_only and tissue is None):
-        return None
-    spacing = tuple(float(s) for s in meta["spacing_zyx"])
     return PreprocessedCase(
         name=name, image=image, labels=labels, foreground=foreground, spacing_zyx=spacing, tissue=tissue,
         entry=entry.name,
@@ -201,22 +236,39 @@ def read_manifest(path: str | os.PathLike[str]) -> tuple[CacheManifest, Path]:
     if path.is_dir():
         path = path / MANIFEST_FILE
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = load_json(path.read_text(encoding="utf-8"), str(path))
     except (OSError, ValueError) as error:
         raise InputError(f"{path} is not a readable training-cache manifest ({error})") from error
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         raise InputError(f"{path} is not a MaskMed training-cache manifest")
-    if int(data.get("version", 0)) > MANIFEST_VERSION:
-        raise InputError(f"{path} was written by a newer MaskMed (manifest version {data.get('version')})")
-    manifest = CacheManifest(
-        plans=Plans.from_dict(data["plans"]),
-        classes=[SegmentClass.from_dict(c) for c in data["classes"]],
-        cases=[str(c) for c in data["cases"]],
-        label_only=[str(c) for c in data.get("label_only", [])],
-        holdout=data.get("holdout"),
-        source=dict(data.get("source", {})),
-    )
+    version = data.get("version", 0)
+    if isinstance(version, int) and version > MANIFEST_VERSION:
+        raise InputError(f"{path} was written by a newer MaskMed (manifest version {version})")
+    try:
+        check_int(version, "version", 0, MANIFEST_VERSION)
+        holdout = data.get("holdout")
+        manifest = CacheManifest(
+            plans=Plans.from_dict(data["plans"]),
+            classes=[SegmentClass.from_dict(c) for c in check_sequence(data["classes"], "classes", 1, 255)],
+            cases=_entry_names(data["cases"], "cases"),
+            label_only=_entry_names(data.get("label_only", []), "label_only"),
+            holdout=None if holdout is None else _entry_names([holdout], "holdout")[0],
+            source=dict(data.get("source", {})),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        what = f"no {error}" if isinstance(error, KeyError) else str(error)
+        raise InputError(f"{path} is a damaged training-cache manifest ({what}): prepare the cache again "
+                         "(maskmed train --prepare-only)") from error
     return manifest, path.parent
+
+
+def _entry_names(value: Any, field: str) -> list[str]:
+    """The entry folder names a manifest lists under ``field``; ValueError for anything but plain entry names."""
+    names = check_sequence(value, field, 0, 100_000)
+    for name in names:
+        if not isinstance(name, str) or not ENTRY_NAME.fullmatch(name):
+            raise ValueError(f"{field} lists {name!r}, which is not a cache entry's folder name")
+    return names
 
 
 def load_cached(cache_dir: Path, entry_name: str) -> PreprocessedCase:
