@@ -143,3 +143,16 @@ def test_only_the_cache_s_own_stale_temporaries_are_removed(tmp_path):
         os.utime(folder, (two_hours_ago, two_hours_ago))
     _remove_stale_temporaries(tmp_path)
     assert not ours.exists() and (foreign / "data.txt").is_file()
+
+
+def test_json_nested_too_deep_is_damage_not_a_crash(tmp_path):
+    """Python's json recursion ends in a RecursionError (an internal error); the depth is bounded first."""
+    from maskmed_core.training.cache_entries import is_manifest
+
+    entry = tiny_entry(tmp_path / "cache")
+    (entry / "meta.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert load_entry(entry, "case", KEY) is None
+    manifest = tmp_path / "elsewhere" / "manifest.json"
+    manifest.parent.mkdir()
+    manifest.write_text("[" * 100_000 + "]" * 100_000)
+    assert not is_manifest(manifest)

@@ -409,3 +409,18 @@ def test_interrupted_write_is_not_trusted(tmp_path, shared_data, amos, monkeypat
     monkeypatch.setattr(np, "savez", original_savez)
     case = preprocess_cases(spec, PLANS_3MM, [LIVER_AMOS], tmp_path / "cache", label_mapping=amos[1])[0]
     assert case.image.shape == (112, 101, 122) and LIVER_AMOS not in case.foreground and 1 in case.foreground
+
+
+@pytest.mark.parametrize("layout", ["nnunet folder", "json list"])
+def test_dataset_json_nested_too_deep_is_refused_naming_the_file(tmp_path, layout):
+    """Python's json recursion ended in a RecursionError (an internal error); the depth is bounded first."""
+    hostile = "[" * 100_000 + "]" * 100_000
+    if layout == "nnunet folder":
+        (tmp_path / "dataset.json").write_text(hostile)
+        path, source = tmp_path, tmp_path / "dataset.json"
+    else:
+        path = source = tmp_path / "cases.json"
+        source.write_text(hostile)
+    with pytest.raises(InputError, match="is not valid JSON .*nested deeper") as info:
+        load_dataset(path)
+    assert str(source) in str(info.value)

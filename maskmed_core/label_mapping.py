@@ -11,7 +11,7 @@ from typing import Any
 from maskmed_core.io.errors import InputError
 from maskmed_core.untrusted import check_int, load_json
 
-# Label values are stored as integers up to 16 bits in label maps (NIfTI, NRRD); a mapping's values are too.
+# The largest label value MaskMed reads (label maps of up to 16-bit integers): in dataset.json, label mappings.
 MAX_LABEL_VALUE = 65535
 
 

@@ -38,6 +38,8 @@ from maskmed_core.untrusted import check_int, check_sequence, load_json
 ENTRY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*-[0-9a-f]{16}")
 TEMPORARY_ENTRY_NAME = re.compile(rf"\.tmp-{ENTRY_NAME.pattern}-[0-9a-f]{{8}}")
 MANIFEST_FILE = "manifest.json"
+# A manifest lists every entry's name (tens of bytes each): room for a million cases, not for a memory attack.
+MAX_MANIFEST_BYTES = 64 << 20
 MANIFEST_FORMAT = "maskmed-training-cache"
 MANIFEST_VERSION = 1
 # nnU-Net's foreground sampling: up to this many voxel coordinates per class, but at least 1% of the class's voxels.
@@ -156,8 +158,7 @@ def write_file(path: Path, write: Callable[[Any], Any]) -> None:
 def load_entry(entry: Path, name: str, key: str) -> PreprocessedCase | None:
     """The cached case, or None when the entry is incomplete or damaged."""
     try:
-        with open(entry / "meta.json", encoding="utf-8") as file:
-            meta = json.load(file)
+        meta = load_json((entry / "meta.json").read_text(encoding="utf-8"), str(entry / "meta.json"))
         if meta.get("key") != key:
             return None
         label_only = meta.get("image_file") is None
@@ -218,7 +219,8 @@ def is_manifest(path: str | os.PathLike[str]) -> bool:
     if path.name != MANIFEST_FILE or not path.is_file():
         return False
     try:
-        return json.loads(path.read_text(encoding="utf-8")).get("format") == MANIFEST_FORMAT
+        return load_json(path.read_text(encoding="utf-8"), str(path), MAX_MANIFEST_BYTES).get("format") == \
+            MANIFEST_FORMAT
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -236,7 +238,7 @@ def read_manifest(path: str | os.PathLike[str]) -> tuple[CacheManifest, Path]:
     if path.is_dir():
         path = path / MANIFEST_FILE
     try:
-        data = load_json(path.read_text(encoding="utf-8"), str(path))
+        data = load_json(path.read_text(encoding="utf-8"), str(path), MAX_MANIFEST_BYTES)
     except (OSError, ValueError) as error:
         raise InputError(f"{path} is not a readable training-cache manifest ({error})") from error
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
@@ -275,7 +277,7 @@ def load_cached(cache_dir: Path, entry_name: str) -> PreprocessedCase:
     """One entry named in a manifest; InputError when it is missing or damaged."""
     entry = Path(cache_dir) / entry_name
     try:
-        meta = json.loads((entry / "meta.json").read_text(encoding="utf-8"))
+        meta = load_json((entry / "meta.json").read_text(encoding="utf-8"), str(entry / "meta.json"))
     except (OSError, ValueError) as error:
         raise InputError(f"the cache entry {entry} is missing or damaged ({error}); prepare the cache again") from error
     loaded = load_entry(entry, str(meta.get("name", entry_name)), str(meta.get("key")))

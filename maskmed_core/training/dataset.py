@@ -14,7 +14,6 @@ with other axis order or flips, e.g. LAS next to an LPS DICOM series).
 from __future__ import annotations
 
 import csv
-import json
 import os
 import re
 from collections.abc import Iterable
@@ -34,12 +33,15 @@ from maskmed_core.io.formats import VOLUME_SUFFIXES
 from maskmed_core.io.nifti_header import check_nifti_complete
 from maskmed_core.io.reading import check_before_header, check_voxel_data, read_header, read_image, read_voxels
 from maskmed_core.io.volume_checks import check_memory_budget
+from maskmed_core.label_mapping import MAX_LABEL_VALUE
+from maskmed_core.untrusted import UntrustedValueError, load_json
 
 # source label value -> target label value; values not listed become background (0)
 LabelMapping = dict[int, int]
 
-MAX_LABEL_VALUE = 65535
 _CASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# A dataset.json or JSON case list names each case's files (a few hundred bytes each): room for 100 000 cases.
+MAX_DATASET_JSON_BYTES = 64 << 20
 _NNUNET_IMAGE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 _FORMATS = (
     "an nnU-Net v2 raw dataset folder (dataset.json, imagesTr/, labelsTr/), a .json case list "
@@ -189,9 +191,8 @@ def _as_int(value: Any) -> int | None:
 
 def _read_json(path: Path) -> Any:
     try:
-        with open(path, encoding="utf-8") as file:
-            return json.load(file)
-    except json.JSONDecodeError as error:
+        return load_json(path.read_text(encoding="utf-8"), str(path), MAX_DATASET_JSON_BYTES)
+    except UntrustedValueError as error:
         raise InputError(f"{path} is not valid JSON ({error}): fix the file.") from error
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"{path} could not be read ({error}).") from error
