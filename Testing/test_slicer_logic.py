@@ -786,6 +786,38 @@ def test_scene_pairs_and_fine_tune_preparation(run, model_path, work):
     assert not (work / "runs3").exists()
 
 
+def test_a_fine_tune_export_failing_halfway_leaves_no_folder(run, model_path, work, monkeypatch):
+    """A bad model, or a case that cannot be written (a full disk), leaves neither a run folder nor a dataset
+    without its dataset.json behind (they once stayed: images of the first case, no dataset.json)."""
+    scene, volume, logic = run["scene"], run["volume"], run["logic"]
+    session = Logic.FineTuneSession()
+    with pytest.raises(Exception, match="no_such.maskmed"):
+        session.prepareDataset(scene, work / "runs_bad_model", work / "no_such.maskmed", now=0)
+    assert not (work / "runs_bad_model").exists()
+
+    written: list = []
+    real_export = Logic.finetunesession.exportVolumeToFile
+    full_after = {"cases": 0}
+
+    def disk_full(volume_node, path):
+        if len(written) >= full_after["cases"]:
+            raise OSError(28, "No space left on device", str(path))
+        written.append(path)
+        return real_export(volume_node, path)
+
+    monkeypatch.setattr(Logic.finetunesession, "exportVolumeToFile", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        session.prepareDataset(scene, work / "runs_full", model_path, now=0)
+    assert list((work / "runs_full").iterdir()) == []  # the output folder the user chose stays, empty
+    full_after["cases"] = 1
+    pair = (volume, logic.segmentationNode)
+    with pytest.raises(OSError, match="No space left"):
+        session.exportScenePairs([pair, pair], work / "Dataset_full",
+                                 {c.name: c.label for c in logic.thresholdSession.classes})
+    assert written, "the first case was not written: the failure came too early to test anything"
+    assert [p.name for p in work.iterdir() if "Dataset_full" in p.name] == []
+
+
 def _step(kind, requirement="", arguments=(), optional=False):
     return Logic.InstallStep(kind, requirement, f"{kind.value} {requirement}".strip(), list(arguments), optional)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -177,11 +178,17 @@ class FineTuneSession(ChildRun):
             raise ValueError("No segmentation in the scene has a volume as its reference geometry. Segment a "
                              "volume (and correct the result in Segment Editor), or choose a dataset folder.")
         runFolder = Path(outputFolder) / time.strftime(RUN_FOLDER_FORMAT, time.localtime(now))
+        labels = modelInfo(initModel).labelsByName() if datasetFolder is None else {}  # a bad model: nothing made
+        created = not runFolder.exists()
         runFolder.mkdir(parents=True, exist_ok=True)
         if datasetFolder is not None:
             return runFolder, Path(datasetFolder)
-        labels = modelInfo(initModel).labelsByName()
-        return runFolder, self.exportScenePairs(pairs, runFolder / "dataset", labels)
+        try:
+            return runFolder, self.exportScenePairs(pairs, runFolder / "dataset", labels)
+        except BaseException:
+            if created:  # no run folder without its dataset
+                shutil.rmtree(runFolder, ignore_errors=True)
+            raise
 
     def exportScenePairs(self, pairs: Iterable[tuple], folder: str | Path, nameToLabel: dict[str, int] | None) -> Path:
         """Write (volumeNode, segmentationNode) pairs as an nnU-Net v2 raw dataset in ``folder``; returns it.
@@ -190,7 +197,9 @@ class FineTuneSession(ChildRun):
         Segments are matched to those classes by name, ignoring case and spacing; a segment with another name is a
         new class (the next free label value, in order of appearance), whose colour and terminology go into the
         dataset's ``maskmed_classes`` so the fine-tuned model keeps them (``self.newClasses`` lists their names).
-        Images keep their voxels and exact geometry; label maps are on the same grid.
+        Images keep their voxels and exact geometry; label maps are on the same grid. All or nothing: the files are
+        written into a hidden sibling folder, each checked complete (a full disk can leave a short file without an
+        error), and the folder renamed to ``folder`` at the end; on any error it is removed and ``folder`` not made.
         """
         pairs = list(pairs)
         if not pairs:
@@ -202,8 +211,25 @@ class FineTuneSession(ChildRun):
         if not nameToLabel:
             raise ValueError("the segmentations have no segments to train on")
         folder = Path(folder)
-        (folder / "imagesTr").mkdir(parents=True, exist_ok=True)
-        (folder / "labelsTr").mkdir(parents=True, exist_ok=True)
+        if folder.exists():
+            raise ValueError(f"{folder} exists already: export into a new folder")
+        partial = folder.with_name(f".{folder.name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)  # a previous export that died
+        try:
+            self._writeDataset(pairs, partial, folder.name, nameToLabel, newClasses)
+            partial.rename(folder)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        return folder
+
+    def _writeDataset(self, pairs: list[tuple], folder: Path, name: str, nameToLabel: dict[str, int],
+                      newClasses: list) -> None:
+        """The nnU-Net v2 raw dataset of ``pairs`` in ``folder`` (see exportScenePairs), each file checked."""
+        from maskmed_core.io.nifti_header import check_nifti_complete
+
+        (folder / "imagesTr").mkdir(parents=True)
+        (folder / "labelsTr").mkdir(parents=True)
         self.warnings = []
         used: set[str] = set()
         for volumeNode, segmentationNode in pairs:
@@ -225,9 +251,12 @@ class FineTuneSession(ChildRun):
             labelImage.SetOrigin(reader.GetOrigin())
             labelImage.SetSpacing(reader.GetSpacing())
             labelImage.SetDirection(reader.GetDirection())
-            sitk.WriteImage(labelImage, str(folder / "labelsTr" / f"{case}{IMAGE_ENDING}"), useCompression=True)
+            labelPath = folder / "labelsTr" / f"{case}{IMAGE_ENDING}"
+            sitk.WriteImage(labelImage, str(labelPath), useCompression=True)
+            for written in (imagePath, labelPath):
+                check_nifti_complete(written)
         dataset = {
-            "name": folder.name,
+            "name": name,
             "description": "exported from 3D Slicer by MaskMedSegmentation",
             "channel_names": {"0": "CT"},
             "labels": {"background": 0, **{name: int(value) for name, value in nameToLabel.items()}},
@@ -236,7 +265,6 @@ class FineTuneSession(ChildRun):
             "maskmed_classes": [segmentClass.to_dict() for segmentClass in newClasses],
         }
         (folder / "dataset.json").write_text(json.dumps(dataset, indent=2), encoding="utf-8")
-        return folder
 
     # ----- training ------------------------------------------------------------------------------------
     def start(
