@@ -333,17 +333,32 @@ def _set_up(config: TrainConfig, context, report: Reporter) -> TrainingData:
     from maskmed_core.training.cache_entries import is_manifest
 
     output = Path(config.output)
+    created = context.is_main and not output.exists()
     if context.is_main:
         output.mkdir(parents=True, exist_ok=True)
     _set_determinism(config, context.rank)
-    if is_manifest(config.dataset):
-        data = _data_from_manifest(config)
-    else:
-        data = _data_from_files(config, context, report, _cache_dir(config))
+    try:
+        if is_manifest(config.dataset):
+            data = _data_from_manifest(config)
+        else:
+            data = _data_from_files(config, context, report, _cache_dir(config))
+    except BaseException:
+        if created:
+            _remove_if_empty(output)  # a refused dataset leaves no empty -o folder behind (a filled cache stays)
+        raise
     if data.label_only_cases:
         report(MessageEvent("info", f"{len(data.cases)} real cases and {len(data.label_only_cases)} label-only cases "
                                     "(synthesised CT)"))
     return _fine_tune_classes(config, data, context, report)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` when it holds nothing but empty folders (as a run leaves it that fails before its data)."""
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if not path.is_dir() or path.is_symlink() or any(path.iterdir()):
+            return
+        path.rmdir()
+    folder.rmdir()
 
 
 def _cache_dir(config: TrainConfig) -> Path:
