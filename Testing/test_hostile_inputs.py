@@ -901,6 +901,22 @@ def test_resume_refuses_a_state_of_another_network(tmp_path):
         check_resumable(load_state(path), {"dataset": "A"}, other, path)
 
 
+@pytest.mark.parametrize(("change", "phrase"), [
+    ({"history": {"a": 1}}, "its history is not a list of epoch records"),
+    ({"history": [{"step": "ten"}]}, "its history is not a list of epoch records"),
+    ({"torch_rng": torch.zeros(5000)}, "its random generator state is not a byte tensor"),
+])
+def test_a_state_with_hand_edited_progress_fields_is_refused_on_load(tmp_path, change, phrase):
+    """They were used as found: `--resume` then failed with KeyError: -1 or 'RNG state must be a torch.ByteTensor'
+    after the data loader was built, an internal error."""
+    state = _state({"dataset": "A"}, tiny_model())
+    for name, value in change.items():
+        setattr(state, name, value)
+    path = save_state(tmp_path / "training_state.safetensors", state)
+    with pytest.raises(TrainingStateError, match=f"not a readable training state .*{phrase}.*start without --resume"):
+        load_state(path)
+
+
 def test_damaged_or_foreign_state_is_refused(tmp_path, model_path):
     with pytest.raises(TrainingStateError, match="not a MaskMed training state"):
         load_state(model_path)

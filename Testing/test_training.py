@@ -234,6 +234,23 @@ def test_an_export_failing_after_training_says_where_the_run_s_files_are(dataset
     assert (output / "best.maskmed").is_file()
 
 
+def test_resume_from_a_state_whose_optimizer_does_not_fit_is_refused(dataset, tmp_path, capsys):
+    """A state edited by hand (no parameter groups) passed the checks and failed in torch's load_state_dict, an
+    internal error; now a refusal naming the file (exit 2)."""
+    from maskmed_core.training.state import save_state
+
+    output = tmp_path / "run"
+    assert main(train_args(dataset, output, "--epochs", "1")) == ExitCode.OK
+    state_path = output / "training_state.safetensors"
+    state = load_state(state_path)
+    state.optimizer["param_groups"] = []
+    save_state(state_path, state)
+    capsys.readouterr()
+    assert main(train_args(dataset, output, "--resume")) == ExitCode.USAGE
+    err = capsys.readouterr().err
+    assert f"{state_path} does not fit this run" in err and "start without --resume" in err and "Traceback" not in err
+
+
 def test_nan_loss_stops_naming_step_and_cases(dataset, tmp_path, capsys, monkeypatch):
     from maskmed_core.model.heads import build_criterion
     from maskmed_core.training import trainer

@@ -117,6 +117,7 @@ def load_state(path: str | Path) -> TrainingState:
         fields = {name: load_json(metadata[name], name, _MAX_STATE_JSON)
                   for name in ("optimizer", "scheduler", "history", "run_config")}
         tensors = load_file(str(path))
+        _check_progress_fields(fields["history"], tensors.get("rng.torch"))
         model = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         optimizer_tensors = {k: v for k, v in tensors.items() if k.startswith("optimizer.")}
         return TrainingState(
@@ -136,6 +137,17 @@ def load_state(path: str | Path) -> TrainingState:
         raise TrainingStateError(
             f"{path} is not a readable training state ({str(error)[:200]}); start without --resume"
         ) from error
+
+
+def _check_progress_fields(history: Any, rng: torch.Tensor | None) -> None:
+    """ValueError unless the history is a list of epoch records (objects with an integer step and a number of
+    seconds) and the generator state a 1-D uint8 tensor, as ``save_state`` writes them."""
+    if not isinstance(history, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("step"), int) and isinstance(r.get("seconds", 0.0), (int, float))
+            for r in history):
+        raise ValueError("its history is not a list of epoch records")
+    if rng is None or rng.dtype != torch.uint8 or rng.dim() != 1:
+        raise ValueError("its random generator state is not a byte tensor")
 
 
 def require_saved_state(path: Path) -> None:

@@ -45,6 +45,7 @@ from maskmed_core.training.finetune import (
 )
 from maskmed_core.training.state import (
     TrainingState,
+    TrainingStateError,
     check_resumable,
     load_state,
     require_saved_state,
@@ -494,9 +495,13 @@ def _resume(run: _Run, report: Reporter) -> _Progress:
         return _Progress()
     state = load_state(run.state_path)
     check_resumable(state, _jsonable(run.config), run.model, run.state_path)
-    run.model.load_state_dict(state.model)
-    run.optimizer.load_state_dict(state.optimizer)
-    run.scheduler.load_state_dict(state.scheduler)
+    try:
+        run.model.load_state_dict(state.model)
+        run.optimizer.load_state_dict(state.optimizer)
+        run.scheduler.load_state_dict(state.scheduler)
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as error:  # torch's words for "does not fit"
+        raise TrainingStateError(f"{run.state_path} does not fit this run ({str(error)[:200]}); start without "
+                                 "--resume") from error
     progress = _Progress(state.step, state.best_metric, state.best_step, state.history, state.torch_rng)
     run.clock.spent_before = float(progress.history[-1].get("seconds", 0.0)) if progress.history else 0.0
     report(MessageEvent("info", f"resumed at step {progress.step}"))
