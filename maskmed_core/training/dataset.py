@@ -26,11 +26,7 @@ import SimpleITK as sitk
 
 from maskmed_core.classes import SegmentClass
 from maskmed_core.io.errors import InputError
-
-# SimpleITK fills the missing voxels of a truncated NIfTI file with zeros without a word; for a label map that means
-# silently erased organs, so the I/O layer's completeness check is reused here.
 from maskmed_core.io.formats import VOLUME_SUFFIXES
-from maskmed_core.io.nifti_header import check_nifti_complete
 from maskmed_core.io.reading import check_before_header, check_voxel_data, read_header, read_image, read_voxels
 from maskmed_core.io.volume_checks import check_memory_budget
 from maskmed_core.label_mapping import MAX_LABEL_VALUE
@@ -494,14 +490,13 @@ def read_label_file(path: str | os.PathLike[str]) -> sitk.Image:
         )
     # The image reader's checks that a hostile file cannot pass (a pipe or a device, a data file outside the header's
     # folder, a header claiming more voxels than the file or the memory holds), before ITK opens or allocates anything.
+    # The last also finds a truncated file, whose missing voxels SimpleITK would fill with zeros without a word: for a
+    # label map, silently erased organs.
     check_before_header(path)
     header = read_header(path)
     check_memory_budget(header, f"The label map {path}")
     check_voxel_data(path, header)
-    label = read_voxels(path)
-    if lower.endswith((".nii", ".nii.gz")):
-        check_nifti_complete(path)
-    return label
+    return read_voxels(path)
 
 
 def label_map_problem(label: sitk.Image, name: str) -> str | None:
