@@ -41,10 +41,11 @@ def tiny_model_file(path: Path, num_classes: int = 3, patch_size=(32, 48, 48), k
     return save_model_file(path, tiny_model(num_classes, kind), plans, list(AMOS15_CLASSES[:num_classes]))
 
 
-def full_disk_save_file(tensors, filename, metadata=None):
-    """Stand-in for ``safetensors.torch.save_file`` that writes part of the file, then fails as a full disk does."""
-    with open(filename, "wb") as handle:
-        handle.write(b"partial")
+def full_disk_write_bytes(path, data):
+    """Stand-in for ``Path.write_bytes`` (how ``atomic.write_safetensors`` writes) that writes part of the data, then
+    fails as a full disk does."""
+    with open(path, "wb") as handle:
+        handle.write(bytes(data)[:7])
     raise OSError(28, "No space left on device")
 
 

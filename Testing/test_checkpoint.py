@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
-from factories import full_disk_save_file, tiny_model
+from factories import full_disk_write_bytes, tiny_model
 from safetensors.torch import load_file, save_file
 
 from maskmed_core.checkpoint import ModelFileError, load_model_file, save_model_file
@@ -173,7 +174,7 @@ def test_terminology_tag_has_slicer_layout():
 def test_failed_save_keeps_the_previous_model_file(model_path, monkeypatch):
     before = model_path.read_bytes()
 
-    monkeypatch.setattr("safetensors.torch.save_file", full_disk_save_file)
+    monkeypatch.setattr(Path, "write_bytes", full_disk_write_bytes)
     with pytest.raises(OSError, match="No space left"):
         save_model_file(model_path, tiny_model(), Plans(), CLASSES)
     assert model_path.read_bytes() == before

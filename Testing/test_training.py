@@ -251,6 +251,17 @@ def test_resume_from_a_state_whose_optimizer_does_not_fit_is_refused(dataset, tm
     assert f"{state_path} does not fit this run" in err and "start without --resume" in err and "Traceback" not in err
 
 
+def test_a_run_removes_what_a_killed_run_left_half_written(dataset, tmp_path):
+    output = tmp_path / "run"
+    output.mkdir()
+    ours = [output / ".training_state.0123456789ab.tmp.safetensors", output / ".last.0123456789ab.tmp.maskmed"]
+    foreign = output / ".tmpAbC123"
+    for path in (*ours, foreign):
+        path.write_bytes(bytes(100))
+    assert main(train_args(dataset, output, "--epochs", "1")) == ExitCode.OK
+    assert not any(path.exists() for path in ours) and foreign.exists()
+
+
 def test_nan_loss_stops_naming_step_and_cases(dataset, tmp_path, capsys, monkeypatch):
     from maskmed_core.model.heads import build_criterion
     from maskmed_core.training import trainer

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
-from factories import full_disk_save_file, tiny_model
+from factories import full_disk_write_bytes, tiny_model
 
 from maskmed_core.classes import AMOS15_CLASSES, SegmentClass
 from maskmed_core.model import MaskMed
@@ -64,7 +66,7 @@ def test_failed_save_keeps_the_previous_state(tmp_path, monkeypatch):
     path = save_state(tmp_path / "state.safetensors", _state(model, optimizer, scheduler, 1))
     before = path.read_bytes()
 
-    monkeypatch.setattr("safetensors.torch.save_file", full_disk_save_file)
+    monkeypatch.setattr(Path, "write_bytes", full_disk_write_bytes)
     with pytest.raises(OSError, match="No space left"):
         save_state(path, _state(model, optimizer, scheduler, 2))
     assert path.read_bytes() == before

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextvars
 import errno
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -175,17 +176,50 @@ def temporary_sibling(target: Path) -> Path:
     Not created here: the writer creates it with the usual permissions (a tempfile.mkstemp file would be
     0600 and keep that mode after the rename). A random 48-bit token makes a collision practically impossible.
     """
+    stem, extension = _stem_and_extension(target)
+    # A file name has at most 255 bytes: the stem is shortened so that a target that fits has a temporary that fits.
+    room = _MAX_NAME_BYTES - len(f"..{uuid.uuid4().hex[:12]}.tmp{extension}".encode())
+    stem = stem.encode()[: max(0, room)].decode(errors="ignore")
+    return target.with_name(f".{stem}.{uuid.uuid4().hex[:12]}.tmp{extension}")
+
+
+def _stem_and_extension(target: Path) -> tuple[str, str]:
+    """The target's name without its leading dots and full extension (one leading dot is added to make a hidden
+    temporary; avoid "..name"), and that extension (".nii.gz", ".seg.nrrd", ".tar.gz", ".maskmed", ...)."""
     name = target.name
     lower = name.lower()
     extension = next((s for s in _COMPOUND_SUFFIXES if lower.endswith(s)), None)
     if extension is None:
         extension = "".join(target.suffixes[-2:]) if lower.endswith(".gz") else target.suffix
     split = len(name) - len(extension)
-    stem = name[:split].lstrip(".")  # one leading dot is added below (hidden file); avoid "..name"
-    # A file name has at most 255 bytes: the stem is shortened so that a target that fits has a temporary that fits.
-    room = _MAX_NAME_BYTES - len(f"..{uuid.uuid4().hex[:12]}.tmp{name[split:]}".encode())
-    stem = stem.encode()[: max(0, room)].decode(errors="ignore")
-    return target.with_name(f".{stem}.{uuid.uuid4().hex[:12]}.tmp{name[split:]}")
+    return name[:split].lstrip("."), name[split:]
+
+
+def write_safetensors(path: str | os.PathLike[str], tensors: dict, metadata: dict[str, str]) -> Path:
+    """Write tensors and metadata as a safetensors file through :func:`atomic_path` (checked complete).
+
+    Serialised in memory and written here, rather than by ``safetensors.torch.save_file``, which writes a temporary
+    file of its own (``.tmpXXXXXX``, outside this module's naming) that a kill -9 mid-write leaves behind: the only
+    temporary is then this module's, which :func:`remove_stale_temporaries` knows. Costs one copy of the file in
+    memory while it is written (a training state: ~110 MB)."""
+    from safetensors.torch import save
+
+    with atomic_path(path, verify=verify_safetensors) as temporary:
+        temporary.write_bytes(save(tensors, metadata=metadata))
+    return Path(path)
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Remove the temporaries :func:`atomic_path` made for ``target`` that a killed process left behind (kill -9,
+    a power cut); call it where no other process writes ``target``, e.g. when a run starts. Returns what it removed."""
+    stem, extension = _stem_and_extension(target)
+    pattern = re.compile(rf"\.{re.escape(stem)}\.[0-9a-f]{{12}}\.tmp{re.escape(extension)}")
+    removed = []
+    for candidate in target.parent.glob(".*.tmp*"):
+        if pattern.fullmatch(candidate.name) and candidate.is_file() and not candidate.is_symlink():
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
 
 
 def verify_safetensors(path: Path) -> None:

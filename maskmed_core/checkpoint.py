@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from maskmed_core import __version__
-from maskmed_core.atomic import atomic_path, verify_safetensors
+from maskmed_core.atomic import write_safetensors
 from maskmed_core.classes import SegmentClass, validate_classes
 from maskmed_core.model import MaskMed, ModelConfig
 from maskmed_core.plans import Plans
@@ -112,8 +112,6 @@ def save_model_file(
     weights_dtype: "half" (default: float16, or bfloat16 when a weight's magnitude exceeds float16's 65504),
     "float16", "bfloat16" or "float32". Raises ValueError for non-finite weights (a diverged training).
     """
-    from safetensors.torch import save_file
-
     validate_classes(classes)
     if len(classes) != model.config.num_classes:
         raise ValueError(f"{len(classes)} classes given for a network with {model.config.num_classes} classes")
@@ -139,9 +137,7 @@ def save_model_file(
         "extra": json.dumps(extra or {}),
         "weights_dtype": weights_dtype,
     }
-    with atomic_path(path, verify=verify_safetensors) as temporary:
-        save_file(tensors, str(temporary), metadata=metadata)
-    return path
+    return write_safetensors(path, tensors, metadata)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from maskmed_core.atomic import atomic_path, verify_safetensors
+from maskmed_core.atomic import write_safetensors
 from maskmed_core.training.config import TrainConfig
 from maskmed_core.training.options import must_match_on_resume, values_before
 
@@ -62,8 +62,6 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict[str, Any])
 
 def save_state(path: str | Path, state: TrainingState) -> Path:
     """Write the state atomically (temporary file in the same folder, fsync, rename)."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     optimizer_tensors, optimizer_rest = _flatten_optimizer(state.optimizer)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in state.model.items()}
@@ -80,9 +78,7 @@ def save_state(path: str | Path, state: TrainingState) -> Path:
         "history": json.dumps(state.history),
         "run_config": json.dumps(state.run_config),
     }
-    with atomic_path(path, verify=verify_safetensors) as temporary:
-        save_file(tensors, str(temporary), metadata=metadata)
-    return path
+    return write_safetensors(path, tensors, metadata)
 
 
 class TrainingStateError(ValueError):

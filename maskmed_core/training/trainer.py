@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from maskmed_core.allocator import retain_freed_memory
-from maskmed_core.atomic import atomic_path, output_batch, refuse_a_folder_in_the_way
+from maskmed_core.atomic import atomic_path, output_batch, refuse_a_folder_in_the_way, remove_stale_temporaries
 from maskmed_core.checkpoint import load_model_file, save_model_file
 from maskmed_core.classes import AMOS15_CLASSES, SegmentClass, lateral_classes_without_partner, lateral_pairs
 from maskmed_core.events import EpochEvent, Event, MessageEvent, StepEvent
@@ -61,6 +61,8 @@ LOG_FILE = "training_log.jsonl"
 PLOT_FILE = "training_curves.png"
 BEST_MODEL = "best.maskmed"
 LAST_MODEL = "last.maskmed"
+# Every file a run writes into its output folder.
+RUN_FILES = (BEST_MODEL, LAST_MODEL, STATE_FILE, LOG_FILE, PLOT_FILE)
 
 
 class TrainingError(RuntimeError):
@@ -325,7 +327,7 @@ def _check_output(output: Path) -> None:
     from maskmed_core.io.output_folder import check_output_folder
 
     check_output_folder(output)
-    for name in (BEST_MODEL, LAST_MODEL, STATE_FILE, LOG_FILE, PLOT_FILE):
+    for name in RUN_FILES:
         refuse_a_folder_in_the_way(output / name)
 
 
@@ -337,6 +339,8 @@ def _set_up(config: TrainConfig, context, report: Reporter) -> TrainingData:
     created = context.is_main and not output.exists()
     if context.is_main:
         output.mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES:  # what a run killed while writing (kill -9, a power cut) left half-written
+            remove_stale_temporaries(output / name)
     _set_determinism(config, context.rank)
     try:
         if is_manifest(config.dataset):
@@ -858,10 +862,9 @@ def _plot(path: Path, history: list[dict[str, Any]]) -> None:
     if validated:
         right.legend(fontsize=6, ncol=2)
     figure.tight_layout()
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=80)
+    with atomic_path(path, sync=False) as temporary:  # a picture: not worth an fsync per epoch
+        figure.savefig(temporary, dpi=80)
     plt.close(figure)
-    temporary.replace(path)
 
 
 def _jsonable(config: TrainConfig) -> dict[str, Any]:
