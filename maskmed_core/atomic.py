@@ -199,9 +199,9 @@ def write_safetensors(path: str | os.PathLike[str], tensors: dict, metadata: dic
     """Write tensors and metadata as a safetensors file through :func:`atomic_path` (checked complete).
 
     Serialised in memory and written here, rather than by ``safetensors.torch.save_file``, which writes a temporary
-    file of its own (``.tmpXXXXXX``, outside this module's naming) that a kill -9 mid-write leaves behind: the only
-    temporary is then this module's, which :func:`remove_stale_temporaries` knows. Costs one copy of the file in
-    memory while it is written (a training state: ~110 MB)."""
+    file of its own (".tmp" and six random characters, outside this module's naming) that a kill -9 mid-write leaves
+    behind: the only temporary is then this module's, which :func:`remove_stale_temporaries` knows. Costs one copy of
+    the file in memory while it is written (a training state: ~110 MB)."""
     from safetensors.torch import save
 
     with atomic_path(path, verify=verify_safetensors) as temporary:
