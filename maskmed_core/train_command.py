@@ -134,11 +134,9 @@ def run(args: argparse.Namespace) -> int:
 def _check_export_target(target: Path) -> None:
     """Raise OutputLocationError / OutputIsAFolderError when --export could not be written: its folder cannot be
     created or written, or a folder has the file's name."""
-    from maskmed_core.atomic import refuse_a_folder_in_the_way
-    from maskmed_core.io.output_folder import check_output_folder
+    from maskmed_core.io.output_folder import check_output_files
 
-    check_output_folder(target.parent)
-    refuse_a_folder_in_the_way(target)
+    check_output_files(target.parent, (target.name,))
 
 
 def _export(source: Path, target: Path) -> Path:

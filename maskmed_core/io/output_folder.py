@@ -4,8 +4,10 @@ machines without it)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
+from maskmed_core.atomic import refuse_a_folder_in_the_way
 from maskmed_core.io.errors import OutputLocationError
 
 
@@ -31,4 +33,14 @@ def check_output_folder(folder: str | os.PathLike[str]) -> Path:
             f"Cannot write into {folder}{what}: the folder or its file system is read-only or belongs to another "
             "user. Choose an output folder you can write to."
         )
+    return folder
+
+
+def check_output_files(folder: str | os.PathLike[str], names: Iterable[str]) -> Path:
+    """:func:`check_output_folder`, then raise OutputIsAFolderError when a folder has the name of a file to write
+    there (an ``os.replace`` cannot put a file in its place): what a command that writes after slow work checks
+    first. Returns the folder as a Path."""
+    folder = check_output_folder(folder)
+    for name in names:
+        refuse_a_folder_in_the_way(folder / name)
     return folder

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from maskmed_core.allocator import retain_freed_memory
-from maskmed_core.atomic import atomic_path, output_batch, refuse_a_folder_in_the_way, remove_stale_temporaries
+from maskmed_core.atomic import atomic_path, output_batch, remove_stale_temporaries
 from maskmed_core.checkpoint import load_model_file, save_model_file
 from maskmed_core.classes import AMOS15_CLASSES, SegmentClass, lateral_classes_without_partner, lateral_pairs
 from maskmed_core.events import EpochEvent, Event, MessageEvent, StepEvent
@@ -324,11 +324,9 @@ class _Progress:
 def _check_output(output: Path) -> None:
     """Refuse an output folder the run could not write into at its first epoch's end, minutes later: -o a file or a
     read-only place (OutputLocationError), a folder in the way of a file the run writes (OutputIsAFolderError)."""
-    from maskmed_core.io.output_folder import check_output_folder
+    from maskmed_core.io.output_folder import check_output_files
 
-    check_output_folder(output)
-    for name in RUN_FILES:
-        refuse_a_folder_in_the_way(output / name)
+    check_output_files(output, RUN_FILES)
 
 
 def _set_up(config: TrainConfig, context, report: Reporter) -> TrainingData:
