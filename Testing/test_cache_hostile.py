@@ -19,7 +19,10 @@ from maskmed_core.io.errors import InputError
 from maskmed_core.plans import Plans
 from maskmed_core.training.cache import _remove_stale_temporaries
 from maskmed_core.training.cache_entries import (
+    ENTRY_NAME,
+    TEMPORARY_ENTRY_NAME,
     CacheManifest,
+    entry_name,
     load_cached,
     load_entry,
     read_manifest,
@@ -143,6 +146,23 @@ def test_only_the_cache_s_own_stale_temporaries_are_removed(tmp_path):
         os.utime(folder, (two_hours_ago, two_hours_ago))
     _remove_stale_temporaries(tmp_path)
     assert not ours.exists() and (foreign / "data.txt").is_file()
+
+
+@pytest.mark.parametrize("case_name", ["s0002", "../../etc", ".hidden", "", "...", "ct with spaces/und ümlaut",
+                                       "x" * 300, "-starts-with-a-dash"])
+def test_every_entry_the_cache_names_is_one_its_manifest_check_accepts(tmp_path, case_name):
+    """The names the cache writes and the patterns that check a manifest and find stale temporaries are declared
+    side by side; a case name of any form must give an entry (and a temporary) they accept, inside the cache."""
+    name = entry_name(case_name, "0123456789abcdef")
+    assert ENTRY_NAME.fullmatch(name) and (tmp_path / name).parent == tmp_path
+    write_entry(tmp_path / name, None, np.zeros(SHAPE, np.uint8), None, {}, {"name": case_name})
+    assert (tmp_path / name).is_dir() and not list(tmp_path.glob(".tmp-*"))
+    assert TEMPORARY_ENTRY_NAME.fullmatch(f".tmp-{name}-0a1b2c3d")
+
+
+def test_an_entry_name_needs_a_cache_key():
+    with pytest.raises(ValueError, match="16 hex digits"):
+        entry_name("s0002", "../x")
 
 
 def test_json_nested_too_deep_is_damage_not_a_crash(tmp_path):

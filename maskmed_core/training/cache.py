@@ -27,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -43,8 +42,10 @@ from maskmed_core.io import InputError
 from maskmed_core.io.reading import VOLUME_SUFFIXES
 from maskmed_core.plans import Plans
 from maskmed_core.training.cache_entries import (
+    KEY_HEX_DIGITS,
     TEMPORARY_ENTRY_NAME,
     PreprocessedCase,
+    entry_name,
     foreground_samples,
     load_entry,
     write_entry,
@@ -100,7 +101,7 @@ def preprocess_case(
     if case.label is None:
         raise InputError(f"Case {case.name} has no label map; every training case needs one (see check_dataset).")
     key = cache_key(case, plans, class_values, label_mapping)
-    entry = cache_dir / f"{_safe_name(case.name)}-{key}"
+    entry = cache_dir / entry_name(case.name, key)
     if entry.is_dir():
         loaded = load_entry(entry, case.name, key)
         if loaded is not None:
@@ -142,7 +143,7 @@ def preprocess_label_only(
     cache.mkdir(parents=True, exist_ok=True)
     name = _label_only_name(label_path)
     key = _key(None, label_path, plans, class_values, label_mapping)
-    entry = cache / f"{_safe_name(name)}-{key}"
+    entry = cache / entry_name(name, key)
     if entry.is_dir():
         loaded = load_entry(entry, name, key)
         if loaded is not None:
@@ -198,7 +199,7 @@ def _labels_and_tissue(
 
 
 def cache_key(case: Case, plans: Plans, class_values: list[int], label_mapping: LabelMapping | None = None) -> str:
-    """16 hex digits identifying everything a case's preprocessed arrays depend on."""
+    """KEY_HEX_DIGITS (16) hex digits identifying everything a case's preprocessed arrays depend on."""
     return _key(case.image, case.label, plans, class_values, label_mapping)
 
 
@@ -215,7 +216,7 @@ def _key(
         "label_mapping": sorted([int(k), int(v)] for k, v in label_mapping.items()) if label_mapping else None,
     }
     text = json.dumps(payload, sort_keys=True)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:KEY_HEX_DIGITS]
 
 
 def _file_state(path: Path) -> Any:
@@ -273,10 +274,6 @@ def _remove_stale_temporaries(cache: Path) -> None:
                 shutil.rmtree(entry, ignore_errors=True)
         except OSError:
             continue  # removed by another process meanwhile
-
-
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip(".")[:80] or "case"
 
 
 def _check_class_values(class_values: list[int]) -> None:

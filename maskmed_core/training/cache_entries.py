@@ -33,10 +33,15 @@ from maskmed_core.io.errors import InputError
 from maskmed_core.plans import Plans
 from maskmed_core.untrusted import check_int, check_sequence, load_json
 
-# A cache entry's folder name: the case's name made safe (cache._safe_name), "-", a 16-hex key; a manifest naming
-# anything else (a path, "..") is refused, and only temporaries of this form are cleaned up as stale.
-ENTRY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*-[0-9a-f]{16}")
-TEMPORARY_ENTRY_NAME = re.compile(rf"\.tmp-{ENTRY_NAME.pattern}-[0-9a-f]{{8}}")
+# A cache entry's folder name (entry_name): the case's name made safe, "-", the KEY_HEX_DIGITS-hex cache key; a
+# manifest naming anything else (a path, "..") is refused, and only temporaries of this form (temporary_entry) are
+# cleaned up as stale.
+KEY_HEX_DIGITS = 16
+_TEMPORARY_HEX_DIGITS = 8
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9._-]+")
+_MAX_SAFE_NAME = 80
+ENTRY_NAME = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9._-]*-[0-9a-f]{{{KEY_HEX_DIGITS}}}")
+TEMPORARY_ENTRY_NAME = re.compile(rf"\.tmp-{ENTRY_NAME.pattern}-[0-9a-f]{{{_TEMPORARY_HEX_DIGITS}}}")
 MANIFEST_FILE = "manifest.json"
 # A manifest lists every entry's name (tens of bytes each): room for a million cases, not for a memory attack.
 MAX_MANIFEST_BYTES = 64 << 20
@@ -117,6 +122,16 @@ def _read_foreground(path: Path, shape: tuple[int, ...]) -> dict[int, np.ndarray
     return foreground
 
 
+def entry_name(case_name: str, key: str) -> str:
+    """The folder name of a case's cache entry (matches ENTRY_NAME): the case's name with every run of characters
+    other than letters, digits, ".", "_" and "-" made one "_", leading and trailing dots dropped, cut to 80
+    characters ("case" when nothing is left), then "-" and the key."""
+    if not re.fullmatch(rf"[0-9a-f]{{{KEY_HEX_DIGITS}}}", key):
+        raise ValueError(f"a cache key is {KEY_HEX_DIGITS} hex digits, got {key!r}")
+    safe = _UNSAFE_IN_NAME.sub("_", case_name).strip(".")[:_MAX_SAFE_NAME] or "case"
+    return f"{safe}-{key}"
+
+
 def write_entry(
     entry: Path,
     image: np.ndarray | None,
@@ -125,7 +140,7 @@ def write_entry(
     foreground: dict[int, np.ndarray],
     meta: dict[str, Any],
 ) -> None:
-    temporary = entry.with_name(f".tmp-{entry.name}-{uuid.uuid4().hex[:8]}")
+    temporary = entry.with_name(f".tmp-{entry.name}-{uuid.uuid4().hex[:_TEMPORARY_HEX_DIGITS]}")
     temporary.mkdir()
     try:
         if image is not None:
