@@ -39,12 +39,12 @@ def test_case_metrics_shifted_cubes_and_absent_classes():
 def test_summarize_counts_missed_as_zero_and_leaves_hd95_missing():
     prediction, reference = _maps()
     summary = ablation.summarize(ablation.case_metrics(prediction, reference, NAMES, (2.0, 1.0, 1.0)))
-    assert summary["classes"] == 2  # the reference's classes: liver, spleen
+    assert summary["classes_in_reference"] == 2  # the reference's classes: liver, spleen
     assert summary["mean_dice"] == pytest.approx((4 / 6 + 0.0) / 2)
     assert summary["mean_hd95"] == pytest.approx(4.0)
-    assert summary["hd95_classes"] == 1
-    assert summary["missed"] == ["spleen"]
-    assert summary["false_positive"] == ["aorta"]
+    assert summary["classes_with_hd95"] == 1
+    assert summary["missed_classes"] == ["spleen"]
+    assert summary["false_positive_classes"] == ["aorta"]
 
 
 def test_average_over_folds_uses_only_folds_with_the_class():

@@ -28,9 +28,8 @@ and normalisation as training), predicted by ``predict_case_indices`` (full slid
 run_training's validation) and compared with its label map resampled (nearest neighbour) to that grid. Metrics per
 class:
 
-- Dice: ``maskmed_core.training.validation.dice_per_class``;
-- HD95 (mm): MONAI's ``compute_hausdorff_distance(..., percentile=95, spacing=plans.spacing)`` (symmetric, on the
-  surface voxels);
+- Dice and HD95 (mm) by ``maskmed_core.evaluation.class_scores``, as ``maskmed evaluate`` scores (HD95: MONAI's
+  ``compute_hausdorff_distance(..., percentile=95, spacing=plans.spacing)``, symmetric, on the surface voxels);
 - a class absent from both reference and prediction is skipped; a class in the reference but not predicted is
   "missed" (Dice 0, HD95 missing "—", counted); a class predicted but not in the reference is a "false-positive
   class" (counted and named, not a table row). HD95 is never set to 0 or to a made-up penalty: the mean HD95 is over
@@ -96,6 +95,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._common import LABEL_MAPPING, REPO
+from maskmed_core.evaluation import ClassScores, class_scores, summarize
 
 DEFAULT_DATASET = REPO / "recipes" / "default_model" / "dataset.json"
 DEFAULT_LABEL_MAPPING = Path(LABEL_MAPPING)
@@ -112,61 +112,14 @@ DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 MISSING = "—"
 
-ClassScores = dict[str, dict[str, Any]]  # class name -> {"dice": float, "hd95": float | None, "status": str}
 
 
 # ----- metrics (pure, tested in Testing/test_ablation.py) ---------------------------------------------------------
 def case_metrics(prediction, reference, class_names: list[str], spacing_zyx) -> ClassScores:
-    """Per-class Dice and HD95 (mm) of a predicted vs a reference label map (class indices 0..C, same grid).
-
-    Classes absent from both are left out. status: "both" (Dice and HD95), "missed" (in the reference only: Dice 0,
-    HD95 None) or "false_positive" (in the prediction only: Dice 0, HD95 None).
-    """
-    import numpy as np
-    import torch
-    from monai.metrics import compute_hausdorff_distance
-
-    from maskmed_core.training.validation import dice_per_class
-
-    prediction, reference = np.asarray(prediction), np.asarray(reference)
-    if prediction.shape != reference.shape:
-        raise ValueError(f"prediction {prediction.shape} and reference {reference.shape} differ")
-    dice = dice_per_class(prediction, reference, len(class_names))
-    scores: ClassScores = {}
-    for index, value in sorted(dice.items()):
-        predicted, expected = prediction == index, reference == index
-        in_prediction, in_reference = bool(predicted.any()), bool(expected.any())
-        hd95 = None
-        if in_prediction and in_reference:
-            status = "both"
-            with warnings.catch_warnings():  # MONAI's own deprecation notice about an argument it passes itself
-                warnings.simplefilter("ignore", FutureWarning)
-                distance = compute_hausdorff_distance(
-                    torch.from_numpy(predicted)[None, None],
-                    torch.from_numpy(expected)[None, None],
-                    include_background=True,
-                    percentile=95,
-                    spacing=[float(s) for s in spacing_zyx],
-                )
-            hd95 = float(distance.item())
-        else:
-            status = "missed" if in_reference else "false_positive"
-        scores[class_names[index - 1]] = {"dice": float(value), "hd95": hd95, "status": status}
-    return scores
-
-
-def summarize(scores: ClassScores) -> dict[str, Any]:
-    """Mean Dice over the reference's classes (missed ones count 0), mean HD95 where it exists, and the counts."""
-    reference = {name: s for name, s in scores.items() if s["status"] != "false_positive"}
-    hd95 = [s["hd95"] for s in reference.values() if s["hd95"] is not None]
-    return {
-        "classes": len(reference),
-        "mean_dice": sum(s["dice"] for s in reference.values()) / len(reference) if reference else None,
-        "mean_hd95": sum(hd95) / len(hd95) if hd95 else None,
-        "hd95_classes": len(hd95),
-        "missed": sorted(name for name, s in reference.items() if s["status"] == "missed"),
-        "false_positive": sorted(name for name, s in scores.items() if s["status"] == "false_positive"),
-    }
+    """``maskmed_core.evaluation.class_scores`` for label maps of class indices 0..C, ``class_names`` in index order
+    (index i + 1 is class_names[i])."""
+    return class_scores(prediction, reference, {name: index + 1 for index, name in enumerate(class_names)},
+                        spacing_zyx)
 
 
 def average_over_folds(per_fold: list[ClassScores]) -> dict[str, dict[str, Any]]:
@@ -211,8 +164,8 @@ def format_table(title: str, rows: dict[str, dict[str, dict[str, Any]]], variant
         m = means[variant]
         line += f"{_number(m['mean_dice'], 3):>9s}{_number(m['mean_hd95'], 1):>8s}"
     lines.append(line)
-    for label, key in (("classes with HD95", "hd95_classes"), ("missed classes", "missed"),
-                       ("false-positive classes", "false_positive")):
+    for label, key in (("classes with HD95", "classes_with_hd95"), ("missed classes", "missed_classes"),
+                       ("false-positive classes", "false_positive_classes")):
         line = f"{label:{width}s}"
         for variant in variants:
             value = means[variant].get(key)
@@ -677,10 +630,10 @@ def _print_fold(fold: str, runs: dict[str, dict[str, Any]], variants: list[str],
 def _print_variant_line(variant: str, run: dict[str, Any]) -> None:
     s = run["summary"]
     extra = []
-    if s["missed"]:
-        extra.append(f"missed {', '.join(s['missed'])}")
-    if s["false_positive"]:
-        extra.append(f"false positives {', '.join(s['false_positive'])}")
+    if s["missed_classes"]:
+        extra.append(f"missed {', '.join(s['missed_classes'])}")
+    if s["false_positive_classes"]:
+        extra.append(f"false positives {', '.join(s['false_positive_classes'])}")
     print(f"  {variant}: train {run['train_seconds']:.0f} s ({run['steps']} steps, "
           f"{_number(run['seconds_per_step'], 2)} s/step), evaluation {run['eval_seconds']:.0f} s"
           f"{'; ' + '; '.join(extra) if extra else ''}")
@@ -688,8 +641,8 @@ def _print_variant_line(variant: str, run: dict[str, Any]) -> None:
     if argmax:
         print(f"  {variant} with nnU-Net's argmax rule instead of the 0.5 class threshold: mean Dice "
               f"{_number(argmax['mean_dice'], 3)}, mean HD95 {_number(argmax['mean_hd95'], 1)} mm over "
-              f"{argmax['hd95_classes']} class(es), {len(argmax['missed'])} missed, "
-              f"{len(argmax['false_positive'])} false-positive class(es)")
+              f"{argmax['classes_with_hd95']} class(es), {len(argmax['missed_classes'])} missed, "
+              f"{len(argmax['false_positive_classes'])} false-positive class(es)")
 
 
 def _variant_means(summaries: list[dict[str, Any]], fold_means: list[float]) -> dict[str, Any]:
@@ -698,9 +651,9 @@ def _variant_means(summaries: list[dict[str, Any]], fold_means: list[float]) -> 
     return {
         "mean_dice": sum(fold_means) / len(fold_means),
         "mean_hd95": sum(hd95) / len(hd95) if hd95 else None,
-        "hd95_classes": sum(s["hd95_classes"] for s in summaries),
-        "missed": sum(len(s["missed"]) for s in summaries),
-        "false_positive": sum(len(s["false_positive"]) for s in summaries),
+        "classes_with_hd95": sum(s["classes_with_hd95"] for s in summaries),
+        "missed_classes": sum(len(s["missed_classes"]) for s in summaries),
+        "false_positive_classes": sum(len(s["false_positive_classes"]) for s in summaries),
     }
 
 

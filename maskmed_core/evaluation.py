@@ -84,6 +84,7 @@ def summarize(scores: ClassScores) -> dict[str, Any]:
         "mean_hd95": float(np.mean(distances)) if distances else None,
         "classes_in_reference": len(in_reference),
         "classes_with_hd95": len(distances),
+        "missed_classes": sorted(n for n, s in in_reference.items() if s["status"] == "missed"),
         "false_positive_classes": sorted(n for n, s in scores.items() if s["status"] == "false_positive"),
     }
 
