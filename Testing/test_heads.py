@@ -19,12 +19,12 @@ from maskmed_core.model import MaskMed
 from maskmed_core.model.config import HEAD_KINDS
 from maskmed_core.model.heads import HEADS, ConvHead, DecoupledHead
 
-# Labels of the bundled default model on the kidney crop of the demo CT (X 10:110, Y 10:90, Z 56:112), first saved
-# from the code before the heads became classes (commit d13a1da), on the CPU; for the model shipped on 2026-12-06, read
-# there with its config less the later field pixel_decoder.mask_refine_levels (0: the network that code built). The
-# crop's 56 slices are fewer than the patch's 64, so the sliding window pads it: re-saved with the centred padding
-# (a7fd2f6), after the current code with the padding switched back to the end had reproduced the d13a1da labels
-# exactly (0 voxels differed).
+# Labels of the bundled default model on the kidney crop of the demo CT (X 10:110, Y 10:90, Z 56:112), on the CPU: a
+# guard that a change of code does not change what the model predicts. First saved from the code before the heads
+# became classes (commit d13a1da); re-saved with the centred padding (a7fd2f6) after the padding switched back to the
+# end had reproduced them exactly; re-saved on 2026-12-06 for the newly shipped default model (sha256 6ddd41e7...), the
+# previous file (c53cbec2...) having reproduced the stored labels with the same code (the suite passed before the
+# swap). The new file's labels differ from the old one's in 0.41 % of the crop's voxels.
 REFERENCE_LABELS = Path(__file__).parent / "reference" / "default_model_kidney_crop_labels.npz"
 # Voxels allowed to differ from the reference: none differed on the machine that saved it; a different CPU or
 # torch build may round a few near-tied voxels the other way.
