@@ -113,7 +113,6 @@ DEVICE_DEFAULTS: dict[str, dict[str, Any]] = {
 MISSING = "—"
 
 
-
 # ----- metrics (pure, tested in Testing/test_ablation.py) ---------------------------------------------------------
 def case_metrics(prediction, reference, class_names: list[str], spacing_zyx) -> ClassScores:
     """``maskmed_core.evaluation.class_scores`` for label maps of class indices 0..C, ``class_names`` in index order
