@@ -20,6 +20,7 @@ from maskmed_core.interrupts import signals_recorded
 # Multi-part extensions that must survive in the temporary name (".seg.nrrd": Slicer segmentation files).
 _COMPOUND_SUFFIXES = (".nii.gz", ".seg.nrrd")
 _MAX_NAME_BYTES = 255  # NAME_MAX of Linux, macOS and Windows file systems
+_TOKEN_HEX_DIGITS = 12  # the random part of a temporary's name (48 bits), written and recognised alike
 
 
 class OutputIsAFolderError(IsADirectoryError):
@@ -178,9 +179,10 @@ def temporary_sibling(target: Path) -> Path:
     """
     stem, extension = _stem_and_extension(target)
     # A file name has at most 255 bytes: the stem is shortened so that a target that fits has a temporary that fits.
-    room = _MAX_NAME_BYTES - len(f"..{uuid.uuid4().hex[:12]}.tmp{extension}".encode())
+    token = uuid.uuid4().hex[:_TOKEN_HEX_DIGITS]
+    room = _MAX_NAME_BYTES - len(f"..{token}.tmp{extension}".encode())
     stem = stem.encode()[: max(0, room)].decode(errors="ignore")
-    return target.with_name(f".{stem}.{uuid.uuid4().hex[:12]}.tmp{extension}")
+    return target.with_name(f".{stem}.{token}.tmp{extension}")
 
 
 def _stem_and_extension(target: Path) -> tuple[str, str]:
@@ -213,7 +215,7 @@ def remove_stale_temporaries(target: Path) -> list[Path]:
     """Remove the temporaries :func:`atomic_path` made for ``target`` that a killed process left behind (kill -9,
     a power cut); call it where no other process writes ``target``, e.g. when a run starts. Returns what it removed."""
     stem, extension = _stem_and_extension(target)
-    pattern = re.compile(rf"\.{re.escape(stem)}\.[0-9a-f]{{12}}\.tmp{re.escape(extension)}")
+    pattern = re.compile(rf"\.{re.escape(stem)}\.[0-9a-f]{{{_TOKEN_HEX_DIGITS}}}\.tmp{re.escape(extension)}")
     removed = []
     for candidate in target.parent.glob(".*.tmp*"):
         if pattern.fullmatch(candidate.name) and candidate.is_file() and not candidate.is_symlink():

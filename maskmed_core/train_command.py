@@ -87,12 +87,14 @@ def run(args: argparse.Namespace) -> int:
     progress = _Progress(args.json, is_main)
     if args.nproc > 1:
         return _run_local_workers(args, progress)
+    from maskmed_core.io.output_folder import check_output_files
     from maskmed_core.training.trainer import run_training
 
     try:
         config = _config_from_args(args)
-        if is_main and args.export:
-            _check_export_target(Path(args.export))  # refused now, not after hours of training
+        if is_main and args.export:  # a folder that cannot be written, or a folder in the file's place: refused
+            # now, not after hours of training (OutputLocationError / OutputIsAFolderError)
+            check_output_files(Path(args.export).parent, (Path(args.export).name,))
         with sigterm_as_keyboard_interrupt():  # a scheduler's stop or `kill` cancels as Ctrl+C does
             summary = run_training(config, progress)
     except KeyboardInterrupt as interrupt:
@@ -129,14 +131,6 @@ def run(args: argparse.Namespace) -> int:
                 lines += format_scores(summary["holdout"]["classes"], list(summary["holdout"]["classes"]))
             print("\n".join(lines))
     return ExitCode.OK
-
-
-def _check_export_target(target: Path) -> None:
-    """Raise OutputLocationError / OutputIsAFolderError when --export could not be written: its folder cannot be
-    created or written, or a folder has the file's name."""
-    from maskmed_core.io.output_folder import check_output_files
-
-    check_output_files(target.parent, (target.name,))
 
 
 def _export(source: Path, target: Path) -> Path:
