@@ -198,13 +198,19 @@ def _stem_and_extension(target: Path) -> tuple[str, str]:
 
 
 def write_safetensors(path: str | os.PathLike[str], tensors: dict, metadata: dict[str, str]) -> Path:
-    """Write tensors and metadata as a safetensors file through :func:`atomic_path` (checked complete).
+    """Write tensors (all torch tensors, or all numpy arrays) and metadata as a safetensors file through
+    :func:`atomic_path` (checked complete).
 
-    Serialised in memory and written here, rather than by ``safetensors.torch.save_file``, which writes a temporary
-    file of its own (".tmp" and six random characters, outside this module's naming) that a kill -9 mid-write leaves
-    behind: the only temporary is then this module's, which :func:`remove_stale_temporaries` knows. Costs one copy of
-    the file in memory while it is written (a training state: ~110 MB)."""
-    from safetensors.torch import save
+    Serialised in memory and written here, rather than by safetensors' ``save_file``, which writes a temporary file of
+    its own (".tmp" and six random characters, outside this module's naming) that a kill -9 mid-write leaves behind:
+    the only temporary is then this module's, which :func:`remove_stale_temporaries` knows. Costs one copy of the
+    file in memory while it is written (a training state: ~110 MB)."""
+    import numpy as np
+
+    if all(isinstance(value, np.ndarray) for value in tensors.values()):
+        from safetensors.numpy import save
+    else:
+        from safetensors.torch import save
 
     with atomic_path(path, verify=verify_safetensors) as temporary:
         temporary.write_bytes(save(tensors, metadata=metadata))

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from maskmed_core.atomic import atomic_path, verify_safetensors
+from maskmed_core.atomic import write_safetensors
 from maskmed_core.classes import SegmentClass
 from maskmed_core.inference.postprocessing import keep_largest_components
 from maskmed_core.model.semantic import DEFAULT_CLASS_THRESHOLD, DEFAULT_QUERY_THRESHOLD
@@ -188,9 +188,8 @@ class SegmentationResult:
 
     # ----- file ---------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write to a safetensors file atomically."""
-        from safetensors.numpy import save_file
-
+        """Write to a safetensors file atomically (a kill -9 mid-write leaves only a temporary that
+        :func:`maskmed_core.atomic.remove_stale_temporaries` knows)."""
         path = Path(path)
         metadata = {
             "format": RESULT_FORMAT,
@@ -206,9 +205,7 @@ class SegmentationResult:
             "class_given_object": np.ascontiguousarray(self.class_given_object, dtype=np.float32),
             "objectness": np.ascontiguousarray(self.objectness, dtype=np.float32),
         }
-        with atomic_path(path, verify=verify_safetensors) as temporary:
-            save_file(tensors, str(temporary), metadata=metadata)
-        return path
+        return write_safetensors(path, tensors, metadata)
 
     @classmethod
     def load(cls, path: str | Path) -> SegmentationResult:
