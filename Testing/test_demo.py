@@ -39,6 +39,24 @@ def test_demo_on_a_crop_writes_the_three_files_and_reports_agreement_with_totals
     assert re.search(r"^time: \d+\.\d s", printed, re.M)
 
 
+def test_a_demo_that_fails_writing_its_picture_leaves_an_earlier_demos_files_as_they_were(tmp_path, capsys,
+                                                                                           monkeypatch):
+    output = tmp_path / "demo"
+    output.mkdir()
+    earlier = {name: f"an earlier demo's {name}".encode() for name in ("demo_ct.nii.gz", "demo_ct.seg.nrrd",
+                                                                      "demo_ct.png")}
+    for name, content in earlier.items():
+        (output / name).write_bytes(content)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("matplotlib.figure.Figure.savefig", disk_full)
+    assert main(["demo", "-o", str(output), "--device", "cpu", "--case", "abdomen", "--crop", *KIDNEY_CROP]) != 0
+    assert "No space left on device" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in output.iterdir()} == earlier  # the label files too; no temporary left
+
+
 @pytest.mark.slow
 def test_demo_on_the_held_out_ct_says_the_model_never_saw_it(tmp_path, capsys):
     output = tmp_path / "demo"

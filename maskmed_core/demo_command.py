@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from maskmed_core import bundled
+from maskmed_core.atomic import atomic_path, output_batch
 from maskmed_core.command_options import add_device_option
 from maskmed_core.exit_codes import ExitCode, exit_codes_help, print_error, run_reporting
 
@@ -128,10 +129,11 @@ def overlay_png(image, labels, classes, path: Path) -> Path:
     if handles:
         figure.legend(handles, [c.name for c in present], loc="lower center", ncol=min(5, len(handles)), fontsize=8)
     figure.tight_layout(rect=(0, 0.08, 1, 1))
-    temporary = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(temporary, dpi=90, bbox_inches="tight")
-    plt.close(figure)
-    temporary.replace(path)
+    try:
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=90, bbox_inches="tight", format="png")
+    finally:
+        plt.close(figure)
     return path
 
 
@@ -174,12 +176,13 @@ def _run(args: argparse.Namespace) -> int:
     label_image = result.label_map()
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    files = [
-        write_labels(label_image, result.classes, output / "demo_ct.nii.gz"),
-        write_labels(label_image, result.classes, output / "demo_ct.seg.nrrd"),
-    ]
     labels = sitk.GetArrayFromImage(label_image)
-    files.append(overlay_png(image, labels, result.classes, output / "demo_ct.png"))
+    with output_batch():  # the three files replace an earlier demo's together, or none of them does
+        files = [
+            write_labels(label_image, result.classes, output / "demo_ct.nii.gz"),
+            write_labels(label_image, result.classes, output / "demo_ct.seg.nrrd"),
+            overlay_png(image, labels, result.classes, output / "demo_ct.png"),
+        ]
     seconds = time.perf_counter() - start
     reference = reference_labels(image, result.classes, labels_file)
     rows = dice_table(labels, reference, result.classes)
