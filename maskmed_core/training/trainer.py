@@ -61,8 +61,9 @@ LOG_FILE = "training_log.jsonl"
 PLOT_FILE = "training_curves.png"
 BEST_MODEL = "best.maskmed"
 LAST_MODEL = "last.maskmed"
+HOLDOUT_FILE = "holdout_evaluation.json"
 # Every file a run writes into its output folder.
-RUN_FILES = (BEST_MODEL, LAST_MODEL, STATE_FILE, LOG_FILE, PLOT_FILE)
+RUN_FILES = (BEST_MODEL, LAST_MODEL, STATE_FILE, LOG_FILE, PLOT_FILE, HOLDOUT_FILE)
 
 
 class TrainingError(RuntimeError):
@@ -652,7 +653,7 @@ def _summary(run: _Run, progress: _Progress) -> dict[str, Any]:
 
 def _score_holdout(output: Path, holdout, plans: Plans, classes: list[SegmentClass], device) -> dict[str, Any]:
     """Dice and HD95 of the best model file on the held-out case, on the model grid; also written to
-    ``holdout_evaluation.json``. The held-out case played no part in training or in choosing the best model."""
+    HOLDOUT_FILE. The held-out case played no part in training or in choosing the best model."""
     from maskmed_core.evaluation import class_scores, summarize
     from maskmed_core.training.validation import predict_case_indices
 
@@ -665,10 +666,8 @@ def _score_holdout(output: Path, holdout, plans: Plans, classes: list[SegmentCla
                           plans.spacing)
     result = {"grid": f"model grid, {' x '.join(f'{s:g}' for s in plans.spacing)} mm", "classes": scores,
               **summarize(scores)}
-    path = output / "holdout_evaluation.json"
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
-    temporary.replace(path)
+    with atomic_path(output / HOLDOUT_FILE) as temporary:
+        temporary.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return result
 
 
