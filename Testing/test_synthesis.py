@@ -169,3 +169,46 @@ def _intensity():
     from maskmed_core.plans import IntensityNormalization
 
     return IntensityNormalization()
+
+
+def _arterial_scan(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """A 32^3 CT at 2 mm with an aorta (TotalSegmentator v2 label 52, ~300 HU) and a liver (5, ~100 HU) in air, its
+    label map, and a class-name table."""
+    rng = np.random.default_rng(0)
+    ct = np.full((32, 32, 32), -1000.0, np.float32)
+    labels = np.zeros(ct.shape, np.uint8)
+    labels[4:28, 4:12, 4:12], labels[4:28, 16:28, 14:28] = 52, 5
+    ct[labels == 52] = 300.0 + rng.normal(0, 10, int((labels == 52).sum()))
+    ct[labels == 5] = 100.0 + rng.normal(0, 10, int((labels == 5).sum()))
+    paths = tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz", tmp_path / "names.tsv"
+    for array, path in zip((ct, labels), paths, strict=False):
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing((2.0, 2.0, 2.0))
+        sitk.WriteImage(image, str(path))
+    paths[2].write_text("5\tliver\n52\taorta\n", encoding="utf-8")
+    return paths
+
+
+def test_fit_synthesis_priors_reads_the_phase_and_replaces_the_priors_file_whole_or_not_at_all(tmp_path, monkeypatch,
+                                                                                                capsys):
+    from maskmed_core.training import fit_synthesis_priors
+
+    ct, labels, names = _arterial_scan(tmp_path)
+    output = tmp_path / "priors.json"
+    assert fit_synthesis_priors.main([str(ct), str(labels), "--class-names", str(names), "-o", str(output)]) == 0
+    priors = json.loads(output.read_text(encoding="utf-8"))
+    assert priors["source"]["scans"] == [{"image": "ct.nii.gz", "labels": "labels.nii.gz", "phase": "arterial",
+                                          "classes_measured": 2}]
+    assert set(priors["classes"]) == {"5", "52"}
+    before = output.read_bytes()
+
+    def disk_full_halfway(path: Path, text: str, *args, **kwargs):
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(text[: len(text) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full_halfway)
+    with pytest.raises(OSError, match="No space left"):
+        fit_synthesis_priors.main([str(ct), str(labels), "--class-names", str(names), "-o", str(output)])
+    assert output.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ct.nii.gz", "labels.nii.gz", "names.tsv", "priors.json"]

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from maskmed_core.atomic import atomic_path
 from maskmed_core.training.synthesis import PRIORS_FILE
 
 Prior = tuple[float, float]  # (median HU, between-scan spread HU)
@@ -171,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         print("refusing: s0009 is the held-out validation case and must not shape the priors", file=sys.stderr)
         return 2
     priors = fit(pairs, read_class_names(args.class_names))
-    args.output.write_text(json.dumps(priors, indent=1) + "\n", encoding="utf-8")
+    with atomic_path(args.output) as temporary:  # the bundled priors file is replaced whole or not at all
+        temporary.write_text(json.dumps(priors, indent=1) + "\n", encoding="utf-8")
     for scan in priors["source"]["scans"]:
         print(f"{scan['image']}: {scan['phase']}, {scan['classes_measured']} classes measured")
     print(f"wrote {args.output} ({len(priors['classes'])} classes)")
