@@ -92,13 +92,13 @@ def test_time_limit_stops_early_validates_and_saves(dataset, tmp_path, capsys):
 
 def test_time_left_counts_down_to_the_time_limit():
     """The ETA of a --time-limit run is what is left of the limit, not the steps that will never run."""
-    from maskmed_core.training.trainer import _TrainingClock
+    from maskmed_core.training.schedule import TrainingClock
 
-    clock = _TrainingClock(10 / 60)  # a 10 s limit; 4 s spent on 2 of 100 steps (the clock is not running)
+    clock = TrainingClock(10 / 60)  # a 10 s limit; 4 s spent on 2 of 100 steps (the clock is not running)
     clock.spent_before = 4.0
     assert clock.remaining(2, 100) == pytest.approx(6.0)
-    assert _TrainingClock(None).remaining(0, 100) == 0.0
-    unlimited = _TrainingClock(None)
+    assert TrainingClock(None).remaining(0, 100) == 0.0
+    unlimited = TrainingClock(None)
     unlimited.spent_before = 4.0
     assert unlimited.remaining(2, 100) == pytest.approx(196.0)
     clock.spent_before = 12.0
@@ -106,7 +106,7 @@ def test_time_left_counts_down_to_the_time_limit():
 
 
 def test_learning_rate_factor_follows_the_larger_of_step_and_time_progress():
-    from maskmed_core.training.trainer import learning_rate_factor
+    from maskmed_core.training.schedule import learning_rate_factor
 
     assert learning_rate_factor(0, 100, 10, "poly") == pytest.approx(0.1)  # warm-up is by steps only
     assert learning_rate_factor(55, 100, 10, "poly") == pytest.approx(0.5 ** 0.9)

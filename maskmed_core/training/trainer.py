@@ -12,7 +12,6 @@ import contextlib
 import copy
 import json
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -43,6 +42,18 @@ from maskmed_core.training.finetune import (
     plan_classes,
     queries_holding_classes,
 )
+from maskmed_core.training.run_files import (
+    BEST_MODEL,
+    HOLDOUT_FILE,
+    LAST_MODEL,
+    LOG_FILE,
+    PLOT_FILE,
+    RUN_FILES,
+    STATE_FILE,
+    plot_curves,
+    write_log,
+)
+from maskmed_core.training.schedule import TrainingClock, learning_rate_factor
 from maskmed_core.training.state import (
     TrainingState,
     TrainingStateError,
@@ -56,15 +67,6 @@ from maskmed_core.training.validation import validate
 if TYPE_CHECKING:  # augmentation imports MONAI: loaded when a run builds its loader
     from maskmed_core.training.augmentation import AugmentationConfig
 
-STATE_FILE = "training_state.safetensors"
-LOG_FILE = "training_log.jsonl"
-PLOT_FILE = "training_curves.png"
-BEST_MODEL = "best.maskmed"
-LAST_MODEL = "last.maskmed"
-HOLDOUT_FILE = "holdout_evaluation.json"
-# Every file a run writes into its output folder.
-RUN_FILES = (BEST_MODEL, LAST_MODEL, STATE_FILE, LOG_FILE, PLOT_FILE, HOLDOUT_FILE)
-
 
 class TrainingError(RuntimeError):
     """Training cannot go on; the message says why and what to do. The last good files are kept."""
@@ -75,20 +77,6 @@ class DivergedError(TrainingError):
 
 
 Reporter = Callable[[Event], None]  # gets StepEvent, EpochEvent and MessageEvent (maskmed_core.events)
-
-
-def learning_rate_factor(step: int, total: int, warmup: int, schedule: str, time_fraction: float = 0.0) -> float:
-    """Linear warm-up over ``warmup`` steps, then poly (power 0.9, as nnU-Net) or cosine decay to 0.
-
-    ``time_fraction`` (0..1, the share of a time limit used so far) moves the decay on when the clock runs out
-    before the steps do, so a run stopped by its time limit still ends at a low learning rate.
-    """
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, max((step - warmup) / max(1, total - warmup), time_fraction))
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    return (1 - progress) ** 0.9
 
 
 def _dataset_classes(labels: dict[str, int], details: dict[str, SegmentClass] | None = None) -> list[SegmentClass]:
@@ -303,7 +291,7 @@ class _Run:
     parameters: list[torch.nn.Parameter]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    clock: _TrainingClock
+    clock: TrainingClock
     total_steps: int
 
     @property
@@ -470,7 +458,7 @@ def _build(config: TrainConfig, data: TrainingData, context, report: Reporter) -
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
     total_steps = config.epochs * config.steps_per_epoch
-    clock = _TrainingClock(config.time_limit_minutes)
+    clock = TrainingClock(config.time_limit_minutes)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: learning_rate_factor(step, total_steps, _warmup_steps(config), config.schedule, clock.fraction),
@@ -630,8 +618,8 @@ def _end_epoch(run: _Run, progress: _Progress, mean_loss: float, out_of_time: bo
                 best_metric=progress.best_metric, best_step=progress.best_step, history=progress.history,
                 run_config=_jsonable(config),
             ))
-            _write_log(run.output / LOG_FILE, progress.history)
-        _plot(run.output / PLOT_FILE, progress.history)
+            write_log(run.output / LOG_FILE, progress.history)
+        plot_curves(run.output / PLOT_FILE, progress.history)
     report(EpochEvent(**record))
 
 
@@ -669,35 +657,6 @@ def _score_holdout(output: Path, holdout, plans: Plans, classes: list[SegmentCla
     with atomic_path(output / HOLDOUT_FILE) as temporary:
         temporary.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     return result
-
-
-class _TrainingClock:
-    """Training time (s) counted across --resume, and the share of an optional time limit used."""
-
-    def __init__(self, limit_minutes: float | None):
-        self.limit = None if limit_minutes is None else 60.0 * limit_minutes
-        self.spent_before = 0.0
-        self._started: float | None = None
-
-    def start(self) -> None:
-        self._started = time.perf_counter()
-
-    def elapsed(self) -> float:
-        return self.spent_before + (time.perf_counter() - self._started if self._started is not None else 0.0)
-
-    @property
-    def fraction(self) -> float:
-        return 0.0 if not self.limit else min(1.0, self.elapsed() / self.limit)
-
-    def out_of_time(self) -> bool:
-        return self.limit is not None and self.elapsed() >= self.limit
-
-    def remaining(self, step: int, total: int) -> float:
-        """Seconds to go after ``step`` of ``total`` steps: the steps left at the pace so far, or what is left of the
-        time limit when that comes first (the ETA a user reads must count down to the limit)."""
-        elapsed = self.elapsed()
-        left = elapsed / max(1, step) * max(0, total - step)
-        return left if self.limit is None else min(left, max(0.0, self.limit - elapsed))
 
 
 def _make_loader(config, cases, label_only_cases, classes, plans: Plans, context, start_step: int,
@@ -828,40 +787,6 @@ def _save_model(path: Path, model: MaskMed, data: TrainingData, record: dict, co
     # "mirror_axes": what test-time augmentation may mirror (the predictor reads it; files without it: all three).
     extra = {"training": {k: v for k, v in record.items() if k != "lr"}, "mirror_axes": list(mirror_axes_of(config))}
     save_model_file(path, model, data.plans, data.classes, extra=extra)
-
-
-def _write_log(path: Path, history: list[dict[str, Any]]) -> None:
-    """The epochs' records as JSON lines, rewritten whole from the history the state keeps (so a resumed run's log
-    has every epoch the state has, and no epoch the state lost)."""
-    with atomic_path(path) as temporary:
-        temporary.write_text("".join(json.dumps(record) + "\n" for record in history), encoding="utf-8")
-
-
-def _plot(path: Path, history: list[dict[str, Any]]) -> None:
-    """Loss and validation Dice curves as a PNG (skipped without matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot([r["epoch"] for r in history], [r["loss"] for r in history], marker="o")
-    left.set_xlabel("epoch")
-    left.set_ylabel("training loss")
-    validated = [r for r in history if "dice" in r]
-    for name in validated[-1]["dice"] if validated else []:
-        right.plot([r["epoch"] for r in validated], [r["dice"][name] for r in validated], label=name)
-    right.set_xlabel("epoch")
-    right.set_ylabel("validation Dice")
-    right.set_ylim(0, 1)
-    if validated:
-        right.legend(fontsize=6, ncol=2)
-    figure.tight_layout()
-    with atomic_path(path, sync=False) as temporary:  # a picture: not worth an fsync per epoch
-        figure.savefig(temporary, dpi=80)
-    plt.close(figure)
 
 
 def _jsonable(config: TrainConfig) -> dict[str, Any]:
