@@ -33,7 +33,7 @@ target = Path(sys.argv[1]) / sys.argv[2]
 WRITES = {
     # a 32 MB training state (torch tensors)
     "training_state.safetensors": 'write_safetensors(target, {"w": torch.zeros(8 << 20)}, {"a": "b"})',
-    # a result file as `maskmed predict --result` writes it for Slicer's sliders (numpy arrays)
+    # a result file as `maskmed predict --save-result` writes it for Slicer's sliders (numpy arrays)
     "case.maskmed-result": """
 grid = Grid((6, 5, 4), (3.0, 3.0, 3.0), (0.0, 0.0, 0.0), (1.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
 SegmentationResult(masks=np.zeros((2, 4, 5, 6), np.uint8), class_given_object=np.full((2, 3), 0.3, np.float32),

@@ -180,13 +180,13 @@ def _arterial_scan(tmp_path: Path) -> tuple[Path, Path, Path]:
     labels[4:28, 4:12, 4:12], labels[4:28, 16:28, 14:28] = 52, 5
     ct[labels == 52] = 300.0 + rng.normal(0, 10, int((labels == 52).sum()))
     ct[labels == 5] = 100.0 + rng.normal(0, 10, int((labels == 5).sum()))
-    paths = tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz", tmp_path / "names.tsv"
-    for array, path in zip((ct, labels), paths, strict=False):
+    ct_path, labels_path, names_path = tmp_path / "ct.nii.gz", tmp_path / "labels.nii.gz", tmp_path / "names.tsv"
+    for array, path in ((ct, ct_path), (labels, labels_path)):
         image = sitk.GetImageFromArray(array)
         image.SetSpacing((2.0, 2.0, 2.0))
         sitk.WriteImage(image, str(path))
-    paths[2].write_text("5\tliver\n52\taorta\n", encoding="utf-8")
-    return paths
+    names_path.write_text("5\tliver\n52\taorta\n", encoding="utf-8")
+    return ct_path, labels_path, names_path
 
 
 def test_fit_synthesis_priors_reads_the_phase_and_replaces_the_priors_file_whole_or_not_at_all(tmp_path, monkeypatch,

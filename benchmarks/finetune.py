@@ -38,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._common import REPO, SHARED_DATA, print_machine
+from maskmed_core.training.run_files import BEST_MODEL, LOG_FILE
 
 DEFAULT_MODEL = REPO / "maskmed_core" / "resources" / "default.maskmed"
 DEMO = REPO / "maskmed_core" / "resources" / "demo"
@@ -144,7 +145,7 @@ def fine_tune(case_list: Path, mapping: Path | None, output: Path, minutes: floa
             time.sleep(1.0)
     if child.returncode != 0:
         raise RuntimeError(f"maskmed train exited with {child.returncode}: see {output}.log")
-    history = [json.loads(line) for line in (output / "training_log.jsonl").read_text().splitlines()]
+    history = [json.loads(line) for line in (output / LOG_FILE).read_text().splitlines()]
     return {"steps": history[-1]["step"], "seconds": time.perf_counter() - start, "peak_rss_gib": peak / 2**30}
 
 
@@ -155,7 +156,7 @@ def add_structure(scenario: str, cases: int, folder: Path, minutes: float, extra
     case_list, mapping = write_dataset(SCENARIOS[scenario], cases, folder)
     record = fine_tune(case_list, mapping, folder / "out", minutes, extra, threads, init=init)
     ids = totalseg_ids_by_name(SCENARIOS[scenario])
-    return {**record, "dice": score_on_s0009(folder / "out" / "best.maskmed", ids)}
+    return {**record, "dice": score_on_s0009(folder / "out" / BEST_MODEL, ids)}
 
 
 def score_record(model: Path, ids_by_name: dict[str, tuple[int, ...]]) -> dict:

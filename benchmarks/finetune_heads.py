@@ -46,6 +46,7 @@ from benchmarks.finetune import (
     score_record,
     totalseg_ids_by_name,
 )
+from maskmed_core.training.run_files import BEST_MODEL
 
 
 def conv_start_model(path: Path) -> Path:
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     twin_out = twin_folder / f"out_{twin_name}"
     twin = results.get(twin_key, partial(fine_tune, twin_cases, None, twin_out, args.twin_minutes, twin_options,
                                          args.threads, init=start))
-    twin_model = twin_out / "best.maskmed"
+    twin_model = twin_out / BEST_MODEL
     starts = {"decoupled": DEFAULT_MODEL, "conv": twin_model}
     records = {"decoupled": f"{prefix}/decoupled", "conv": f"{prefix}/conv_{twin_name}"}
     before = {head: results.get(f"{records[head]}/before", partial(score_record, model, ids))

@@ -304,17 +304,20 @@ class FineTuneSession(ChildRun):
 
     def onChildCancelled(self) -> None:
         """Stopped: the best model so far (best.maskmed, else the last epoch's last.maskmed) is still the result."""
+        from maskmed_core.training.run_files import BEST_MODEL, LAST_MODEL
+
         assert self.outputFolder is not None
-        kept = [path for path in (self.outputFolder / "best.maskmed", self.outputFolder / "last.maskmed")
-                if path.is_file()]
+        kept = [path for path in (self.outputFolder / BEST_MODEL, self.outputFolder / LAST_MODEL) if path.is_file()]
         self.resultModelPath = str(kept[0]) if kept else None
         self.lastError = "Stopped." if kept else "Stopped before the first epoch ended: no model was written."
 
     def onChildExit(self, code: int | None, details: str) -> None:
         if code == 0:
+            from maskmed_core.training.run_files import BEST_MODEL, LAST_MODEL
+
             assert self.outputFolder is not None
-            best = Path(self.summary.best_model if self.summary else self.outputFolder / "best.maskmed")
-            last = Path(self.summary.last_model if self.summary else self.outputFolder / "last.maskmed")
+            best = Path(self.summary.best_model if self.summary else self.outputFolder / BEST_MODEL)
+            last = Path(self.summary.last_model if self.summary else self.outputFolder / LAST_MODEL)
             chosen = best if best.is_file() else last if last.is_file() else None
             self.resultModelPath = str(chosen) if chosen else None
             if chosen is None:

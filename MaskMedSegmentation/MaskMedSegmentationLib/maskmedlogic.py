@@ -72,8 +72,10 @@ def defaultModelPath() -> str | None:
 
 def modelLabel(path: str) -> str:
     """Combo box text for a model file: fine-tuned runs all write best.maskmed, so show the run folder too."""
+    from maskmed_core.training.run_files import BEST_MODEL, LAST_MODEL
+
     name = Path(path).name
-    return f"{Path(path).parent.name}/{name}" if name in ("best.maskmed", "last.maskmed") else name
+    return f"{Path(path).parent.name}/{name}" if name in (BEST_MODEL, LAST_MODEL) else name
 
 
 def formatDuration(seconds: float) -> str:
