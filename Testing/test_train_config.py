@@ -15,7 +15,8 @@ from maskmed_core.training.trainer import TrainConfig, augmentation_of
     ("amp", "fp61"), ("schedule", "polly"), ("preset", "large"), ("augmentation", "extreme"), ("head", "linear"),
     ("device", "gpu"), ("epochs", 0), ("batch_size", 0), ("learning_rate", 0.0), ("synthetic_ratio", 1.5),
     ("contrast_prob", -0.1), ("time_limit_minutes", 0.0), ("field_of_view_prob", 1.5),
-    ("field_of_view_size", (0.5, 0.4)), ("field_of_view_size", (0.0, 1.0)),
+    ("field_of_view_size", (0.5, 0.4)), ("field_of_view_size", (0.0, 1.0)), ("thick_slice_prob", -0.5),
+    ("thick_slice_factor", (0.5, 2.0)), ("thick_slice_factor", (3.0, 2.0)),
 ])
 def test_train_config_refuses_a_bad_option_naming_it(field, value):
     with pytest.raises(ValueError, match=field):
@@ -37,7 +38,7 @@ def test_preset_builds_the_ablation_variants_complete():
         preset("small", 3, head_kind="linear")
 
 
-def test_field_of_view_prob_replaces_the_presets_share_and_keeps_the_rest():
+def test_field_of_view_and_thick_slice_options_replace_the_presets_and_keep_the_rest():
     from maskmed_core.training.augmentation import augmentation_preset
 
     strong = TrainConfig(dataset="d", output="o", augmentation="strong", mirror_axes="")
@@ -47,3 +48,5 @@ def test_field_of_view_prob_replaces_the_presets_share_and_keeps_the_rest():
             augmentation_preset("strong"), mirror_axes=(), field_of_view_prob=share)
     assert augmentation_of(replace(strong, field_of_view_size=(0.25, 0.5))) == replace(
         augmentation_preset("strong"), mirror_axes=(), field_of_view_size=(0.25, 0.5))
+    assert augmentation_of(replace(strong, thick_slice_prob=0.3, thick_slice_factor=(2.0, 2.5))) == replace(
+        augmentation_preset("strong"), mirror_axes=(), thick_slice_prob=0.3, thick_slice_factor=(2.0, 2.5))

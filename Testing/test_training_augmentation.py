@@ -289,3 +289,51 @@ def test_field_of_view_step_is_off_by_default_and_checked():
     assert augmentation_preset("strong").field_of_view_prob > 0
     with pytest.raises(ValueError, match="field_of_view_size"):
         AugmentationConfig(field_of_view_size=(0.5, 1.5))
+
+
+def test_thick_slices_average_along_z_only():
+    """A pattern that varies in y and x only comes back as it was; one that alternates slice by slice is averaged
+    away (its mean kept); a factor of 1 or less is a copy; the shape must be (C, z, y, x)."""
+    from maskmed_core.training.thick_slices import thicken_slices
+
+    rng = np.random.default_rng(0)
+    in_plane = torch.from_numpy(rng.normal(size=(1, 1, 12, 10)).astype(np.float32)).expand(1, 16, 12, 10)
+    assert torch.allclose(thicken_slices(in_plane, 2.5), in_plane, atol=1e-5)
+    alternating = torch.tensor([1.0, -1.0] * 8).reshape(1, 16, 1, 1).expand(1, 16, 12, 10).contiguous()
+    thick = thicken_slices(alternating, 2.0)
+    assert thick.shape == alternating.shape and thick.dtype == alternating.dtype
+    assert thick.abs().max() < 1e-5 and abs(float(thick.mean() - alternating.mean())) < 1e-6
+    assert torch.equal(thicken_slices(alternating, 1.0), alternating)
+    with pytest.raises(ValueError, match=r"\(C, z, y, x\)"):
+        thicken_slices(alternating[0], 2.0)
+
+
+def test_thick_slice_step_blurs_the_image_along_z_and_leaves_the_labels():
+    augmenter = Augmenter(no_augmentation(thick_slice_prob=1.0, thick_slice_factor=(2.0, 3.0)), PATCH,
+                          lateral_pairs=None)
+    labels = np.zeros(PATCH, np.uint8)
+    labels[::2] = 1  # alternating slices: the labels keep them, the image loses them
+    image = np.where(labels == 1, 1.0, -1.0).astype(np.float32)[None]
+    for seed in range(4):
+        out_image, out_labels = augmenter(image, labels, np.random.default_rng(seed))
+        assert torch.equal(out_labels, torch.from_numpy(labels).long())
+        assert out_image.abs().max() < 0.5  # slabs of 2-3 slices average +1 and -1 toward 0
+
+
+def test_thick_slice_step_is_off_by_default_checked_and_keeps_the_other_steps_draws():
+    """Off in every preset; a bad factor range is refused; switched on, it changes the image only: the geometric and
+    field-of-view draws of a seed stay what they were (it draws from a stream of its own)."""
+    for name in ("default", "strong", "none"):
+        assert augmentation_preset(name).thick_slice_prob == 0.0
+    for factor in ((0.5, 2.0), (3.0, 2.0), (2.0, 20.0)):
+        with pytest.raises(ValueError, match="thick_slice_factor"):
+            AugmentationConfig(thick_slice_factor=factor)
+    strong = augmentation_preset("strong")
+    plain = Augmenter(strong, PATCH, lateral_pairs=[(2, 3)])
+    thick = Augmenter(replace(strong, thick_slice_prob=1.0), PATCH, lateral_pairs=[(2, 3)])
+    labels = slab_labels(plain.region_size)
+    image = np.random.default_rng(0).normal(size=(1, *plain.region_size)).astype(np.float32)
+    for seed in range(3):
+        image_a, labels_a = plain(image, labels, np.random.default_rng(seed))
+        image_b, labels_b = thick(image, labels, np.random.default_rng(seed))
+        assert torch.equal(labels_a, labels_b) and not torch.equal(image_a, image_b)

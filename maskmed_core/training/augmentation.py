@@ -14,14 +14,16 @@ Pipeline, in order (each step with its own probability, see ``AugmentationConfig
 4. mirroring per axis (``RandFlipd``); a flip of x (left-right) swaps the lateral class pairs in the labels
    (a mirrored left kidney is a right kidney). With ``lateral_pairs=None`` (unknown anatomy) x is never
    flipped, whatever the config says;
-5. a small reconstruction field of view, last: outside a random in-plane rectangle the image becomes the padding
+5. image only, before the intensity steps of 3: thick slices, the image averaged along z over slabs and interpolated
+   back (``maskmed_core.training.thick_slices``; off in every preset, ``thick_slice_prob``);
+6. a small reconstruction field of view, last: outside a random in-plane rectangle the image becomes the padding
    value of air and the labels background (why: ``maskmed_core.training.field_of_view``). After the intensity
    steps, so that the padding is exactly the value inference uses.
 
 The geometric steps (1, 2, 4) run first, on the image, the labels and, when given, the source tissue map; then an
 optional ``intensity_source`` replaces the image (CT synthesised from the moved tissue map, or a real CT shown in
 another contrast phase: ``maskmed_core.training.intensity_sources``), so that a synthesised image is drawn on the
-deformed anatomy; then the intensity steps (3).
+deformed anatomy; then the thick slices (5) and the intensity steps (3).
 
 Reproducibility: every call takes a ``np.random.Generator``; it draws one 32-bit seed from it and re-seeds
 all MONAI transforms (``Compose.set_random_state``), so the output is a pure function of the input and that
@@ -61,6 +63,12 @@ from maskmed_core.training.field_of_view import (
     cut_to_field_of_view,
     field_of_view_box,
 )
+from maskmed_core.training.thick_slices import (
+    DEFAULT_THICK_SLICE_FACTOR,
+    check_thick_slice_factor,
+    draw_thick_slice_factor,
+    thicken_slices,
+)
 
 IMAGE = "image"
 LABELS = "labels"
@@ -84,6 +92,7 @@ class AugmentationConfig:
     ``mirror_axes``: axes (0 = z, 1 = y, 2 = x) each flipped with ``mirror_prob``.
     ``field_of_view_size``: the side of the kept in-plane rectangle, as a fraction of the patch's y and x sides
     (drawn per axis); the rectangle may reach past the patch on any side.
+    ``thick_slice_factor``: the slab thickness as a multiple of the patch's z spacing (1 <= low <= high).
     """
 
     rotation_prob: float = 0.2
@@ -110,6 +119,8 @@ class AugmentationConfig:
     mirror_axes: tuple[int, ...] = (0, 1, 2)
     field_of_view_prob: float = 0.0
     field_of_view_size: tuple[float, float] = DEFAULT_FIELD_OF_VIEW_SIZE
+    thick_slice_prob: float = 0.0
+    thick_slice_factor: tuple[float, float] = DEFAULT_THICK_SLICE_FACTOR
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():
@@ -120,6 +131,7 @@ class AugmentationConfig:
         if not 0.0 < self.scaling_range[0] <= self.scaling_range[1]:
             raise ValueError(f"scaling_range must be 0 < low <= high, got {self.scaling_range}")
         check_field_of_view_size(self.field_of_view_size)
+        check_thick_slice_factor(self.thick_slice_factor)
 
 
 def augmentation_preset(strength: str = "default") -> AugmentationConfig:
@@ -349,7 +361,9 @@ class Augmenter:
         """
         self._check_inputs(image, labels, tissue, intensity_source)
         rng = self._rng if rng is None else rng
-        seeds = np.random.SeedSequence(int(rng.integers(0, 2**32))).generate_state(3)
+        # One word per step that draws; a step added later takes the next word, so the earlier words (and the
+        # streams a seed gave before it) stay the same.
+        seeds = np.random.SeedSequence(int(rng.integers(0, 2**32))).generate_state(4)
         self.spatial.set_random_state(seed=int(seeds[0]))
         self.intensity.set_random_state(seed=int(seeds[1]))
         data = _transform_input(image, labels, tissue)
@@ -360,6 +374,9 @@ class Augmenter:
             moved_image, labels_out = self._move(data, intensity_source)
             box = self._field_of_view_box(np.random.default_rng(int(seeds[2])))
             air = None if box is None else self._air(moved_image)  # before the intensity steps change the image
+            thickness = self._thick_slice_factor(np.random.default_rng(int(seeds[3])))
+            if thickness is not None:
+                moved_image = thicken_slices(torch.as_tensor(moved_image), thickness)
             image_out = torch.as_tensor(self.intensity({IMAGE: moved_image})[IMAGE]).to(torch.float32)
         finally:
             set_track_meta(previous)
@@ -403,6 +420,13 @@ class Augmenter:
     def _air(self, image: Any) -> float:
         """The value outside a cut field of view: ``air_value``, else the patch's minimum (the sampler's padding)."""
         return float(torch.as_tensor(image).min()) if self.air_value is None else self.air_value
+
+    def _thick_slice_factor(self, rng: np.random.Generator) -> float | None:
+        """The slab thickness (slices) of this patch's thick-slice step, or None when it does not fire."""
+        c = self.config
+        if c.thick_slice_prob <= 0 or rng.random() >= c.thick_slice_prob:
+            return None
+        return draw_thick_slice_factor(rng, c.thick_slice_factor)
 
     def _field_of_view_box(self, rng: np.random.Generator) -> tuple[slice, slice] | None:
         """The kept in-plane (y, x) rectangle of a small reconstruction field of view, or None (no cut)."""

@@ -17,6 +17,7 @@ from maskmed_core.model.criterion import MASK_LOSSES
 from maskmed_core.training.field_of_view import DEFAULT_FIELD_OF_VIEW_SIZE, check_field_of_view_size
 from maskmed_core.training.finetune import ABSENT_CLASSES
 from maskmed_core.training.options import OptionError, check, choices_of, option
+from maskmed_core.training.thick_slices import DEFAULT_THICK_SLICE_FACTOR, check_thick_slice_factor
 
 
 def _mirror_axes_argument(text: str) -> str:
@@ -106,6 +107,20 @@ class TrainConfig:
         must_match=True, before=None,
         help="with a field-of-view cut, its side as a fraction of the patch's, drawn between LOW and HIGH (0 < LOW <= "
         "HIGH <= 1; default " + " ".join(f"{side:g}" for side in DEFAULT_FIELD_OF_VIEW_SIZE) + ")")
+    # How often a patch is shown as if reconstructed with thick slices (the image averaged along z over slabs, then
+    # interpolated back: a 5-7.5 mm CT at the model's spacing); 0 in every preset, None keeps it.
+    thick_slice_prob: float | None = option(
+        None, flag="--thick-slice-prob", metavar="P", type=float, at_least=0.0, at_most=1.0, must_match=True,
+        before=None,
+        help="share of patches shown as if reconstructed with thick slices: the image averaged along z over slabs and "
+        "interpolated back, as a 5-7.5 mm CT at the model's spacing (default: 0)")
+    # The slab thickness as a multiple of the patch's z spacing, drawn uniformly from (low, high); None: the preset's
+    # (DEFAULT_THICK_SLICE_FACTOR).
+    thick_slice_factor: tuple[float, float] | None = option(
+        None, flag="--thick-slice-factor", type=float, nargs=2, metavar=("LOW", "HIGH"), convert=tuple,
+        must_match=True, before=None,
+        help="with thick slices, the slab thickness in slices of the model's spacing, drawn between LOW and HIGH "
+        "(1 <= LOW <= HIGH <= 16; default " + " ".join(f"{f:g}" for f in DEFAULT_THICK_SLICE_FACTOR) + ")")
     # Axes the augmentation mirrors along, as letters of z, y, x ("" none): "zyx" is nnU-Net's. Mirrors make a
     # vessel on the wrong side or behind the spine a training example (the aorta and the vena cava are told apart by
     # side); TotalSegmentator trains without them. Recorded in the model file: --tta mirrors along these only.
@@ -196,6 +211,11 @@ class TrainConfig:
         if self.field_of_view_size is not None:
             try:
                 check_field_of_view_size(self.field_of_view_size)
+            except ValueError as error:
+                raise OptionError(str(error)) from None
+        if self.thick_slice_factor is not None:
+            try:
+                check_thick_slice_factor(self.thick_slice_factor)
             except ValueError as error:
                 raise OptionError(str(error)) from None
         if self.init_encoder_only and (self.init is None or self.absent_classes == "freeze"):

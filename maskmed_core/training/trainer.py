@@ -771,16 +771,17 @@ def mirror_axes_of(config: TrainConfig) -> tuple[int, ...]:
     return tuple(axis for axis, letter in enumerate("zyx") if letter in letters)
 
 
+# TrainConfig fields that, where given (not None), replace the --augmentation preset's field of the same name.
+PRESET_OVERRIDES = ("field_of_view_prob", "field_of_view_size", "thick_slice_prob", "thick_slice_factor")
+
+
 def augmentation_of(config: TrainConfig) -> AugmentationConfig:
-    """The --augmentation preset with the config's mirror axes and, where given, its field-of-view share and size."""
+    """The --augmentation preset with the config's mirror axes and, where given, its field-of-view share and size and
+    its thick-slice share and factor range."""
     from maskmed_core.training.augmentation import augmentation_preset
 
-    augmentation = replace(augmentation_preset(config.augmentation), mirror_axes=mirror_axes_of(config))
-    if config.field_of_view_prob is not None:
-        augmentation = replace(augmentation, field_of_view_prob=config.field_of_view_prob)
-    if config.field_of_view_size is not None:
-        augmentation = replace(augmentation, field_of_view_size=config.field_of_view_size)
-    return augmentation
+    overrides = {name: getattr(config, name) for name in PRESET_OVERRIDES if getattr(config, name) is not None}
+    return replace(augmentation_preset(config.augmentation), mirror_axes=mirror_axes_of(config), **overrides)
 
 
 def _save_model(path: Path, model: MaskMed, data: TrainingData, record: dict, config: TrainConfig) -> None:
