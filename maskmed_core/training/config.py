@@ -208,16 +208,14 @@ class TrainConfig:
         axes = self.mirror_axes
         if axes is not None and (len(set(axes)) != len(axes) or not set(axes) <= set("zyx")):
             raise OptionError(f"mirror_axes must be letters among z, y, x, each once, got {self.mirror_axes!r}")
-        if self.field_of_view_size is not None:
-            try:
-                check_field_of_view_size(self.field_of_view_size)
-            except ValueError as error:
-                raise OptionError(str(error)) from None
-        if self.thick_slice_factor is not None:
-            try:
-                check_thick_slice_factor(self.thick_slice_factor)
-            except ValueError as error:
-                raise OptionError(str(error)) from None
+        ranges = ((self.field_of_view_size, check_field_of_view_size),
+                  (self.thick_slice_factor, check_thick_slice_factor))
+        for value, check_range in ranges:
+            if value is not None:
+                try:
+                    check_range(value)
+                except ValueError as error:
+                    raise OptionError(str(error)) from None
         if self.init_encoder_only and (self.init is None or self.absent_classes == "freeze"):
             raise OptionError("init_encoder_only needs init and a fresh head: it cannot freeze the model's absent "
                               "classes (distill or drop them)")
