@@ -569,3 +569,54 @@ def test_sigterm_to_a_multi_process_training_stops_every_process_and_keeps_the_l
                          "continue") == 1, message
     assert "Traceback" not in message, message
     assert load_state(state).step >= 2
+
+
+def test_weight_average_is_the_mean_of_the_epochs_weights_across_a_resume(dataset, tmp_path, monkeypatch, capsys):
+    """--weight-average-from 0: averaged.maskmed is the mean of the weights at every epoch's end; a resumed run goes on
+    averaging from the count its state kept (not from the resumed weights alone)."""
+    from maskmed_core.training import trainer
+
+    saved: list[dict[str, torch.Tensor]] = []
+    real_save_model = trainer._save_model
+
+    def recording(path, model, *rest):
+        real_save_model(path, model, *rest)
+        if path.name == "last.maskmed":  # as the file holds them (written under a temporary name until the epoch ends)
+            saved.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    monkeypatch.setattr(trainer, "_save_model", recording)
+    output = tmp_path / "run"
+    argv = train_args(dataset, output, "--weight-average-from", "0", "--warmup-steps", "0")
+    argv[argv.index("--epochs") + 1] = "1"
+    assert main(argv) == ExitCode.OK
+    assert "averaged.maskmed (the weights averaged over the last 1 epochs' ends)" in capsys.readouterr().out
+    state = load_state(output / "training_state.safetensors")  # the mean in float32 (the model file: half)
+    assert state.averaged_count == 1
+    assert all(torch.equal(state.averaged[k], v) for k, v in saved[0].items())
+
+    argv[argv.index("--epochs") + 1] = "2"
+    assert main([*argv, "--resume"]) == ExitCode.OK
+    state = load_state(output / "training_state.safetensors")
+    assert state.averaged_count == 2 and len(saved) == 2
+    assert any(not torch.equal(saved[0][k], v) for k, v in saved[1].items())  # it trained on
+    for key, value in saved[1].items():
+        torch.testing.assert_close(state.averaged[key], (saved[0][key] + value) / 2, msg=key)
+    in_file = _weights(output / "averaged.maskmed")
+    assert all(torch.equal(in_file[k], v.to(in_file[k].dtype)) for k, v in state.averaged.items())
+    log = [json.loads(line) for line in (output / "training_log.jsonl").read_text().splitlines()]
+    assert [r.get("averaged_epochs") for r in log] == [1, 2]
+
+
+def test_weight_average_starts_at_its_fraction_of_the_schedule(dataset, tmp_path):
+    """From 0.6 of a 4-step schedule without warm-up: the first epoch's end (step 2, progress 0.5) is left out, so
+    the average is the last epoch's weights; without the option no averaged file is written."""
+    output = tmp_path / "run"
+    assert main(train_args(dataset, output, "--weight-average-from", "0.6", "--warmup-steps", "0")) == ExitCode.OK
+    last, averaged = _weights(output / "last.maskmed"), _weights(output / "averaged.maskmed")
+    assert all(torch.equal(averaged[k], v) for k, v in last.items())
+    assert load_state(output / "training_state.safetensors").averaged_count == 1
+    assert [r.get("averaged_epochs") for r in map(json.loads, (output / "training_log.jsonl").read_text().splitlines())
+            ] == [None, 1]
+    plain = tmp_path / "plain"
+    assert main(train_args(dataset, plain)) == ExitCode.OK
+    assert not (plain / "averaged.maskmed").exists()

@@ -11,7 +11,7 @@ from factories import full_disk_write_bytes, tiny_model
 from maskmed_core.classes import AMOS15_CLASSES, SegmentClass
 from maskmed_core.model import MaskMed
 from maskmed_core.training.finetune import adapt_state_dict, freeze_class_rows, plan_classes
-from maskmed_core.training.state import TrainingState, load_state, save_state
+from maskmed_core.training.state import TrainingState, TrainingStateError, load_state, save_state
 
 
 def _step(model, optimizer, seed):
@@ -109,3 +109,19 @@ def test_frozen_class_rows_do_not_move():
     model(torch.randn(1, 1, 16, 32, 32))["pred_logits"].square().sum().backward()
     grad = model.query_decoder.class_embed.weight.grad
     assert torch.all(grad[1] == 0) and torch.any(grad[0] != 0)
+
+
+def test_averaged_weights_travel_with_the_state_and_a_count_without_them_is_refused(tmp_path):
+    model = tiny_model()
+    optimizer, scheduler = _optimiser(model)
+    averaged = {k: v + 1 for k, v in model.state_dict().items()}
+    state = _state(model, optimizer, scheduler, 2)
+    state.averaged, state.averaged_count = averaged, 3
+    loaded = load_state(save_state(tmp_path / "state.safetensors", state))
+    assert loaded.averaged_count == 3 and set(loaded.averaged) == set(averaged)
+    assert all(torch.equal(loaded.averaged[k], v) for k, v in averaged.items())
+    assert load_state(save_state(tmp_path / "plain.safetensors", _state(model, optimizer, scheduler, 2))).averaged == {}
+
+    state.averaged = {}  # a count whose weights are missing (a file edited by hand)
+    with pytest.raises(TrainingStateError, match="averaged weights"):
+        load_state(save_state(tmp_path / "edited.safetensors", state))

@@ -83,7 +83,8 @@ class StepEvent:
 @dataclass(frozen=True)
 class EpochEvent:
     """train: an epoch ended (mean training loss); ``dice``/``mean_dice`` when it was validated; ``stopped`` says
-    why training ended early ("time limit")."""
+    why training ended early ("time limit"); ``averaged_epochs``: how many epochs' ends averaged.maskmed now holds
+    (--weight-average-from), when this one joined them."""
 
     KIND: ClassVar[str] = "epoch"
     epoch: int
@@ -94,6 +95,7 @@ class EpochEvent:
     dice: dict[str, float] | None = None
     mean_dice: float | None = None
     stopped: str | None = None
+    averaged_epochs: int | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,8 @@ class SummaryEvent:
     steps: int
     seconds: float
     exported: str | None = None
+    averaged_model: str | None = None  # --weight-average-from: the mean of averaged_epochs epochs' ends
+    averaged_epochs: int | None = None
 
 
 @dataclass(frozen=True)

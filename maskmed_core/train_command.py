@@ -122,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
             lines = [f"best epoch {summary['best_epoch']} (mean Dice {summary['best_mean_dice']:.3f}):"]
             lines += [f"  {name:24s} {score:.3f}" for name, score in summary["dice"].items()]
             lines.append(f"model files: {summary['best_model']} (best), {summary['last_model']} (last)")
+            if "averaged_model" in summary:
+                lines.append(f"  and {summary['averaged_model']} (the weights averaged over the last "
+                             f"{summary['averaged_epochs']} epochs' ends)")
             if "exported" in summary:
                 lines.append(f"best model copied to {summary['exported']}")
             if "holdout" in summary:

@@ -58,6 +58,14 @@ class TrainConfig:
     schedule: str = option("poly", flag="--schedule", choices=("poly", "cosine"), must_match=True,
                            help="learning-rate decay after the warm-up: poly (power 0.9, nnU-Net's; default) or "
                            "cosine")
+    # Stochastic weight averaging over the schedule's tail (weight_average.py): None off; F, the mean of the weights at
+    # the epochs' ends from progress F of the schedule on, written as averaged.maskmed.
+    weight_average_from: float | None = option(
+        None, flag="--weight-average-from", metavar="FRACTION", type=float, at_least=0.0, at_most=1.0,
+        must_match=True, before=None,
+        help="also write averaged.maskmed: the mean of the weights at every epoch's end from this fraction of the "
+        "learning-rate schedule on (steps, or the --time-limit's share when that runs out first; e.g. 0.5: the "
+        "second half), stochastic weight averaging (default: off)")
     grad_clip: float = option(12.0, flag="--grad-clip", above=0, must_match=True, metavar="NORM",
                               help="clip the gradients' global L2 norm to this (default: 12)")
     val_every: int = option(5, flag="--val-every", at_least=1, help="validate every N epochs")

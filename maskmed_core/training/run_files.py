@@ -13,9 +13,10 @@ LOG_FILE = "training_log.jsonl"
 PLOT_FILE = "training_curves.png"
 BEST_MODEL = "best.maskmed"
 LAST_MODEL = "last.maskmed"
+AVERAGED_MODEL = "averaged.maskmed"
 HOLDOUT_FILE = "holdout_evaluation.json"
 # Every file a run writes into its output folder.
-RUN_FILES = (BEST_MODEL, LAST_MODEL, STATE_FILE, LOG_FILE, PLOT_FILE, HOLDOUT_FILE)
+RUN_FILES = (BEST_MODEL, LAST_MODEL, AVERAGED_MODEL, STATE_FILE, LOG_FILE, PLOT_FILE, HOLDOUT_FILE)
 
 
 def write_log(path: Path, history: list[dict[str, Any]]) -> None:

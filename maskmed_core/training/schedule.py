@@ -14,10 +14,16 @@ def learning_rate_factor(step: int, total: int, warmup: int, schedule: str, time
     """
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
-    progress = min(1.0, max((step - warmup) / max(1, total - warmup), time_fraction))
+    progress = schedule_progress(step, total, warmup, time_fraction)
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * progress))
     return (1 - progress) ** 0.9
+
+
+def schedule_progress(step: int, total: int, warmup: int, time_fraction: float = 0.0) -> float:
+    """How far the decay after the warm-up has gone (0..1): the share of the steps after ``warmup`` done, or of the
+    time limit used (``time_fraction``) when that is further on."""
+    return min(1.0, max((step - warmup) / max(1, total - warmup), time_fraction, 0.0))
 
 
 class TrainingClock:

@@ -35,6 +35,9 @@ class TrainingState:
     best_step: int = -1
     history: list[dict[str, Any]] = field(default_factory=list)
     run_config: dict[str, Any] = field(default_factory=dict)
+    # --weight-average-from: the mean of the weights so far (the network's keys) and how many epochs' ends it holds
+    averaged: dict[str, torch.Tensor] = field(default_factory=dict)
+    averaged_count: int = 0
 
 
 def _flatten_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -67,6 +70,7 @@ def save_state(path: str | Path, state: TrainingState) -> Path:
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in state.model.items()}
     tensors.update(optimizer_tensors)
     tensors["rng.torch"] = state.torch_rng.cpu().contiguous()
+    tensors.update({f"averaged.{k}": v.detach().cpu().contiguous() for k, v in state.averaged.items()})
     metadata = {
         "format": STATE_FORMAT,
         "format_version": str(STATE_VERSION),
@@ -77,6 +81,7 @@ def save_state(path: str | Path, state: TrainingState) -> Path:
         "best_step": str(state.best_step),
         "history": json.dumps(state.history),
         "run_config": json.dumps(state.run_config),
+        "averaged_count": str(state.averaged_count),
     }
     return write_safetensors(path, tensors, metadata)
 
@@ -116,6 +121,11 @@ def load_state(path: str | Path) -> TrainingState:
         _check_progress_fields(fields["history"], tensors.get("rng.torch"))
         model = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
         optimizer_tensors = {k: v for k, v in tensors.items() if k.startswith("optimizer.")}
+        averaged = {k[len("averaged.") :]: v for k, v in tensors.items() if k.startswith("averaged.")}
+        averaged_count = int(metadata.get("averaged_count", "0"))  # states written before averaging: none
+        if averaged_count < 0 or (averaged_count > 0) != bool(averaged):
+            raise ValueError(f"its averaged weights ({len(averaged)} tensors) and their count ({averaged_count}) "
+                             "disagree")
         return TrainingState(
             step=int(metadata["step"]),
             model=model,
@@ -126,6 +136,8 @@ def load_state(path: str | Path) -> TrainingState:
             best_step=int(metadata["best_step"]),
             history=fields["history"],
             run_config=fields["run_config"],
+            averaged=averaged,
+            averaged_count=averaged_count,
         )
     except TrainingStateError:
         raise

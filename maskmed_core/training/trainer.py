@@ -43,6 +43,7 @@ from maskmed_core.training.finetune import (
     queries_holding_classes,
 )
 from maskmed_core.training.run_files import (
+    AVERAGED_MODEL,
     BEST_MODEL,
     HOLDOUT_FILE,
     LAST_MODEL,
@@ -53,7 +54,7 @@ from maskmed_core.training.run_files import (
     plot_curves,
     write_log,
 )
-from maskmed_core.training.schedule import TrainingClock, learning_rate_factor
+from maskmed_core.training.schedule import TrainingClock, learning_rate_factor, schedule_progress
 from maskmed_core.training.state import (
     TrainingState,
     TrainingStateError,
@@ -63,6 +64,7 @@ from maskmed_core.training.state import (
     save_state,
 )
 from maskmed_core.training.validation import validate
+from maskmed_core.training.weight_average import WeightAverage
 
 if TYPE_CHECKING:  # augmentation imports MONAI: loaded when a run builds its loader
     from maskmed_core.training.augmentation import AugmentationConfig
@@ -293,6 +295,7 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     clock: TrainingClock
     total_steps: int
+    weight_average: WeightAverage | None = None  # --weight-average-from
 
     @property
     def state_path(self) -> Path:
@@ -463,8 +466,9 @@ def _build(config: TrainConfig, data: TrainingData, context, report: Reporter) -
         optimizer,
         lambda step: learning_rate_factor(step, total_steps, _warmup_steps(config), config.schedule, clock.fraction),
     )
+    weight_average = None if config.weight_average_from is None else WeightAverage(model, config.weight_average_from)
     return _Run(config, context, Path(config.output), data, model, criterion, parameters, optimizer, scheduler,
-                clock, total_steps)
+                clock, total_steps, weight_average)
 
 
 def _held_queries(model: MaskMed, data: TrainingData, new_patches: list, new: list[int], seed: int,
@@ -490,6 +494,8 @@ def _resume(run: _Run, report: Reporter) -> _Progress:
         run.model.load_state_dict(state.model)
         run.optimizer.load_state_dict(state.optimizer)
         run.scheduler.load_state_dict(state.scheduler)
+        if run.weight_average is not None and state.averaged_count:
+            run.weight_average.restore(state.averaged, state.averaged_count)
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as error:  # torch's words for "does not fit"
         raise TrainingStateError(f"{run.state_path} does not fit this run ({str(error)[:200]}); start without "
                                  "--resume") from error
@@ -604,6 +610,9 @@ def _end_epoch(run: _Run, progress: _Progress, mean_loss: float, out_of_time: bo
             progress.best_metric, progress.best_step = record["mean_dice"], step
             improved = True
         run.model.train()
+    averaged = _update_weight_average(run, step)
+    if averaged:
+        record["averaged_epochs"] = run.weight_average.count
     progress.history.append(record)
     if run.context.is_main:
         # One epoch's files replace the previous epoch's together or not at all: a Ctrl+C, a SIGTERM or a full disk
@@ -612,15 +621,35 @@ def _end_epoch(run: _Run, progress: _Progress, mean_loss: float, out_of_time: bo
             if improved:
                 _save_model(run.output / BEST_MODEL, run.model, data, record, run.config)
             _save_model(run.output / LAST_MODEL, run.model, data, record, run.config)
+            if averaged:
+                _save_model(run.output / AVERAGED_MODEL, run.weight_average.module, data, record, run.config)
             save_state(run.state_path, TrainingState(
                 step=step, model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
                 scheduler=run.scheduler.state_dict(), torch_rng=torch.get_rng_state(),
                 best_metric=progress.best_metric, best_step=progress.best_step, history=progress.history,
                 run_config=_jsonable(config),
+                **_weight_average_state(run.weight_average),
             ))
             write_log(run.output / LOG_FILE, progress.history)
         plot_curves(run.output / PLOT_FILE, progress.history)
     report(EpochEvent(**record))
+
+
+def _update_weight_average(run: _Run, step: int) -> bool:
+    """Add the weights at this epoch's end to the --weight-average-from mean when the schedule has come that far;
+    whether it did."""
+    progress = schedule_progress(step, run.total_steps, run.config.warmup_steps or 0, run.clock.fraction)
+    if run.weight_average is None or not run.weight_average.due(progress):
+        return False
+    run.weight_average.update(run.model)
+    return True
+
+
+def _weight_average_state(weight_average: WeightAverage | None) -> dict[str, Any]:
+    """The training state's fields for the weight average (none without --weight-average-from or before it starts)."""
+    if weight_average is None or weight_average.count == 0:
+        return {}
+    return {"averaged": weight_average.state(), "averaged_count": weight_average.count}
 
 
 def _summary(run: _Run, progress: _Progress) -> dict[str, Any]:
@@ -633,6 +662,9 @@ def _summary(run: _Run, progress: _Progress) -> dict[str, Any]:
         "best_model": str(run.output / BEST_MODEL), "last_model": str(run.output / LAST_MODEL),
         "steps": progress.step, "seconds": run.clock.elapsed(),
     }
+    if run.weight_average is not None and run.weight_average.count:
+        summary["averaged_model"] = str(run.output / AVERAGED_MODEL)
+        summary["averaged_epochs"] = run.weight_average.count
     if run.data.holdout is not None and run.context.is_main:
         summary["holdout"] = _score_holdout(run.output, run.data.holdout, run.data.plans, run.data.classes,
                                             run.context.device)
