@@ -638,8 +638,10 @@ def _end_epoch(run: _Run, progress: _Progress, mean_loss: float, out_of_time: bo
 def _update_weight_average(run: _Run, step: int) -> bool:
     """Add the weights at this epoch's end to the --weight-average-from mean when the schedule has come that far;
     whether it did."""
-    progress = schedule_progress(step, run.total_steps, run.config.warmup_steps or 0, run.clock.fraction)
-    if run.weight_average is None or not run.weight_average.due(progress):
+    if run.weight_average is None:
+        return False
+    if not run.weight_average.due(schedule_progress(step, run.total_steps, run.config.warmup_steps or 0,
+                                                    run.clock.fraction)):
         return False
     run.weight_average.update(run.model)
     return True
