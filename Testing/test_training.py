@@ -574,6 +574,7 @@ def test_sigterm_to_a_multi_process_training_stops_every_process_and_keeps_the_l
 def test_weight_average_is_the_mean_of_the_epochs_weights_across_a_resume(dataset, tmp_path, monkeypatch, capsys):
     """--weight-average-from 0: averaged.maskmed is the mean of the weights at every epoch's end; a resumed run goes on
     averaging from the count its state kept (not from the resumed weights alone)."""
+    from maskmed_core.checkpoint import load_model_file
     from maskmed_core.training import trainer
 
     saved: list[dict[str, torch.Tensor]] = []
@@ -603,6 +604,8 @@ def test_weight_average_is_the_mean_of_the_epochs_weights_across_a_resume(datase
         torch.testing.assert_close(state.averaged[key], (saved[0][key] + value) / 2, msg=key)
     in_file = _weights(output / "averaged.maskmed")
     assert all(torch.equal(in_file[k], v.to(in_file[k].dtype)) for k, v in state.averaged.items())
+    training = load_model_file(output / "averaged.maskmed").extra["training"]
+    assert training["averaged_epochs"] == 2 and "mean_dice" not in training  # its validation scored other weights
     log = [json.loads(line) for line in (output / "training_log.jsonl").read_text().splitlines()]
     assert [r.get("averaged_epochs") for r in log] == [1, 2]
 

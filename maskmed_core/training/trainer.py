@@ -621,8 +621,9 @@ def _end_epoch(run: _Run, progress: _Progress, mean_loss: float, out_of_time: bo
             if improved:
                 _save_model(run.output / BEST_MODEL, run.model, data, record, run.config)
             _save_model(run.output / LAST_MODEL, run.model, data, record, run.config)
-            if averaged:
-                _save_model(run.output / AVERAGED_MODEL, run.weight_average.module, data, record, run.config)
+            if averaged:  # the epoch's validation scored the current weights, not their average: left out
+                averaged_record = {k: v for k, v in record.items() if k not in ("dice", "mean_dice")}
+                _save_model(run.output / AVERAGED_MODEL, run.weight_average.module, data, averaged_record, run.config)
             save_state(run.state_path, TrainingState(
                 step=step, model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
                 scheduler=run.scheduler.state_dict(), torch_rng=torch.get_rng_state(),
